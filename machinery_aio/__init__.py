@@ -1,0 +1,50 @@
+"""machinery-aio: an asyncio-native distributed task queue that speaks Go Machinery's wire format."""
+
+from .config import Config, ConfigError
+from .context import TaskContext
+from .errors import (
+    MachineryError,
+    TaskFailedError,
+    TaskNotRegisteredError,
+    TaskTimeLimitExceeded,
+)
+from .factory import MissingExtraError
+from .result import AsyncResult, ChainAsyncResult, ChordAsyncResult
+from .retry import RetryTaskLater
+from .server import Server
+from .signature import Arg, InvalidMessageError, Signature
+from .state import GroupMeta, State, TaskResult, TaskState
+from .tasks import Task
+from .worker import Worker
+from .workflow import Chain, Chord, Group
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Arg",
+    "AsyncResult",
+    "Chain",
+    "ChainAsyncResult",
+    "Chord",
+    "ChordAsyncResult",
+    "Config",
+    "ConfigError",
+    "Group",
+    "GroupMeta",
+    "InvalidMessageError",
+    "MachineryError",
+    "MissingExtraError",
+    "RetryTaskLater",
+    "Server",
+    "Signature",
+    "State",
+    "Task",
+    "TaskContext",
+    "TaskFailedError",
+    "TaskNotRegisteredError",
+    "TaskResult",
+    "TaskState",
+    "TaskTimeLimitExceeded",
+    "Worker",
+    "__version__",
+]

@@ -1,0 +1,127 @@
+"""The embedded ``memory://`` result backend.
+
+Records are kept as the same JSON a network backend stores, with expiry.
+Every change happens without an ``await`` in between, so group and chord
+updates are atomic within the process, and waiters are woken at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from .._memstore import shared, store_name
+from ..gotime import ZERO_TIME, now
+from ..state import GroupMeta, TaskState
+from .base import ResultBackend
+
+__all__ = ["MemoryBackend"]
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.records: dict[str, tuple[bytes, float]] = {}  # uuid -> (json, expires at)
+        self.waiters: dict[str, asyncio.Event] = {}
+
+    def get(self, key: str) -> bytes | None:
+        found = self.records.get(key)
+        if found is None:
+            return None
+        data, expires = found
+        if expires < time.monotonic():
+            del self.records[key]
+            return None
+        return data
+
+    def put(self, key: str, data: bytes, ttl: float) -> None:
+        self.records[key] = (data, time.monotonic() + ttl)
+
+
+class MemoryBackend(ResultBackend):
+    """In-process result backend; ``memory://name`` instances with the same name share records."""
+
+    scheme = "memory"
+
+    @property
+    def _store(self) -> _Store:
+        return shared(_Store, store_name(self.url), _Store)
+
+    async def set_state(self, state: TaskState) -> None:
+        self._write(state)
+
+    async def set_states(self, states: Sequence[TaskState]) -> None:
+        for state in states:
+            self._write(state)
+
+    def _write(self, state: TaskState) -> None:
+        store = self._store
+        if not state.task_name or state.created_at == ZERO_TIME:
+            previous = store.get(state.task_uuid)
+            if previous is not None:
+                old = TaskState.from_json(previous)
+                state = state.model_copy(
+                    update={
+                        "task_name": state.task_name or old.task_name,
+                        "created_at": (
+                            old.created_at if state.created_at == ZERO_TIME else state.created_at
+                        ),
+                    }
+                )
+        store.put(state.task_uuid, state.to_json(), self.expires_in)
+        if state.is_completed():
+            event = store.waiters.pop(state.task_uuid, None)
+            if event is not None:
+                event.set()
+
+    async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
+        meta = GroupMeta(group_uuid=group_uuid, task_uuids=list(task_uuids), created_at=now())
+        self._store.put(group_uuid, meta.to_json(), self.expires_in)
+
+    async def get_state(self, task_uuid: str) -> TaskState | None:
+        data = self._store.get(task_uuid)
+        return None if data is None else TaskState.from_json(data)
+
+    async def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
+        data = self._store.get(group_uuid)
+        return None if data is None else GroupMeta.from_json(data)
+
+    async def trigger_chord(self, group_uuid: str) -> bool:
+        store = self._store
+        data = store.get(group_uuid)
+        if data is None:
+            return False
+        meta = GroupMeta.from_json(data)
+        if meta.chord_triggered:
+            return False
+        meta.chord_triggered = True
+        store.put(group_uuid, meta.to_json(), self.expires_in)
+        return True
+
+    async def wait_for_state(
+        self, task_uuid: str, timeout: float | None, interval: float = 0.05
+    ) -> TaskState:
+        store = self._store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = await self.get_state(task_uuid)
+            if state is not None and state.is_completed():
+                return state
+            event = store.waiters.get(task_uuid)
+            if event is None:
+                event = store.waiters[task_uuid] = asyncio.Event()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"task {task_uuid} did not complete within {timeout} s")
+            try:
+                await asyncio.wait_for(event.wait(), left)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"task {task_uuid} did not complete within {timeout} s"
+                ) from None
+
+    async def purge_state(self, task_uuid: str) -> None:
+        self._store.records.pop(task_uuid, None)
+
+    async def purge_group_meta(self, group_uuid: str) -> None:
+        self._store.records.pop(group_uuid, None)

@@ -1,0 +1,167 @@
+"""The broker interface: publish signatures, hand deliveries to a worker, take acks.
+
+A broker publishes (holding ETA tasks until they are due) and makes
+:class:`Consumer` objects. A consumer is what a worker reads from. It is
+shaped so that very different brokers fit it without special cases in the
+worker:
+
+* Redis claims a batch of messages into a per-worker processing list
+  (``fetch``), removes them when done (``ack``) and returns them to the queue
+  (``release``, or a reaper when the worker dies);
+* AMQP buffers pushed deliveries and acks their delivery tags;
+* SQS receives batches, keeps the receipt handles and extends visibility.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+from ..signature import Signature
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["Broker", "BrokerCapabilities", "Consumer", "DeadLetter", "Delivery"]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCapabilities:
+    """What a broker guarantees, where brokers differ."""
+
+    at_least_once: bool
+    """Unacked deliveries come back if the worker dies."""
+    delayed_delivery: bool
+    """The broker holds ETA tasks until they are due."""
+    max_delay: float | None = None
+    """The longest delay the broker can hold, in seconds (SQS: 900); longer ones hop."""
+    priority: bool = False
+    """Signature.priority orders delivery."""
+    dead_letters: bool = True
+    """Undecodable messages are kept with their reason and can be listed."""
+    inspect_pending: bool = True
+    """Pending tasks can be listed without taking them."""
+    persistent: bool = True
+    """Messages survive a restart of the worker process."""
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """One message handed to a worker. ``token`` is the broker's own handle."""
+
+    body: bytes
+    queue: str
+    token: Any = None
+    redelivered: bool = False
+    received_at: float = field(default_factory=time.monotonic)
+
+
+class DeadLetter(BaseModel):
+    """A message set aside because it cannot be run, with the reason."""
+
+    queue: str
+    reason: str
+    body: str
+    failed_at: str
+
+
+class Consumer(ABC):
+    """A worker's view of one queue."""
+
+    @abstractmethod
+    async def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_count`` deliveries; waits up to ``timeout`` s for the first.
+
+        Returns an empty list when nothing arrived in time or the consumer is closing.
+        """
+
+    @abstractmethod
+    async def ack(self, delivery: Delivery) -> None:
+        """The delivery is done with (its final state is recorded); forget it."""
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several at once; brokers that can batch override this."""
+        for delivery in deliveries:
+            await self.ack(delivery)
+
+    @abstractmethod
+    async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
+        """Hand the message back for another worker after ``delay`` seconds, bytes unchanged."""
+
+    @abstractmethod
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Set the message aside with ``reason``; it will not be delivered again."""
+
+    @abstractmethod
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Return fetched-but-unstarted messages to the queue at once (shutdown)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop fetching and return whatever is still held to the queue."""
+
+
+class Broker(ABC):
+    """Publishes signatures to queues and creates consumers for workers."""
+
+    capabilities: ClassVar[BrokerCapabilities]
+    scheme: ClassVar[str] = ""
+
+    def __init__(self, config: Config, url: str | None = None) -> None:
+        self.config = config
+        self.url = url or config.broker
+
+    async def connect(self) -> None:
+        """Open connections; called before first use. Must be idempotent."""
+
+    async def close(self) -> None:
+        """Close connections."""
+
+    def default_routing_key(self) -> str:
+        """The queue a signature with an empty RoutingKey goes to."""
+        return self.config.default_queue
+
+    def adjust_routing_key(self, signature: Signature) -> None:
+        """Fill in an empty RoutingKey, as Go's brokers do when publishing."""
+        if not signature.routing_key:
+            signature.routing_key = self.default_routing_key()
+
+    @abstractmethod
+    async def publish(self, signature: Signature) -> None:
+        """Publish one signature; a future ETA is held by the broker until due."""
+
+    async def publish_many(self, signatures: Sequence[Signature]) -> None:
+        """Publish several signatures; brokers that can batch override this."""
+        for signature in signatures:
+            await self.publish(signature)
+
+    @abstractmethod
+    def consumer(self, queue: str, *, prefetch: int, tag: str) -> Consumer:
+        """A consumer of ``queue`` that holds at most ``prefetch`` unacked deliveries."""
+
+    @abstractmethod
+    async def get_pending_tasks(self, queue: str | None = None) -> list[Signature]:
+        """Tasks waiting in ``queue`` (default queue if None), without taking them."""
+
+    async def get_delayed_tasks(self) -> list[Signature]:
+        """Tasks waiting for their ETA, earliest first, where the broker can list them."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list delayed tasks")
+
+    async def get_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        """Messages set aside from ``queue`` with their reasons."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list dead letters")
+
+    @abstractmethod
+    async def purge(self, queue: str | None = None) -> int:
+        """Delete every pending task in ``queue``; return how many were removed."""
+
+    def describe(self) -> str:
+        """A one-line description for logs, with any password masked."""
+        from ..urls import mask_url
+
+        return mask_url(self.url)

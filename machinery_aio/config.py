@@ -1,0 +1,370 @@
+"""Config: from code, from environment variables, or from a Go Machinery YAML file.
+
+Field names are Go Machinery's in snake_case, environment variables are the
+names Go's envconfig reads (``BROKER``, ``DEFAULT_QUEUE``, ``REDIS_MAX_IDLE``
+...), and YAML keys are those of Go's ``config.yml``, so a Go service's
+configuration loads unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+__all__ = [
+    "AMQPConfig",
+    "Config",
+    "ConfigError",
+    "DynamoDBConfig",
+    "MongoDBConfig",
+    "RedisConfig",
+    "SQSConfig",
+    "TLSConfig",
+]
+
+logger = logging.getLogger("machinery_aio.config")
+
+RELOAD_INTERVAL = 10.0
+"""Seconds between re-reads of a YAML file loaded with ``keep_reloading`` (as Go)."""
+
+
+class ConfigError(ValueError):
+    """A configuration value, URL or file is wrong; the message says which."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore", validate_assignment=True, validate_by_name=True, validate_by_alias=True
+    )
+
+
+class TLSConfig(_Section):
+    """TLS for ``rediss://`` and ``amqps://`` (Go's ``TLSConfig``)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    insecure_skip_verify: bool = False
+
+
+class AMQPConfig(_Section):
+    """RabbitMQ settings (Go's ``AMQPConfig``)."""
+
+    exchange: str = "machinery_exchange"
+    exchange_type: str = "direct"
+    queue_declare_args: dict[str, Any] = Field(default_factory=dict)
+    queue_binding_args: dict[str, Any] = Field(default_factory=dict)
+    binding_key: str = ""
+    """Empty means "the queue's own name"; Go's default ``machinery_task`` makes a
+    phantom queue next to ``machinery_tasks`` (Go issues #262, #378)."""
+    prefetch_count: int = Field(3, ge=0)
+    auto_delete: bool = False
+    delayed_queue: str = ""
+
+
+class SQSConfig(_Section):
+    """SQS settings (Go's ``SQSConfig``), plus the AWS region and endpoint."""
+
+    wait_time_seconds: int = Field(
+        20, ge=0, le=20,
+        validation_alias=AliasChoices("wait_time_seconds", "receive_wait_time_seconds"),
+    )
+    visibility_timeout: int | None = Field(
+        None, ge=0, le=43200,
+        validation_alias=AliasChoices("visibility_timeout", "receive_visibility_timeout"),
+    )
+    visibility_heartbeat: bool = Field(
+        True, validation_alias=AliasChoices("visibility_heartbeat", "visibility_hearth_beat")
+    )
+    region: str = ""
+    endpoint_url: str = ""
+
+
+class RedisConfig(_Section):
+    """Redis settings (Go's ``RedisConfig``)."""
+
+    max_idle: int = Field(3, ge=0)
+    max_active: int = Field(0, ge=0)
+    """Connection pool size; 0 picks a size from the worker's concurrency."""
+    idle_timeout: int = Field(
+        240, ge=0, validation_alias=AliasChoices("idle_timeout", "max_idle_timeout")
+    )
+    wait: bool = True
+    read_timeout: int = Field(15, ge=0)
+    write_timeout: int = Field(15, ge=0)
+    connect_timeout: int = Field(15, ge=0)
+    normal_tasks_poll_period: int = Field(1000, ge=0)
+    """Milliseconds a consumer blocks on an empty queue before checking for shutdown."""
+    delayed_tasks_poll_period: int = Field(500, ge=0)
+    """Upper bound, in ms, on how long the delayed-task mover sleeps between checks."""
+    delayed_tasks_key: str = "delayed_tasks"
+    client_name: str = ""
+    master_name: str = ""
+    cluster_enabled: bool = False
+    sentinel_password: str = ""
+
+
+class DynamoDBConfig(_Section):
+    """DynamoDB backend settings (Go's ``DynamoDBConfig``)."""
+
+    task_states_table: str = "task_states"
+    group_metas_table: str = "group_metas"
+    region: str = ""
+    endpoint_url: str = ""
+
+
+class MongoDBConfig(_Section):
+    """MongoDB backend settings."""
+
+    database: str = "machinery"
+
+
+class Config(BaseModel):
+    """Everything a server, worker and scheduler need to know.
+
+    ``Config()`` uses the embedded ``memory://`` broker and backend, which need
+    no server. URLs choose the implementations: ``redis://``, ``amqp://``,
+    ``https://sqs...``, ``memcache://``, ``mongodb://``, ``https://dynamodb...``,
+    ``null://``.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    broker: str = "memory://"
+    lock: str = ""
+    """Lock URL for periodic tasks; empty means the result backend if it can lock
+    (Redis), else the broker if it can (Redis), else in-memory."""
+    multiple_broker_separator: str = ""
+    default_queue: str = "machinery_tasks"
+    result_backend: str = "memory://"
+    results_expire_in: int = Field(3600, ge=0)
+    """Seconds a result lives; 0 means Go's default of 3600."""
+    no_unix_signals: bool = False
+    go_compatible: bool = True
+    """Take Go Machinery's own locks (``TriggerChordMutex``, periodic lock keys) so
+    Go workers sharing the broker stay exclusive with us."""
+    app_name: str = ""
+    """Used in periodic lock keys as Go uses ``basename(argv[0])``; empty means the same."""
+    amqp: AMQPConfig = Field(default_factory=AMQPConfig)
+    sqs: SQSConfig = Field(default_factory=SQSConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    dynamodb: DynamoDBConfig = Field(default_factory=DynamoDBConfig)
+    mongodb: MongoDBConfig = Field(default_factory=MongoDBConfig)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    def broker_urls(self) -> list[str]:
+        """The broker URLs, split by ``multiple_broker_separator`` for failover."""
+        if self.multiple_broker_separator:
+            parts = self.broker.split(self.multiple_broker_separator)
+            return [p.strip() for p in parts if p.strip()]
+        return [self.broker]
+
+    # -- environment -------------------------------------------------------------
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = "", environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Config:
+        """Read Go Machinery's environment variables (optionally ``prefix``-ed).
+
+        Unset variables keep their defaults. ``overrides`` win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        data: dict[str, Any] = {}
+        for name, (path, parse) in _ENV_VARS.items():
+            raw = env.get(prefix + name)
+            if raw is None:
+                continue
+            try:
+                value = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {prefix + name}: {exc}") from None
+            section, _, key = path.rpartition(".")
+            (data.setdefault(section, {}) if section else data)[key] = value
+        for key, value in overrides.items():
+            data[key] = value
+        return cls._build(data, f"environment variables (prefix {prefix!r})")
+
+    # -- YAML ----------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], keep_reloading: bool = False) -> Config:
+        """Load a Go Machinery ``config.yml``.
+
+        With ``keep_reloading``, a running worker re-reads the file every 10 s
+        and applies the new values in place, as Go does.
+        """
+        source = Path(path)
+        config = cls._build(cls._known_keys(_read_yaml(source), source), str(source))
+        if keep_reloading:
+            config._source = source
+        return config
+
+    def reload(self) -> bool:
+        """Re-read the YAML file this config came from; True if anything changed."""
+        if self._source is None:
+            return False
+        data = type(self)._known_keys(_read_yaml(self._source), self._source)
+        fresh = type(self)._build(data, str(self._source))
+        changed = False
+        for name in type(self).model_fields:
+            new = getattr(fresh, name)
+            if getattr(self, name) != new:
+                setattr(self, name, new)
+                changed = True
+        return changed
+
+    async def keep_reloading(self, interval: float = RELOAD_INTERVAL) -> None:
+        """Re-read the YAML file every ``interval`` s until cancelled (errors are logged)."""
+        while self._source is not None:
+            await asyncio.sleep(interval)
+            try:
+                if self.reload():
+                    logger.info("configuration reloaded from %s", self._source)
+            except (ConfigError, OSError) as exc:
+                logger.error("configuration reload failed, keeping the old values: %s", exc)
+
+    @property
+    def reloads(self) -> bool:
+        return self._source is not None
+
+    @classmethod
+    def _known_keys(cls, data: dict[str, Any], source: Path) -> dict[str, Any]:
+        """Drop top-level keys we do not know, with a warning (Go ignores them too)."""
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            logger.warning("%s: ignoring unknown settings %s", source, ", ".join(unknown))
+        return {k: v for k, v in data.items() if k in cls.model_fields}
+
+    @classmethod
+    def _build(cls, data: dict[str, Any], where: str) -> Config:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                for err in exc.errors(include_url=False)
+            )
+            raise ConfigError(f"invalid configuration in {where}: {problems}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(
+            "loading YAML needs PyYAML: pip install 'machinery-aio[yaml]'"
+        ) from None
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, not {type(doc).__name__}")
+    return doc
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "t", "true", "yes", "on"):
+        return True
+    if value in ("0", "f", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean")
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not an integer") from None
+
+
+def _parse_scalar(raw: str) -> Any:
+    """A map value from ``k:v,k:v``: JSON if it parses (10 -> int), else the string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _parse_map(raw: str) -> dict[str, Any]:
+    """Go envconfig's ``k:v,k:v`` maps. Unlike Go, values keep their type (``x-max-priority:10``)."""
+    result: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, value = item.partition(":")
+        if not sep:
+            raise ValueError(f"{item!r} is not key:value")
+        result[key.strip()] = _parse_scalar(value.strip())
+    return result
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+_ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "BROKER": ("broker", _str),
+    "LOCK": ("lock", _str),
+    "MULTIPLE_BROKER_SEPARATOR": ("multiple_broker_separator", _str),
+    "MULTIPLE_BROKEN_SEPARATOR": ("multiple_broker_separator", _str),  # Go's spelling
+    "DEFAULT_QUEUE": ("default_queue", _str),
+    "RESULT_BACKEND": ("result_backend", _str),
+    "RESULTS_EXPIRE_IN": ("results_expire_in", _parse_int),
+    "NO_UNIX_SIGNALS": ("no_unix_signals", _parse_bool),
+    "GO_COMPATIBLE": ("go_compatible", _parse_bool),
+    "APP_NAME": ("app_name", _str),
+    "AMQP_EXCHANGE": ("amqp.exchange", _str),
+    "AMQP_EXCHANGE_TYPE": ("amqp.exchange_type", _str),
+    "AMQP_QUEUE_DECLARE_ARGS": ("amqp.queue_declare_args", _parse_map),
+    "AMQP_QUEUE_BINDING_ARGS": ("amqp.queue_binding_args", _parse_map),
+    "AMQP_BINDING_KEY": ("amqp.binding_key", _str),
+    "AMQP_PREFETCH_COUNT": ("amqp.prefetch_count", _parse_int),
+    "AMQP_AUTO_DELETE": ("amqp.auto_delete", _parse_bool),
+    "AMQP_DELAYED_QUEUE": ("amqp.delayed_queue", _str),
+    "SQS_WAIT_TIME_SECONDS": ("sqs.wait_time_seconds", _parse_int),
+    "SQS_VISIBILITY_TIMEOUT": ("sqs.visibility_timeout", _parse_int),
+    "SQS_VISIBILITY_HEARTBEAT": ("sqs.visibility_heartbeat", _parse_bool),
+    "SQS_REGION": ("sqs.region", _str),
+    "SQS_ENDPOINT_URL": ("sqs.endpoint_url", _str),
+    "REDIS_MAX_IDLE": ("redis.max_idle", _parse_int),
+    "REDIS_MAX_ACTIVE": ("redis.max_active", _parse_int),
+    "REDIS_IDLE_TIMEOUT": ("redis.idle_timeout", _parse_int),
+    "REDIS_WAIT": ("redis.wait", _parse_bool),
+    "REDIS_READ_TIMEOUT": ("redis.read_timeout", _parse_int),
+    "REDIS_WRITE_TIMEOUT": ("redis.write_timeout", _parse_int),
+    "REDIS_CONNECT_TIMEOUT": ("redis.connect_timeout", _parse_int),
+    "REDIS_NORMAL_TASKS_POLL_PERIOD": ("redis.normal_tasks_poll_period", _parse_int),
+    "REDIS_DELAYED_TASKS_POLL_PERIOD": ("redis.delayed_tasks_poll_period", _parse_int),
+    "REDIS_DELAYED_TASKS_KEY": ("redis.delayed_tasks_key", _str),
+    "REDIS_CLIENT_NAME": ("redis.client_name", _str),
+    "REDIS_MASTER_NAME": ("redis.master_name", _str),
+    "REDIS_CLUSTER_ENABLED": ("redis.cluster_enabled", _parse_bool),
+    "REDIS_SENTINEL_PASSWORD": ("redis.sentinel_password", _str),
+    "TASK_STATES_TABLE": ("dynamodb.task_states_table", _str),
+    "GROUP_METAS_TABLE": ("dynamodb.group_metas_table", _str),
+    "DYNAMODB_TASK_STATES_TABLE": ("dynamodb.task_states_table", _str),
+    "DYNAMODB_GROUP_METAS_TABLE": ("dynamodb.group_metas_table", _str),
+    "DYNAMODB_REGION": ("dynamodb.region", _str),
+    "DYNAMODB_ENDPOINT_URL": ("dynamodb.endpoint_url", _str),
+    "MONGODB_DATABASE": ("mongodb.database", _str),
+    "TLS_CA_FILE": ("tls.ca_file", _str),
+    "TLS_CERT_FILE": ("tls.cert_file", _str),
+    "TLS_KEY_FILE": ("tls.key_file", _str),
+    "TLS_INSECURE_SKIP_VERIFY": ("tls.insecure_skip_verify", _parse_bool),
+}

@@ -1,0 +1,130 @@
+"""Handles on sent tasks: wait for a result, read a state."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import TypeAdapter
+
+from .errors import TaskFailedError
+from .signature import Signature
+from .state import State, TaskState
+
+if TYPE_CHECKING:
+    from .backends.base import ResultBackend
+
+__all__ = ["AsyncResult", "ChainAsyncResult", "ChordAsyncResult"]
+
+R = TypeVar("R")
+_PLAIN = (int, float, str, bool, bytes, type(None))
+
+
+class AsyncResult(Generic[R]):
+    """The result of one sent task.
+
+    ``await result.get(timeout=5)`` returns the task's return value (a tuple for
+    several results), raises :class:`TaskFailedError` if the task failed and
+    ``TimeoutError`` if it did not finish in time.
+    """
+
+    def __init__(self, signature: Signature, backend: ResultBackend) -> None:
+        self.signature = signature
+        self.backend = backend
+        self._adapter: TypeAdapter[Any] | None = None
+
+    @property
+    def task_uuid(self) -> str:
+        return self.signature.uuid
+
+    def typed(self, hint: Any) -> AsyncResult[Any]:
+        """Convert the value returned by :meth:`get` to ``hint`` (e.g. a pydantic model)."""
+        if hint is not None and hint not in _PLAIN and hint is not Any:
+            try:
+                self._adapter = TypeAdapter(hint)
+            except Exception:
+                self._adapter = None
+        return self
+
+    async def get_state(self) -> TaskState:
+        """The latest state; PENDING when nothing is stored yet."""
+        state = await self.backend.get_state(self.task_uuid)
+        if state is None:
+            return TaskState(task_uuid=self.task_uuid, task_name=self.signature.name)
+        return state
+
+    async def touch(self) -> R | None:
+        """The value if the task has finished, else None; raises if it failed."""
+        state = await self.backend.get_state(self.task_uuid)
+        if state is None or not state.is_completed():
+            return None
+        return self._value(state)
+
+    async def get(self, timeout: float | None = None, interval: float = 0.05) -> R:
+        """Wait for the task to finish and return its value.
+
+        ``timeout`` None waits forever; ``interval`` is the polling period for
+        backends that cannot notify.
+        """
+        state = await self.backend.wait_for_state(self.task_uuid, timeout, interval)
+        return self._value(state)
+
+    def _value(self, state: TaskState) -> R:
+        if state.state is State.FAILURE:
+            raise TaskFailedError(state.task_uuid, state.error, state.task_name)
+        value = state.value
+        if self._adapter is not None and value is not None:
+            value = self._adapter.validate_python(value)
+        return value  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.signature.name} {self.task_uuid}>"
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+class ChainAsyncResult:
+    """The result of a chain: :meth:`get` waits for each link and returns the last value."""
+
+    def __init__(self, results: list[AsyncResult[Any]]) -> None:
+        self.results = results
+
+    async def get(self, timeout: float | None = None, interval: float = 0.05) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        value: Any = None
+        for result in self.results:
+            try:
+                value = await result.get(_remaining(deadline), interval)
+            except TimeoutError:
+                raise TimeoutError(f"chain did not complete within {timeout} s") from None
+        return value
+
+    async def get_states(self) -> list[TaskState]:
+        return [await r.get_state() for r in self.results]
+
+    def __repr__(self) -> str:
+        return f"<ChainAsyncResult of {len(self.results)}>"
+
+
+class ChordAsyncResult:
+    """The result of a chord: :meth:`get` waits for the members, then returns the callback's value."""
+
+    def __init__(self, group_results: list[AsyncResult[Any]], callback: AsyncResult[Any]) -> None:
+        self.group_results = group_results
+        self.callback = callback
+
+    async def get(self, timeout: float | None = None, interval: float = 0.05) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for result in self.group_results:
+                await result.get(_remaining(deadline), interval)
+            return await self.callback.get(_remaining(deadline), interval)
+        except TimeoutError:
+            raise TimeoutError(f"chord did not complete within {timeout} s") from None
+
+    def __repr__(self) -> str:
+        return f"<ChordAsyncResult {len(self.group_results)} -> {self.callback.signature.name}>"

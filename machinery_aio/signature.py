@@ -1,0 +1,208 @@
+"""Signature and Arg: one task invocation, as Go Machinery puts it on the wire."""
+
+from __future__ import annotations
+
+import uuid as _uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
+
+from . import gotypes
+from .gotime import coerce_time, format_time
+
+__all__ = [
+    "Arg",
+    "GoTime",
+    "InvalidMessageError",
+    "Signature",
+    "new_chord_uuid",
+    "new_group_uuid",
+    "new_task_uuid",
+]
+
+
+def new_task_uuid() -> str:
+    return f"task_{_uuid.uuid4()}"
+
+
+def new_group_uuid() -> str:
+    return f"group_{_uuid.uuid4()}"
+
+
+def new_chord_uuid() -> str:
+    return f"chord_{_uuid.uuid4()}"
+
+
+GoTime = Annotated[
+    datetime,
+    PlainValidator(coerce_time),
+    PlainSerializer(format_time, return_type=str, when_used="json"),
+]
+"""An aware datetime written as Go's RFC 3339 with nanoseconds."""
+
+
+class InvalidMessageError(ValueError):
+    """A message body that is not a valid Signature; ``reason`` says why."""
+
+    def __init__(self, reason: str, task_uuid: str = "", task_name: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.task_uuid = task_uuid
+        self.task_name = task_name
+
+
+def _go_keys(model: type[BaseModel]) -> tuple[frozenset[str], dict[str, str]]:
+    aliases = [f.alias or name for name, f in model.model_fields.items()]
+    return frozenset(aliases), {a.lower(): a for a in aliases}
+
+
+class _GoModel(BaseModel):
+    """Go's encoding/json: PascalCase keys, matched case-insensitively; unknown keys ignored."""
+
+    model_config = ConfigDict(
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="ignore",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _case_insensitive_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        exact, lower = cls.__dict__.get("_keys") or _install_keys(cls)
+        if all(key in exact for key in data):
+            return data
+        fields = cls.model_fields
+        fixed: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in fields:
+                fixed[key] = value
+            elif isinstance(key, str) and key.lower() in lower:
+                fixed.setdefault(lower[key.lower()], value)
+        return fixed
+
+
+def _install_keys(cls: type[BaseModel]) -> tuple[frozenset[str], dict[str, str]]:
+    keys = _go_keys(cls)
+    type.__setattr__(cls, "_keys", keys)
+    return keys
+
+
+class Arg(_GoModel):
+    """A typed positional argument: ``{"Name","Type","Value"}``.
+
+    ``type`` is a Go type name (``int64``, ``[]string`` ...) or ``json`` for
+    Python-only values. Use :meth:`Arg.of` to pick the type from a value.
+    """
+
+    name: str = Field("", alias="Name")
+    type: str = Field(alias="Type")
+    value: Any = Field(None, alias="Value")
+
+    @classmethod
+    def of(cls, value: Any, hint: Any = None, name: str = "") -> Arg:
+        """Build an Arg from a Python value (``hint``: the parameter's annotation)."""
+        go_type, json_value = gotypes.encode(value, hint)
+        return cls(name=name, type=go_type, value=json_value)
+
+    def python_value(self) -> Any:
+        """The Python value, checked against ``type`` as strictly as Go does."""
+        return gotypes.decode(self.type, self.value)
+
+
+class Signature(_GoModel):
+    """One task invocation. Attributes are Go's field names in snake_case.
+
+    Serialized with :meth:`to_json` it is byte for byte what Go's
+    ``json.Marshal`` writes for ``tasks.Signature``.
+    """
+
+    uuid: str = Field("", alias="UUID")
+    name: str = Field("", alias="Name")
+    routing_key: str = Field("", alias="RoutingKey")
+    eta: GoTime | None = Field(None, alias="ETA")
+    group_uuid: str = Field("", alias="GroupUUID")
+    group_task_count: int = Field(0, alias="GroupTaskCount")
+    args: list[Arg] | None = Field(None, alias="Args")
+    headers: dict[str, Any] | None = Field(None, alias="Headers")
+    priority: int = Field(0, alias="Priority", ge=0, le=255)
+    immutable: bool = Field(False, alias="Immutable")
+    retry_count: int = Field(0, alias="RetryCount")
+    retry_timeout: int = Field(0, alias="RetryTimeout")
+    on_success: list[Signature] | None = Field(None, alias="OnSuccess")
+    on_error: list[Signature] | None = Field(None, alias="OnError")
+    chord_callback: Signature | None = Field(None, alias="ChordCallback")
+    broker_message_group_id: str = Field("", alias="BrokerMessageGroupId")
+    sqs_receipt_handle: str = Field("", alias="SQSReceiptHandle")
+    stop_task_deletion_on_error: bool = Field(False, alias="StopTaskDeletionOnError")
+    ignore_when_task_not_registered: bool = Field(False, alias="IgnoreWhenTaskNotRegistered")
+
+    def to_json(self) -> bytes:
+        """Go's compact JSON: all 19 keys in Go's order."""
+        return self.__pydantic_serializer__.to_json(self, by_alias=True)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Signature:
+        """Decode a message body; raise :class:`InvalidMessageError` with a clear reason."""
+        try:
+            sig = cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise _invalid(data, exc) from None
+        if not sig.name:
+            raise InvalidMessageError("message has no task Name", sig.uuid)
+        if not sig.uuid:
+            raise InvalidMessageError("message has no task UUID", "", sig.name)
+        return sig
+
+    def copy_fresh(self) -> Signature:
+        """A deep copy (nested callbacks included), as Go's ``CopySignature``."""
+        return Signature.model_validate_json(self.to_json())
+
+    def python_args(self) -> list[Any]:
+        """Decoded argument values; raises :class:`~machinery_aio.gotypes.ArgTypeError`."""
+        return [arg.python_value() for arg in self.args or ()]
+
+    def __repr__(self) -> str:
+        return f"<Signature {self.name} {self.uuid}>"
+
+
+def _invalid(data: bytes | str, exc: ValidationError) -> InvalidMessageError:
+    errors = exc.errors(include_url=False)
+    first = errors[0] if errors else {"type": "", "msg": str(exc), "loc": ()}
+    if first["type"] == "json_invalid":
+        reason = f"message is not valid JSON: {first['msg']}"
+    elif first["type"] in ("model_type", "model_attributes_type") and not first["loc"]:
+        reason = "message is not a JSON object, so not a Signature"
+    else:
+        where = ".".join(str(part) for part in first["loc"])
+        reason = f"message is not a valid Signature: {where}: {first['msg']}"
+        if len(errors) > 1:
+            reason += f" (and {len(errors) - 1} more errors)"
+    uuid, name = _salvage_ids(data)
+    return InvalidMessageError(reason, uuid, name)
+
+
+def _salvage_ids(data: bytes | str) -> tuple[str, str]:
+    """Best-effort UUID and Name from an invalid body, to record a FAILURE state."""
+    import json
+
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return "", ""
+    if not isinstance(doc, dict):
+        return "", ""
+    lowered = {str(k).lower(): v for k, v in doc.items()}
+    uuid, name = lowered.get("uuid"), lowered.get("name")
+    return (uuid if isinstance(uuid, str) else ""), (name if isinstance(name, str) else "")

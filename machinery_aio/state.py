@@ -1,0 +1,158 @@
+"""Task states, results and group metadata, stored in Go Machinery's JSON shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from . import gotime, gotypes
+from .signature import GoTime, Signature, _GoModel
+
+__all__ = ["GroupMeta", "State", "TaskResult", "TaskState", "results_to_value", "value_to_results"]
+
+
+class State(StrEnum):
+    """A task's state, as the strings Go Machinery stores."""
+
+    PENDING = "PENDING"
+    RECEIVED = "RECEIVED"
+    STARTED = "STARTED"
+    RETRY = "RETRY"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+
+
+COMPLETED = frozenset({State.SUCCESS, State.FAILURE})
+
+
+class TaskResult(_GoModel):
+    """One return value: ``{"Type": <Go type name>, "Value": <json>}``."""
+
+    type: str = Field(alias="Type")
+    value: Any = Field(None, alias="Value")
+
+    def python_value(self) -> Any:
+        return gotypes.decode_result(self.type, self.value)
+
+
+class TaskState(_GoModel):
+    """A task's state record: ``{"TaskUUID","TaskName","State","Results","Error","CreatedAt","TTL"}``."""
+
+    task_uuid: str = Field("", alias="TaskUUID")
+    task_name: str = Field("", alias="TaskName")
+    state: State = Field(State.PENDING, alias="State")
+    results: list[TaskResult] | None = Field(None, alias="Results")
+    error: str = Field("", alias="Error")
+    created_at: GoTime = Field(default=gotime.ZERO_TIME, alias="CreatedAt")
+    ttl: int = Field(0, alias="TTL")
+
+    def is_completed(self) -> bool:
+        return self.state in COMPLETED
+
+    def is_success(self) -> bool:
+        return self.state is State.SUCCESS
+
+    def is_failure(self) -> bool:
+        return self.state is State.FAILURE
+
+    @property
+    def value(self) -> Any:
+        """The results as Python: None for none, the value for one, a tuple for several."""
+        return results_to_value(self.results)
+
+    def to_json(self) -> bytes:
+        return self.__pydantic_serializer__.to_json(self, by_alias=True)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> TaskState:
+        return cls.model_validate_json(data)
+
+    @classmethod
+    def new(
+        cls,
+        signature: Signature,
+        state: State,
+        results: list[TaskResult] | None = None,
+        error: str = "",
+        created_at: datetime | None = None,
+    ) -> TaskState:
+        """A state for ``signature``. Only PENDING stamps ``created_at``; backends carry it on."""
+        if created_at is None:
+            created_at = gotime.now() if state is State.PENDING else gotime.ZERO_TIME
+        return cls.model_construct(
+            task_uuid=signature.uuid,
+            task_name=signature.name,
+            state=state,
+            results=results,
+            error=error,
+            created_at=created_at,
+            ttl=0,
+        )
+
+    def __repr__(self) -> str:
+        return f"<TaskState {self.task_uuid} {self.state.value}>"
+
+
+class GroupMeta(_GoModel):
+    """A group's record: its member UUIDs in order and whether its chord fired."""
+
+    group_uuid: str = Field("", alias="GroupUUID")
+    task_uuids: list[str] = Field(default_factory=list, alias="TaskUUIDs")
+    chord_triggered: bool = Field(False, alias="ChordTriggered")
+    lock: bool = Field(False, alias="Lock")
+    created_at: GoTime = Field(default=gotime.ZERO_TIME, alias="CreatedAt")
+    ttl: int = Field(0, alias="TTL")
+
+    def to_json(self) -> bytes:
+        return self.__pydantic_serializer__.to_json(self, by_alias=True)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> GroupMeta:
+        return cls.model_validate_json(data)
+
+
+def value_to_results(value: Any, hint: Any = None) -> list[TaskResult]:
+    """A task's return value as TaskResults: a tuple is several results, None is none."""
+    if value is None:
+        return []
+    if isinstance(value, tuple):
+        hints = _tuple_hints(hint, len(value))
+        return [_one_result(item, h) for item, h in zip(value, hints, strict=True)]
+    return [_one_result(value, hint)]
+
+
+def _one_result(value: Any, hint: Any) -> TaskResult:
+    go_type, json_value = gotypes.encode(value, hint)
+    return TaskResult.model_construct(type=go_type, value=json_value)
+
+
+def _tuple_hints(hint: Any, size: int) -> list[Any]:
+    import typing
+
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if len(args) == size and Ellipsis not in args:
+            return list(args)
+    return [None] * size
+
+
+def results_to_value(results: list[TaskResult] | None) -> Any:
+    """The inverse of :func:`value_to_results`."""
+    if not results:
+        return None
+    if len(results) == 1:
+        return results[0].python_value()
+    return tuple(r.python_value() for r in results)
+
+
+def parse_state(data: bytes | str | None) -> TaskState | None:
+    """Decode a stored state, or None for a missing or unreadable record."""
+    if data is None:
+        return None
+    try:
+        return TaskState.model_validate_json(data)
+    except ValidationError:
+        return None
