@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 __all__ = ["ZERO_TIME", "NanoTime", "coerce_time", "format_time", "now", "parse_time", "unix_nanos"]
@@ -19,7 +19,7 @@ __all__ = ["ZERO_TIME", "NanoTime", "coerce_time", "format_time", "now", "parse_
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z"
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class NanoTime(datetime):
@@ -46,7 +46,7 @@ def _rebuild(fields: tuple[int, ...], micro: int, tz: Any, nano: int) -> NanoTim
     return NanoTime(*fields, micro, tzinfo=tz, nanosecond=nano)
 
 
-ZERO_TIME = NanoTime(1, 1, 1, tzinfo=timezone.utc)
+ZERO_TIME = NanoTime(1, 1, 1, tzinfo=UTC)
 
 
 def now() -> NanoTime:
@@ -54,10 +54,10 @@ def now() -> NanoTime:
     ns = time.time_ns()
     secs, rest = divmod(ns, 1_000_000_000)
     micro, nano = divmod(rest, 1000)
-    base = datetime.fromtimestamp(secs, timezone.utc)
+    base = datetime.fromtimestamp(secs, UTC)
     return NanoTime(
         base.year, base.month, base.day, base.hour, base.minute, base.second, micro,
-        tzinfo=timezone.utc, nanosecond=nano,
+        tzinfo=UTC, nanosecond=nano,
     )
 
 
@@ -69,11 +69,11 @@ def parse_time(text: str) -> NanoTime:
     year, month, day, hour, minute, second, frac, zone = match.groups()
     digits = (frac or "").ljust(9, "0")
     if zone in ("Z", "z"):
-        tz = timezone.utc
+        tz = UTC
     else:
         sign = 1 if zone[0] == "+" else -1
         offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-        tz = timezone.utc if not offset else timezone(sign * offset)
+        tz = UTC if not offset else timezone(sign * offset)
     return NanoTime(
         int(year), int(month), int(day), int(hour), int(minute), int(second),
         int(digits[:6]), tzinfo=tz, nanosecond=int(digits[6:]),

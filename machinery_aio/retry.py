@@ -16,7 +16,7 @@ def fibonacci_next(current: int) -> int:
     return a
 
 
-class RetryTaskLater(Exception):  # noqa: N818 - Go Machinery's name
+class RetryTaskLater(Exception):
     """Raise from a task to run it again after ``delay`` seconds.
 
     As Go's ``ErrRetryTaskLater``: the task is re-published with the same UUID

@@ -42,17 +42,17 @@ class TaskDecorator(Protocol):
     """What ``@server.task(name)`` returns: turns a function into a :class:`Task`."""
 
     @overload
-    def __call__(  # type: ignore[overload-overlap]
+    def __call__(
         self, fn: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, R]]
     ) -> Task[P, R]: ...
 
     @overload
-    def __call__(  # type: ignore[overload-overlap]
+    def __call__(
         self, fn: Callable[P, Coroutine[Any, Any, R]]
     ) -> Task[P, R]: ...
 
     @overload
-    def __call__(  # type: ignore[overload-overlap]
+    def __call__(
         self, fn: Callable[Concatenate[TaskContext, P], R]
     ) -> Task[P, R]: ...
 
@@ -150,12 +150,12 @@ class Server:
         """
 
         def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
-            task_name = name or getattr(fn, "__name__", "")
+            task_name = name or str(getattr(fn, "__name__", ""))
             function = self.register_task(task_name, fn, time_limit=time_limit)
             handle: Task[Any, Any] = Task(self, function)
             return handle.with_options(**options) if options else handle
 
-        return decorate  # type: ignore[return-value]
+        return decorate
 
     def is_task_registered(self, name: str) -> bool:
         return name in self.registry

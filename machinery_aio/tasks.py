@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
@@ -238,7 +238,7 @@ class Task(Generic[P, R]):
             if key in _OPTION_FIELDS:
                 setattr(sig, key, value)
         if "countdown" in self.options:
-            sig.eta = datetime.now(timezone.utc) + timedelta(seconds=self.options["countdown"])
+            sig.eta = datetime.now(UTC) + timedelta(seconds=self.options["countdown"])
         elif "eta" in self.options:
             sig.eta = self.options["eta"]
         return sig
@@ -254,107 +254,6 @@ class Task(Generic[P, R]):
         """Celery-style: ``apply_async((1, 2), countdown=5)``; options as :meth:`with_options`."""
         handle = self.with_options(**options) if options else self
         result = await self.server.send_task(handle._build(args, kwargs or {}))
-        return result.typed(self.function.return_hint)
-
-    def __repr__(self) -> str:
-        return f"<TaskFunction {self.name} {getattr(self.fn, '__qualname__', self.fn)!s}>"
-
-
-_OPTION_FIELDS = frozenset({
-    "routing_key", "retry_count", "retry_timeout", "priority", "immutable", "headers",
-    "ignore_when_task_not_registered", "broker_message_group_id",
-    "stop_task_deletion_on_error",
-})
-
-
-class Task(Generic[P, R]):
-    """A registered task: ``await add.delay(1, 2)`` sends it and returns an AsyncResult.
-
-    ``add.with_options(countdown=5, retry_count=3).delay(1, 2)`` sets per-call
-    options; ``add.signature(1, 2)`` builds a Signature for workflows; ``add.fn``
-    is the plain function.
-    """
-
-    def __init__(
-        self, server: Server, function: TaskFunction, options: dict[str, Any] | None = None
-    ) -> None:
-        self.server = server
-        self.function = function
-        self.options: dict[str, Any] = dict(options or {})
-
-    @property
-    def name(self) -> str:
-        return self.function.name
-
-    @property
-    def fn(self) -> Callable[..., Any]:
-        return self.function.fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the function directly, in this process."""
-        return self.function.fn(*args, **kwargs)
-
-    def with_options(
-        self,
-        *,
-        eta: datetime | None = None,
-        countdown: float | None = None,
-        routing_key: str | None = None,
-        retry_count: int | None = None,
-        retry_timeout: int | None = None,
-        priority: int | None = None,
-        immutable: bool | None = None,
-        headers: dict[str, Any] | None = None,
-        ignore_when_task_not_registered: bool | None = None,
-        broker_message_group_id: str | None = None,
-        stop_task_deletion_on_error: bool | None = None,
-    ) -> Task[P, R]:
-        """A copy of this handle whose signatures carry these options.
-
-        ``countdown`` (seconds from now) and ``eta`` (an aware datetime) delay the task.
-        """
-        given = {k: v for k, v in locals().items() if k != "self" and v is not None}
-        if "eta" in given and "countdown" in given:
-            raise ValueError("give eta or countdown, not both")
-        if "eta" in given:
-            eta_value: datetime = given["eta"]
-            if eta_value.tzinfo is None:
-                raise ValueError("eta must be a timezone-aware datetime")
-        return Task(self.server, self.function, {**self.options, **given})
-
-    def signature(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
-        """A Signature for this call, with this handle's options; not sent."""
-        sig = Signature(name=self.name, args=self.function.build_args(args, kwargs))
-        for key, value in self.options.items():
-            if key in _OPTION_FIELDS:
-                setattr(sig, key, value)
-        if "countdown" in self.options:
-            sig.eta = datetime.now(timezone.utc) + timedelta(seconds=self.options["countdown"])
-        elif "eta" in self.options:
-            sig.eta = self.options["eta"]
-        return sig
-
-    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
-        """Send the task and return its AsyncResult; ``await result.get()`` gives the value."""
-        result = await self.server.send_task(self.signature(*args, **kwargs))
-        return result.typed(self.function.return_hint)
-
-    async def apply_async(
-        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
-    ) -> AsyncResult[R]:
-        """Celery-style: ``apply_async((1, 2), countdown=5)``."""
-        handle: Task[P, R] = self.with_options(**options) if options else self
-        sig = Signature(name=self.name, args=self.function.build_args(args, kwargs or {}))
-        template = handle.signature.__func__  # type: ignore[attr-defined]
-        del template
-        for key, value in handle.options.items():
-            if key in _OPTION_FIELDS:
-                setattr(sig, key, value)
-        if "countdown" in handle.options:
-            sig.eta = datetime.now(timezone.utc) + timedelta(seconds=handle.options["countdown"])
-        elif "eta" in handle.options:
-            sig.eta = handle.options["eta"]
-        result = await self.server.send_task(sig)
         return result.typed(self.function.return_hint)
 
     def __repr__(self) -> str:

@@ -15,7 +15,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .._memstore import shared, store_name
 from ..gotime import unix_nanos
@@ -78,7 +78,7 @@ class MemoryBroker(Broker):
         store = self._store
         body = signature.to_json()
         eta = signature.eta
-        if eta is not None and eta > datetime.now(timezone.utc):
+        if eta is not None and eta > datetime.now(UTC):
             store.delay(unix_nanos(eta) / 1e9, signature.routing_key, body)
         else:
             store.queue(signature.routing_key).append(body)
@@ -122,7 +122,7 @@ class _MemoryConsumer(Consumer):
                 next_due = store.move_due()
                 items = store.queue(self.queue)
                 if items:
-                    out = []
+                    out: list[Delivery] = []
                     while items and len(out) < max_count:
                         delivery = Delivery(items.popleft(), self.queue)
                         self.held[id(delivery)] = delivery
@@ -154,7 +154,7 @@ class _MemoryConsumer(Consumer):
             queue=delivery.queue,
             reason=reason,
             body=delivery.body.decode("utf-8", "replace"),
-            failed_at=datetime.now(timezone.utc).isoformat(),
+            failed_at=datetime.now(UTC).isoformat(),
         )
         self.store.dead.setdefault(delivery.queue, []).append(letter)
 
