@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from datetime import tzinfo
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
@@ -16,6 +17,7 @@ from .errors import TaskNotRegisteredError
 from .factory import create_backend, create_broker, create_lock
 from .locks.base import Lock
 from .log import get_logger
+from .periodic import MissedPolicy, PeriodicEntry, Scheduler
 from .result import AsyncResult, ChainAsyncResult, ChordAsyncResult
 from .signature import Signature, new_task_uuid
 from .state import State, TaskState
@@ -284,6 +286,65 @@ class Server:
     ) -> Worker:
         """Go's ``NewCustomQueueWorker``."""
         return Worker(self, tag, concurrency, queue, **options)
+
+    # -- periodic tasks (Go's RegisterPeriodic*) -------------------------------------
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The periodic-task scheduler (created on first use; every worker runs it)."""
+        if not isinstance(self._scheduler, Scheduler):
+            self._scheduler = Scheduler(self)
+        return self._scheduler
+
+    def register_periodic_task(
+        self, spec: str, name: str, signature: Signature, *,
+        timezone: str | tzinfo | None = None, missed: MissedPolicy = "skip",
+    ) -> PeriodicEntry:
+        """Send a fresh copy of ``signature`` (new UUID) on every tick of ``spec``.
+
+        ``spec``: 5 cron fields, 6 with seconds first, ``@daily``, ``@every 30s``
+        ... read in ``timezone`` (UTC by default). A bad spec raises ValueError.
+        Each tick is sent once however many workers run; ``missed`` says what
+        happens to a tick no scheduler could send in time (docs/periodic.md).
+        """
+        return self.scheduler.register(PeriodicEntry.create(
+            "task", spec, name, (signature,), timezone=timezone, missed=missed))
+
+    def register_periodic_group(
+        self, spec: str, name: str, *signatures: Signature, send_concurrency: int = 0,
+        timezone: str | tzinfo | None = None, missed: MissedPolicy = "skip",
+    ) -> PeriodicEntry:
+        """Send a fresh group of copies of ``signatures`` on every tick of ``spec``."""
+        return self.scheduler.register(PeriodicEntry.create(
+            "group", spec, name, signatures, send_concurrency=send_concurrency,
+            timezone=timezone, missed=missed))
+
+    def register_periodic_chain(
+        self, spec: str, name: str, *signatures: Signature,
+        timezone: str | tzinfo | None = None, missed: MissedPolicy = "skip",
+    ) -> PeriodicEntry:
+        """Send a fresh chain of copies of ``signatures`` on every tick of ``spec``."""
+        return self.scheduler.register(PeriodicEntry.create(
+            "chain", spec, name, signatures, timezone=timezone, missed=missed))
+
+    def register_periodic_chord(
+        self, spec: str, name: str, callback: Signature, *signatures: Signature,
+        send_concurrency: int = 0, timezone: str | tzinfo | None = None,
+        missed: MissedPolicy = "skip",
+    ) -> PeriodicEntry:
+        """Send a fresh chord (``signatures``, then ``callback``) on every tick of ``spec``.
+
+        The callback comes first, as in Go's ``RegisterPeriodicChord``.
+        """
+        return self.scheduler.register(PeriodicEntry.create(
+            "chord", spec, name, signatures, callback=callback,
+            send_concurrency=send_concurrency, timezone=timezone, missed=missed))
+
+    async def describe_periodic(self) -> list[dict[str, Any]]:
+        """The registered schedules and their next run times."""
+        if not isinstance(self._scheduler, Scheduler):
+            return []
+        return self._scheduler.describe()
 
     def scheduler_for_worker(self) -> BackgroundService | None:
         """The periodic-task scheduler a worker should run, if any task is periodic."""
