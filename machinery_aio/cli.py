@@ -32,6 +32,8 @@ examples:
   machinery-aio worker -A myapp.tasks:server --concurrency 50
   machinery-aio send -A myapp.tasks:server add 1 2
   machinery-aio send add int64:1 int64:2 --no-wait       (server from environment variables)
+  machinery-aio beat -A myapp.tasks:server             (periodic tasks only, no worker)
+  machinery-aio inspect periodic -A myapp.tasks:server
   machinery-aio inspect state task_0d3c...
   machinery-aio inspect pending --queue machinery_tasks
   machinery-aio purge --queue machinery_tasks --yes
@@ -142,6 +144,24 @@ async def _worker(args: argparse.Namespace) -> int:
     finally:
         await server.close()
     return 0
+
+
+async def _beat(args: argparse.Namespace) -> int:
+    from .periodic import Scheduler, run_beat
+
+    server = _server(args)
+    try:
+        scheduler = server.scheduler_for_worker()
+        if not isinstance(scheduler, Scheduler) or not scheduler.entries:
+            raise CLIError("no periodic tasks are registered on this server "
+                           "(server.register_periodic_task(...) in the --app module)")
+        names = ", ".join(sorted(scheduler.entries))
+        print(f"machinery-aio {__version__} beat\n  locks:    {server.lock.describe()}\n"
+              f"  broker:   {mask_url(server.config.broker)}\n  periodic: {names}", file=sys.stderr)
+        await run_beat(scheduler)
+        return 0
+    finally:
+        await server.close()
 
 
 async def _send(args: argparse.Namespace) -> int:
@@ -284,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=None,
                         help="use uvloop (default: if installed)")
     worker.set_defaults(func=_worker)
+
+    beat = sub.add_parser("beat", parents=[common], help="run only the periodic-task scheduler",
+                          description="Send periodic tasks on schedule until SIGTERM/SIGINT. Workers "
+                          "run the scheduler too (unless --no-scheduler); each tick is sent once "
+                          "however many run.")
+    beat.set_defaults(func=_beat)
 
     send = sub.add_parser("send", parents=[common], help="send a task and print its result",
                           description="Send a task. ARGs are JSON (1, 2.5, \"x\", [1,2]) or "

@@ -108,8 +108,8 @@ def zone_name(zone: tzinfo) -> str:
 def parse_go_duration(text: str) -> float:
     """Seconds in a Go duration string (``1h30m``, ``30s``, ``1.5h``, ``500ms``)."""
     raw = text.strip()
-    body = raw.lstrip("+-")
     negative = raw.startswith("-")
+    body = raw[1:] if raw[:1] in ("+", "-") else raw
     if body == "0":
         return 0.0
     if not body:
