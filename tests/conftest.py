@@ -53,7 +53,7 @@ async def memory_server(memory_config: Config) -> AsyncIterator[Server]:
 
 
 @pytest.fixture
-def make_server() -> Callable[[Config], Server]:
+async def make_server() -> AsyncIterator[Callable[[Config], Server]]:
     """Build servers that are closed after the test."""
     made: list[Server] = []
 
@@ -62,4 +62,6 @@ def make_server() -> Callable[[Config], Server]:
         made.append(server)
         return server
 
-    return factory
+    yield factory
+    for server in made:
+        await server.close()

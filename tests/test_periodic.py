@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 from collections import Counter
@@ -21,6 +20,8 @@ from machinery_aio.periodic import (
     Scheduler,
     format_tick,
 )
+
+from .periodic_support import assert_each_tick_once
 
 MakeServer = Callable[[Config], Server]
 
@@ -53,15 +54,6 @@ def record_sends(server: Server, into: list[tuple[str, str, Signature]], label: 
             into.append((headers[PERIODIC_TICK_HEADER], label, sig))
 
     server.set_pre_publish_handler(hook)
-
-
-def assert_each_tick_once(ticks: list[str], at_least: int) -> None:
-    counts = Counter(ticks)
-    assert all(n == 1 for n in counts.values()), f"ticks sent more than once: {counts}"
-    moments = sorted(datetime.fromisoformat(t.replace("Z", "+00:00")) for t in counts)
-    assert len(moments) >= at_least
-    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(moments)]
-    assert set(gaps) == {1.0}, f"ticks missing between {moments[0]} and {moments[-1]}: {gaps}"
 
 
 # -- registration ------------------------------------------------------------------
