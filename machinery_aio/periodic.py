@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .cron import Schedule, parse_schedule, zone_name
 from .log import get_logger
 from .signature import Signature, new_chord_uuid, new_task_uuid
+from .urls import scheme_of
 from .workflow import Chain, Chord, Group
 
 if TYPE_CHECKING:
@@ -173,6 +174,8 @@ class Scheduler:
         self, server: Server, *, clock_skew: float = 5.0, misfire_grace: float = 10.0,
         stop_timeout: float = 10.0,
     ) -> None:
+        if clock_skew < 0 or misfire_grace < 0 or stop_timeout < 0:
+            raise ValueError("clock_skew, misfire_grace and stop_timeout must not be negative")
         self.server = server
         self.clock_skew = clock_skew
         self.misfire_grace = misfire_grace
@@ -223,12 +226,22 @@ class Scheduler:
             return
         self._running = True
         try:
+            try:
+                lock = self.server.lock
+            except Exception as exc:
+                logger.error("periodic tasks cannot run: no lock: %s", exc)
+                raise
             now = _now()
             for entry in list(self.entries.values()):
                 self._start(entry, now)
             if self.entries:
                 logger.info("scheduler running %d periodic entries (locks in %s)",
-                            len(self.entries), self.server.lock.describe())
+                            len(self.entries), lock.describe())
+                if lock.scheme == "memory" and scheme_of(self.server.broker.url) not in (
+                        "", "memory", "eager"):
+                    logger.warning("periodic tasks use the in-memory lock, which keeps ticks single "
+                                   "only within this process; with several worker or beat "
+                                   "processes set the lock to a Redis URL (config.lock)")
             self.started.set()
             await asyncio.get_running_loop().create_future()
         finally:
@@ -269,17 +282,24 @@ class Scheduler:
 
     async def _loop(self, entry: PeriodicEntry, start: datetime) -> None:
         schedule = entry.schedule
-        tick = schedule.next_after(start)
+        moment = start
         while True:
-            await _sleep_until(tick)
-            now = _now()
-            latest = max(tick, schedule.latest_at_or_before(now) or tick)
-            if latest > tick:
-                logger.warning("periodic %r: the scheduler woke up at %s, after more than one tick; "
-                               "ticks from %s to before %s were not sent", entry.name,
-                               format_tick(now), format_tick(tick), format_tick(latest))
-            self._consider(entry, latest, now)
-            tick = schedule.next_after(latest)
+            try:
+                tick = schedule.next_after(moment)
+                await _sleep_until(tick)
+                now = _now()
+                latest = max(tick, schedule.latest_at_or_before(now) or tick)
+                if latest > tick:
+                    logger.warning("periodic %r: the scheduler woke up at %s, after more than one "
+                                   "tick; ticks from %s to before %s were not sent", entry.name,
+                                   format_tick(now), format_tick(tick), format_tick(latest))
+                self._consider(entry, latest, now)
+                moment = latest
+            except Exception:
+                logger.exception("periodic %r: scheduling failed; trying again in %g s",
+                                 entry.name, MAX_SLEEP)
+                await asyncio.sleep(MAX_SLEEP)
+                moment = _now()
 
     def due(self, entry: PeriodicEntry, tick: datetime, now: datetime) -> datetime | None:
         """The deadline to send ``tick`` by, seen at ``now``; None if it is not to be sent.
@@ -309,11 +329,18 @@ class Scheduler:
         if late > self.misfire_grace:
             logger.info("periodic %r: sending the missed tick %s once (%.0f s late)",
                         entry.name, format_tick(tick), late)
-        task = asyncio.create_task(self.fire(entry, tick, deadline=deadline))
+        task = asyncio.create_task(self._fire_logged(entry, tick, deadline))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
     # -- one tick ------------------------------------------------------------------
+
+    async def _fire_logged(self, entry: PeriodicEntry, tick: datetime, deadline: datetime) -> bool:
+        try:
+            return await self.fire(entry, tick, deadline=deadline)
+        except Exception:
+            logger.exception("periodic %r: tick %s not sent", entry.name, format_tick(tick))
+            return False
 
     async def fire(self, entry: PeriodicEntry, tick: datetime, *,
                    deadline: datetime | None = None) -> bool:

@@ -565,3 +565,21 @@ def test_cli_beat_without_periodic_tasks_fails_clearly(capsys: pytest.CaptureFix
     assert main(["beat", "-A", "tests.periodic_app:empty_server"]) == 2
     assert "no periodic tasks are registered" in capsys.readouterr().err
 
+
+
+async def test_a_lock_url_that_cannot_work_stops_the_scheduler_loudly(
+    unique: str, make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = make_server(config_for(unique, lock="zookeeper://127.0.0.1/"))
+    server.register_periodic_task("@daily", "job", add_sig())
+    with caplog.at_level(logging.ERROR, "machinery_aio.periodic"), \
+            pytest.raises(ValueError, match="unknown lock URL scheme 'zookeeper'"):
+        await server.scheduler.run()
+    assert "periodic tasks cannot run" in caplog.text
+
+
+def test_scheduler_settings_must_not_be_negative(memory_server: Server) -> None:
+    for setting in ("clock_skew", "misfire_grace", "stop_timeout"):
+        with pytest.raises(ValueError, match="must not be negative"):
+            Scheduler(memory_server, **{setting: -1.0})  # type: ignore[arg-type]
+

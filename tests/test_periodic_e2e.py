@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from machinery_aio import Config, Server, Signature
 
 from .conftest import IN_CI, require_server
 from .periodic_app import build
@@ -111,3 +114,19 @@ def test_three_workers_send_each_tick_once(
     assert Counter(r["tick"] for r in runs) == Counter(ticks)
     if kind == "chord":
         assert all(r["results"] == [3, 3] for r in runs)
+
+
+async def test_memory_lock_with_a_shared_broker_warns(unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    require_redis_broker()
+    server = Server(Config(broker=REDIS_URL, result_backend=f"memory://{unique}",
+                           lock=f"memory://{unique}", default_queue=f"{unique}_tasks", app_name=unique))
+    server.register_periodic_task("@daily", "job", Signature(name="ptest_record"))
+    try:
+        with caplog.at_level(logging.WARNING, "machinery_aio.periodic"):
+            run = asyncio.create_task(server.scheduler.run())
+            await asyncio.wait_for(server.scheduler.started.wait(), 30)
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+    finally:
+        await server.close()
+    assert "in-memory lock" in caplog.text
