@@ -187,6 +187,8 @@ class Scheduler:
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._sending: set[asyncio.Task[bool]] = set()
         self._running = False
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- registration --------------------------------------------------------------
 
@@ -220,11 +222,11 @@ class Scheduler:
     async def run(self) -> None:
         """Schedule every entry until cancelled; then let sends in progress finish
         within ``stop_timeout`` (a second cancel stops them at once)."""
-        if self._running:
-            # Another worker of this server runs it already.
-            await asyncio.get_running_loop().create_future()
-            return
+        while self._running:
+            # Another worker of this server runs it; take over when that one stops.
+            await self._idle.wait()
         self._running = True
+        self._idle.clear()
         try:
             try:
                 lock = self.server.lock
@@ -257,6 +259,7 @@ class Scheduler:
                 for task in list(self._sending):
                     task.cancel()
                 self._running = False
+                self._idle.set()
 
     async def _finish_sends(self) -> None:
         if not self._sending:

@@ -521,19 +521,27 @@ async def test_entries_registered_while_running_are_scheduled(unique: str, make_
         await asyncio.gather(run, return_exceptions=True)
 
 
-async def test_a_second_run_of_the_same_scheduler_waits(memory_server: Server) -> None:
+async def test_a_second_run_of_the_same_scheduler_waits_then_takes_over(memory_server: Server) -> None:
+    # Two workers of one server: one scheduler runs; when its worker stops, the other takes over.
     memory_server.register_periodic_task("@daily", "job", add_sig())
     scheduler = memory_server.scheduler
     first = asyncio.create_task(scheduler.run())
     await asyncio.wait_for(scheduler.started.wait(), 30)
     second = asyncio.create_task(scheduler.run())
-    await asyncio.sleep(0.05)
-    assert not second.done()
-    second.cancel()
-    await asyncio.gather(second, return_exceptions=True)
+    third = asyncio.create_task(scheduler.run())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(scheduler._loops) == 1
+    third.cancel()
+    await asyncio.gather(third, return_exceptions=True)
     assert scheduler.started.is_set()  # the first run goes on
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
+    await asyncio.wait_for(scheduler.started.wait(), 30)  # the second one took over
+    assert not second.done()
+    assert len(scheduler._loops) == 1
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
     assert not scheduler.started.is_set()
 
 
