@@ -19,6 +19,7 @@ from machinery_aio.periodic import (
     PeriodicEntry,
     Scheduler,
     format_tick,
+    run_beat,
 )
 
 from .periodic_support import assert_each_tick_once
@@ -591,3 +592,30 @@ def test_scheduler_settings_must_not_be_negative(memory_server: Server) -> None:
         with pytest.raises(ValueError, match="must not be negative"):
             Scheduler(memory_server, **{setting: -1.0})  # type: ignore[arg-type]
 
+
+
+async def test_beat_stops_on_a_signal_and_at_once_on_a_second(unique: str, make_server: MakeServer) -> None:
+    import os
+    import signal
+
+    server = make_server(config_for(unique))
+    server.scheduler.stop_timeout = 300  # the second signal must not wait for it
+    entered = asyncio.Event()
+
+    async def stuck(sig: Signature) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    server.set_pre_publish_handler(stuck)
+    server.register_periodic_task("* * * * * *", "job", add_sig())
+    beat = asyncio.create_task(run_beat(server.scheduler))
+    await asyncio.wait_for(entered.wait(), 30)
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # run_beat's handler is in place
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not beat.done()  # waiting for the send in progress
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(beat, 30)
+    assert await server.broker.get_pending_tasks() == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
