@@ -47,6 +47,8 @@ def _rebuild(fields: tuple[int, ...], micro: int, tz: Any, nano: int) -> NanoTim
 
 
 ZERO_TIME = NanoTime(1, 1, 1, tzinfo=UTC)
+"""Go's zero ``time.Time``, written ``0001-01-01T00:00:00Z``."""
+_ZERO_TEXT = "0001-01-01T00:00:00Z"
 
 
 def now() -> NanoTime:
@@ -82,6 +84,8 @@ def parse_time(text: str) -> NanoTime:
 
 def format_time(value: datetime) -> str:
     """Format as Go's ``time.RFC3339Nano``: trimmed fraction, ``Z`` for UTC."""
+    if value is ZERO_TIME:
+        return _ZERO_TEXT
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("times on the wire must be timezone-aware")
     nanos = value.microsecond * 1000 + getattr(value, "nanosecond", 0)
