@@ -240,11 +240,17 @@ class TaskRunner:
             return
         if not await backend.trigger_chord(sig.group_uuid):
             return
-        states = await backend.group_task_states(sig.group_uuid, sig.group_task_count)
+        try:
+            states = await backend.group_task_states(sig.group_uuid, sig.group_task_count)
+        except LookupError as exc:
+            # The records expired or were purged: the callback can never get its results.
+            states, missing = [], str(exc)
+        else:
+            missing = ""
         failed = [s for s in states if not s.is_success()]
-        if failed:
+        if failed or missing:
             text = (f"chord {sig.group_uuid}: {len(failed)} of {len(states)} members failed; "
-                    f"first {failed[0].task_uuid}: {failed[0].error}")
+                    f"first {failed[0].task_uuid}: {failed[0].error}") if failed else missing
             logger.error("%s; callback %s not sent", text, callback.name)
             if callback.uuid:
                 await backend.set_state(TaskState.new(callback, State.FAILURE, error=text))
