@@ -99,8 +99,8 @@ class TaskFunction:
             bound = self.call_signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"task {self.name!r}: {exc}") from None
+        extra = dict(bound.kwargs)  # given for keyword-only parameters; defaults may stay
         bound.apply_defaults()
-        extra = {k: v for k, v in bound.kwargs.items() if v is not inspect.Parameter.empty}
         if extra:
             raise TypeError(
                 f"task {self.name!r}: keyword-only parameters cannot travel as Go Machinery "
