@@ -58,3 +58,11 @@ class RecordingBroker(MemoryBroker):
 
     def published(self) -> list[Signature]:
         return [Signature.from_json(body) for _, bodies in self.calls for body in bodies]
+
+
+async def push_raw(broker: MemoryBroker, queue: str, body: bytes) -> None:
+    """Put raw bytes on a memory:// queue, as a foreign producer (or a Go one) would."""
+    store = broker._store
+    store.queue(queue).append(body)
+    async with store.changed:
+        store.changed.notify_all()
