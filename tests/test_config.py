@@ -115,7 +115,8 @@ def test_go_environment_variables_load() -> None:
     assert (redis.read_timeout, redis.write_timeout, redis.connect_timeout) == (1, 2, 3)
     assert (redis.normal_tasks_poll_period, redis.delayed_tasks_poll_period) == (400, 50)
     assert (redis.delayed_tasks_key, redis.client_name, redis.master_name) == ("dt", "me", "master")
-    assert redis.cluster_enabled is True and redis.sentinel_password == "pw"
+    assert redis.cluster_enabled is True
+    assert redis.sentinel_password == "pw"
     assert (config.dynamodb.task_states_table, config.dynamodb.group_metas_table) == ("states", "metas")
 
 
@@ -220,7 +221,9 @@ def test_go_config_yml_loads_unchanged_beyond_1000_bytes(caplog: pytest.LogCaptu
 
 def test_python_spellings_load_from_yaml_too(tmp_path: Path) -> None:
     path = tmp_path / "c.yml"
-    path.write_text("sqs:\n  wait_time_seconds: 2\n  visibility_heartbeat: false\nredis:\n  idle_timeout: 9\n")
+    path.write_text(
+        "sqs:\n  wait_time_seconds: 2\n  visibility_heartbeat: false\nredis:\n  idle_timeout: 9\n"
+    )
     config = Config.from_yaml(path)
     assert (config.sqs.wait_time_seconds, config.sqs.visibility_heartbeat) == (2, False)
     assert config.redis.idle_timeout == 9
@@ -237,7 +240,8 @@ def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:
     [
         ("results_expire_in: soon\n", "results_expire_in"),
         ("redis:\n  max_idle: -1\n", "redis.max_idle"),
-        ("sqs:\n  receive_wait_time_seconds: 99\n", "sqs.receive_wait_time_seconds: Input should be less than or equal to 20"),
+        ("sqs:\n  receive_wait_time_seconds: 99\n",
+         "sqs.receive_wait_time_seconds: Input should be less than or equal to 20"),
         ("- just\n- a list\n", "must hold a mapping of settings, not list"),
         ("broker: [unclosed\n", "is not valid YAML"),
         ("amqp: 5\n", "amqp"),

@@ -24,9 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_memory_scheme_gives_the_embedded_implementations(url: str) -> None:
     config = Config(broker=url, result_backend=url, lock=url)
     broker, backend, lock = create_broker(config), create_backend(config), create_lock(config)
-    assert isinstance(broker, MemoryBroker) and broker.url == url
-    assert isinstance(backend, MemoryBackend) and backend.url == url
-    assert isinstance(lock, MemoryLock) and lock.url == url
+    assert isinstance(broker, MemoryBroker)
+    assert broker.url == url
+    assert isinstance(backend, MemoryBackend)
+    assert backend.url == url
+    assert isinstance(lock, MemoryLock)
+    assert lock.url == url
 
 
 def test_null_backend() -> None:
@@ -81,7 +84,8 @@ def test_unknown_scheme_is_a_clear_error_without_the_password(make: object, url:
         make(Config(), url)  # type: ignore[operator]
     message = str(info.value)
     assert f"unknown {kind} URL scheme {scheme!r}" in message
-    assert "known schemes:" in message and "memory://" in message
+    assert "known schemes:" in message
+    assert "memory://" in message
     assert "hunter2" not in message
 
 

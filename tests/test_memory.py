@@ -43,12 +43,16 @@ def sig(name: str = "add", *values: int, **fields: object) -> Signature:
 
 def test_capabilities_describe_an_in_process_at_least_once_broker() -> None:
     caps = MemoryBroker.capabilities
-    assert caps.at_least_once and caps.delayed_delivery and caps.dead_letters
+    assert caps.at_least_once
+    assert caps.delayed_delivery
+    assert caps.dead_letters
     assert caps.inspect_pending
     assert not caps.persistent
 
 
-async def test_publish_fills_the_routing_key_and_keeps_gos_bytes(broker: MemoryBroker, config: Config) -> None:
+async def test_publish_fills_the_routing_key_and_keeps_gos_bytes(
+    broker: MemoryBroker, config: Config
+) -> None:
     s = sig("add", 1, 2)
     await broker.publish(s)
     assert s.routing_key == config.default_queue
@@ -229,7 +233,8 @@ async def test_later_states_carry_task_name_and_created_at(backend: MemoryBacken
     s = sig("add", 1)
     await backend.set_state_pending(s)
     pending = await backend.get_state(s.uuid)
-    assert pending is not None and pending.created_at != ZERO_TIME
+    assert pending is not None
+    assert pending.created_at != ZERO_TIME
     for state in (State.RECEIVED, State.STARTED, State.SUCCESS):
         bare = TaskState(task_uuid=s.uuid, state=state)  # as Go's constructors: no name, zero time
         await backend.set_state(bare)
@@ -252,7 +257,9 @@ async def test_state_helpers_write_each_state(backend: MemoryBackend) -> None:
     assert (await backend.get_state(s.uuid)).value == 2  # type: ignore[union-attr]
     await backend.set_state_failure(s, "boom")
     failed = await backend.get_state(s.uuid)
-    assert failed is not None and failed.error == "boom" and failed.is_failure()
+    assert failed is not None
+    assert failed.error == "boom"
+    assert failed.is_failure()
 
 
 async def test_unknown_state_is_none(backend: MemoryBackend) -> None:
@@ -282,8 +289,10 @@ async def test_groups_complete_when_every_member_is_final(backend: MemoryBackend
     await backend.init_group("group_g", [m.uuid for m in members])
     await backend.set_states([TaskState.new(m, State.PENDING) for m in members])
     meta = await backend.get_group_meta("group_g")
-    assert isinstance(meta, GroupMeta) and meta.task_uuids == [m.uuid for m in members]
-    assert meta.created_at != ZERO_TIME and not meta.chord_triggered
+    assert isinstance(meta, GroupMeta)
+    assert meta.task_uuids == [m.uuid for m in members]
+    assert meta.created_at != ZERO_TIME
+    assert not meta.chord_triggered
     assert not await backend.group_completed("group_g", 3)
     await backend.set_state_success(members[2], [TaskResult(type="int64", value=2)])
     await backend.set_state_failure(members[0], "boom")
@@ -310,7 +319,8 @@ async def test_trigger_chord_is_true_for_exactly_one_of_many(backend: MemoryBack
     results = await asyncio.gather(*(backend.trigger_chord("group_c") for _ in range(200)))
     assert results.count(True) == 1
     meta = await backend.get_group_meta("group_c")
-    assert meta is not None and meta.chord_triggered
+    assert meta is not None
+    assert meta.chord_triggered
     assert await backend.trigger_chord("group_c") is False
     assert await backend.trigger_chord("group_unknown") is False
 
@@ -335,7 +345,7 @@ async def test_wait_for_state_returns_at_once_when_final_and_times_out_clearly(
     s = sig("f", 1)
     await backend.set_state_failure(s, "boom")
     assert (await backend.wait_for_state(s.uuid, 0)).error == "boom"
-    with pytest.raises(TimeoutError, match="task task_never did not complete within 0.05 s"):
+    with pytest.raises(TimeoutError, match=r"task task_never did not complete within 0\.05 s"):
         await backend.wait_for_state("task_never", 0.05)
 
 
@@ -352,11 +362,11 @@ async def test_base_class_polling_wait(config: Config) -> None:
     await backend.set_state_success(s, [])
     async with asyncio.timeout(10):
         assert (await waiter).is_success()
-    with pytest.raises(TimeoutError, match="did not complete within 0.02 s"):
+    with pytest.raises(TimeoutError, match=r"did not complete within 0\.02 s"):
         await backend.wait_for_state("task_never", 0.02, interval=0.01)
 
 
-async def test_purge(backend: MemoryBackend) -> None:
+async def test_backend_purge(backend: MemoryBackend) -> None:
     s = sig("x", 1)
     await backend.set_state_pending(s)
     await backend.init_group("group_p", [s.uuid])

@@ -64,7 +64,8 @@ def test_register_and_look_up(server: Server) -> None:
 
     server.register_task("add", add)
     server.register_tasks({"mul": mul, "also_add": add})
-    assert server.is_task_registered("add") and not server.is_task_registered("sub")
+    assert server.is_task_registered("add")
+    assert not server.is_task_registered("sub")
     assert server.get_registered_task("mul").fn is mul
     assert server.get_registered_task("add").is_async
     assert not server.get_registered_task("mul").is_async
@@ -95,7 +96,8 @@ def test_task_decorator_returns_a_typed_handle(server: Server) -> None:
     def multiply(a: int, b: int) -> int:
         return a * b
 
-    assert isinstance(add, Task) and add.name == "add"
+    assert isinstance(add, Task)
+    assert add.name == "add"
     assert multiply.name == "multiply"
     assert server.is_task_registered("multiply")
     assert multiply(3, 4) == 12  # calling the handle calls the function here
@@ -114,7 +116,8 @@ def test_signature_infers_go_types_from_annotations(server: Server) -> None:
         ("int64", 1), ("float64", 2.0), ("string", "x"), ("[]string", []),
         ("[]byte", "AQ=="), ("json", {"k": 1}), ("bool", False),
     ]
-    assert sig.name == "mixed" and sig.uuid == ""
+    assert sig.name == "mixed"
+    assert sig.uuid == ""
 
 
 def test_keyword_arguments_are_bound_to_positions(server: Server) -> None:
@@ -133,7 +136,7 @@ def test_keyword_only_parameters(server: Server) -> None:
         return a
 
     assert [a.value for a in k.signature(1).args or ()] == [1]  # default stays on the worker
-    with pytest.raises(TypeError, match="keyword-only parameters cannot travel.*verbose"):
+    with pytest.raises(TypeError, match=r"keyword-only parameters cannot travel.*verbose"):
         k.signature(1, verbose=True)
 
 
@@ -165,8 +168,10 @@ def test_with_options_sets_signature_fields(server: Server) -> None:
     )
     sig = handle.signature(1, 2)
     assert (sig.routing_key, sig.retry_count, sig.retry_timeout, sig.priority) == ("special", 3, 2, 5)
-    assert sig.immutable and sig.headers == {"h": "v"}
-    assert sig.ignore_when_task_not_registered and sig.stop_task_deletion_on_error
+    assert sig.immutable
+    assert sig.headers == {"h": "v"}
+    assert sig.ignore_when_task_not_registered
+    assert sig.stop_task_deletion_on_error
     assert sig.broker_message_group_id == "g"
     assert add.signature(1, 2).routing_key == ""  # the original handle is unchanged
 
@@ -205,12 +210,16 @@ async def test_delay_records_pending_and_publishes_gos_json(server: Server) -> N
     assert backend.calls == [("set_state", (uuid, State.PENDING))]
     [body] = broker.calls[0][1]
     doc = json.loads(body)
-    assert doc["UUID"] == uuid and doc["Name"] == "add"
+    assert doc["UUID"] == uuid
+    assert doc["Name"] == "add"
     assert doc["RoutingKey"] == server.config.default_queue
     assert doc["Headers"] == {}
-    assert doc["Args"] == [{"Name": "", "Type": "int64", "Value": 1}, {"Name": "", "Type": "int64", "Value": 2}]
+    assert doc["Args"] == [
+        {"Name": "", "Type": "int64", "Value": 1}, {"Name": "", "Type": "int64", "Value": 2},
+    ]
     state = await result.get_state()
-    assert state.state is State.PENDING and state.task_name == "add"
+    assert state.state is State.PENDING
+    assert state.task_name == "add"
     assert state.created_at != ZERO_TIME
 
 
@@ -224,7 +233,8 @@ async def test_apply_async_is_celery_style(server: Server) -> None:
     await add.apply_async((1,), {"b": 5}, countdown=60, routing_key="elsewhere")
     [sig] = broker.published()
     assert sig.python_args() == [1, 5]
-    assert sig.routing_key == "elsewhere" and sig.eta is not None
+    assert sig.routing_key == "elsewhere"
+    assert sig.eta is not None
     assert [d.name for d in await server.broker.get_delayed_tasks()] == ["add"]
     await add.apply_async([2, 3])
     assert broker.published()[-1].python_args() == [2, 3]
@@ -236,7 +246,8 @@ async def test_send_task_fills_uuid_and_headers_and_refuses_bad_input(server: Se
     broker, backend = recorded(server)
     sig = Signature(name="anything", args=int_args(1))
     result = await server.send_task(sig)
-    assert sig.uuid.startswith("task_") and result.task_uuid == sig.uuid
+    assert sig.uuid.startswith("task_")
+    assert result.task_uuid == sig.uuid
     assert sig.headers == {}
     kept = Signature(uuid="task_mine", name="x", headers={"a": "b"}, routing_key="q2")
     await server.send_task(kept)
@@ -327,7 +338,8 @@ async def test_send_chain_publishes_only_the_head(server: Server) -> None:
     assert [r.task_uuid for r in result.results] == [s.uuid for s in chain.tasks]
     [head] = broker.published()
     assert head.name == "link0"
-    assert head.on_success is not None and head.on_success[0].name == "link1"
+    assert head.on_success is not None
+    assert head.on_success[0].name == "link1"
     assert backend.calls == [("set_state", (chain.tasks[0].uuid, State.PENDING))]
     with pytest.raises(TypeError, match="expected a Chain"):
         await server.send_chain(chain.tasks)  # type: ignore[arg-type]
@@ -394,7 +406,8 @@ async def test_async_result_raises_the_tasks_error_and_times_out(server: Server)
     with pytest.raises(TaskFailedError) as info:
         await result.get(timeout=5)
     assert info.value.error == "ValueError: bad"
-    assert info.value.task_uuid == sig.uuid and info.value.task_name == "boom"
+    assert info.value.task_uuid == sig.uuid
+    assert info.value.task_name == "boom"
     assert str(info.value) == f"task boom {sig.uuid} failed: ValueError: bad"
     with pytest.raises(TaskFailedError):
         await result.touch()
@@ -411,17 +424,18 @@ async def test_delay_result_is_converted_to_the_return_annotation(server: Server
         return Point(x=x, y=x)
 
     result = await point.delay(2)
-    await server.backend.set_state_success(result.signature, [TaskResult(type="json", value={"x": 2, "y": 2})])
+    point_json = TaskResult(type="json", value={"x": 2, "y": 2})
+    await server.backend.set_state_success(result.signature, [point_json])
     value = await result.get(timeout=5)
     assert value == Point(x=2, y=2)
 
 
 async def test_chain_and_chord_results_time_out_clearly(server: Server) -> None:
     chain = await server.send_chain(Chain(Signature(name="a"), Signature(name="b")))
-    with pytest.raises(TimeoutError, match="chain did not complete within 0.01 s"):
+    with pytest.raises(TimeoutError, match=r"chain did not complete within 0\.01 s"):
         await chain.get(timeout=0.01)
     chord = await server.send_chord(Chord(Group(Signature(name="a")), Signature(name="cb")))
-    with pytest.raises(TimeoutError, match="chord did not complete within 0.01 s"):
+    with pytest.raises(TimeoutError, match=r"chord did not complete within 0\.01 s"):
         await chord.get(timeout=0.01)
     states = await chain.get_states()
     assert [s.state for s in states] == [State.PENDING, State.PENDING]

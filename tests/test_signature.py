@@ -88,7 +88,8 @@ def test_plain_task_vector_reads_as_python() -> None:
     assert sig.retry_count == 3
     assert sig.headers == {}
     assert sig.python_args() == [1, 2]
-    assert sig.on_success is None and sig.chord_callback is None
+    assert sig.on_success is None
+    assert sig.chord_callback is None
 
 
 def test_chain_vector_nests_on_success() -> None:
@@ -114,10 +115,15 @@ def test_task_state_vectors_read_as_python() -> None:
     pending = TaskState.from_json(golden("10_task_state_pending"))
     success = TaskState.from_json(golden("11_task_state_success"))
     failure = TaskState.from_json(golden("12_task_state_failure"))
-    assert pending.state is State.PENDING and not pending.is_completed()
-    assert success.is_success() and success.is_completed() and success.value == 2
-    assert failure.is_failure() and failure.error == "something went wrong"
-    assert failure.results is None and failure.value is None
+    assert pending.state is State.PENDING
+    assert not pending.is_completed()
+    assert success.is_success()
+    assert success.is_completed()
+    assert success.value == 2
+    assert failure.is_failure()
+    assert failure.error == "something went wrong"
+    assert failure.results is None
+    assert failure.value is None
     assert format_time(success.created_at) == "2025-01-15T10:29:58.501234567Z"
 
 
@@ -130,8 +136,10 @@ def test_new_signature_has_all_19_keys_in_gos_order_and_shapes() -> None:
     assert list(doc) == GO_SIGNATURE_KEYS
     assert doc["ETA"] is None
     assert doc["Args"] == [{"Name": "", "Type": "int64", "Value": 1}]
-    assert doc["OnSuccess"] is None and doc["ChordCallback"] is None
-    assert doc["GroupTaskCount"] == 0 and doc["Immutable"] is False
+    assert doc["OnSuccess"] is None
+    assert doc["ChordCallback"] is None
+    assert doc["GroupTaskCount"] == 0
+    assert doc["Immutable"] is False
     assert b" " not in sig.to_json()  # compact, as Go's json.Marshal
 
 
@@ -166,7 +174,8 @@ def test_naive_eta_is_refused() -> None:
 )
 def test_uuid_prefixes(make: Any, prefix: str) -> None:
     value = make()
-    assert re.fullmatch(prefix + r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", value)
+    uuid4 = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+    assert re.fullmatch(prefix + uuid4, value)
     assert make() != value
 
 
@@ -189,7 +198,8 @@ def test_copy_fresh_is_a_deep_copy_with_the_same_bytes() -> None:
     sig = Signature.from_json(golden("02_chain_onsuccess_nesting"))
     copied = sig.copy_fresh()
     assert copied.to_json() == sig.to_json()
-    assert copied.on_success is not None and sig.on_success is not None
+    assert copied.on_success is not None
+    assert sig.on_success is not None
     copied.on_success[0].args = []
     assert sig.on_success[0].args
 
@@ -212,9 +222,13 @@ def test_keys_match_case_insensitively() -> None:
     assert (sig.uuid, sig.name, sig.routing_key) == ("task_1", "add", "q")
     assert sig.eta == datetime(2025, 1, 15, 10, 30, tzinfo=UTC)
     assert sig.python_args() == [7]
-    assert sig.args is not None and sig.args[0].name == "a"
-    assert sig.headers == {"k": "v"} and sig.retry_count == 2 and sig.immutable is True
-    assert sig.on_success is not None and sig.on_success[0].name == "next"
+    assert sig.args is not None
+    assert sig.args[0].name == "a"
+    assert sig.headers == {"k": "v"}
+    assert sig.retry_count == 2
+    assert sig.immutable is True
+    assert sig.on_success is not None
+    assert sig.on_success[0].name == "next"
     # written back with Go's own spelling
     assert list(json.loads(sig.to_json())) == GO_SIGNATURE_KEYS
 
@@ -293,7 +307,8 @@ def test_bad_bodies_raise_invalid_message_error(
 
 def test_value_to_results_and_back() -> None:
     assert value_to_results(None) == []
-    assert results_to_value([]) is None and results_to_value(None) is None
+    assert results_to_value([]) is None
+    assert results_to_value(None) is None
     one = value_to_results(3)
     assert [(r.type, r.value) for r in one] == [("int64", 3)]
     assert results_to_value(one) == 3
@@ -320,4 +335,5 @@ def test_parse_state_tolerates_missing_and_garbage() -> None:
     assert parse_state(b"garbage") is None
     assert parse_state(b'{"State":"NOPE"}') is None
     state = parse_state(golden("11_task_state_success"))
-    assert state is not None and state.value == 2
+    assert state is not None
+    assert state.value == 2

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,9 +32,9 @@ from machinery_aio.brokers.base import Consumer, Delivery
 from machinery_aio.gotime import unix_nanos
 from machinery_aio.retry import fibonacci_next
 
+from .processes import StartCLI
 from .recording import RecordingBackend, RecordingBroker, push_raw
 
-ROOT = Path(__file__).resolve().parent.parent
 P, R, S = State.PENDING, State.RECEIVED, State.STARTED
 
 
@@ -107,7 +103,8 @@ async def test_async_and_sync_tasks_run_and_return(server: Server) -> None:
     async with server.new_worker("w", concurrency=2):
         assert await (await add.delay(1, 2)).get(timeout=30) == 3
         assert await (await multiply.delay(3, 4)).get(timeout=30) == 12
-    assert threads and threads[0] != threading.get_ident()  # plain functions run in the executor
+    assert threads
+    assert threads[0] != threading.get_ident()
 
 
 async def test_sync_tasks_do_not_block_the_event_loop(server: Server) -> None:
@@ -241,8 +238,10 @@ async def test_task_context_is_passed_first(server: Server) -> None:
         result = await with_ctx.with_options(retry_count=4, headers={"h": "v"}).delay(21)
         assert await result.get(timeout=30) == 42
         assert await (await sync_ctx.delay()).get(timeout=30) == "ctx_sync"
-    assert seen["uuid"] == result.task_uuid and seen["name"] == "ctx"
-    assert seen["retries"] == 4 and seen["headers"] == {"h": "v"}
+    assert seen["uuid"] == result.task_uuid
+    assert seen["name"] == "ctx"
+    assert seen["retries"] == 4
+    assert seen["headers"] == {"h": "v"}
     assert seen["tag"] == worker.tag == "ctx-worker"
     assert isinstance(seen["sig"], Signature)
 
@@ -270,7 +269,8 @@ async def test_states_are_recorded_in_order(server: Server) -> None:
     assert backend.states_of(good.task_uuid) == [P, R, S, State.SUCCESS]
     assert backend.states_of(failed.task_uuid) == [P, R, S, State.FAILURE]
     final = await failed.get_state()
-    assert final.task_name == "bad" and final.created_at.year > 1  # carried over from PENDING
+    assert final.task_name == "bad"
+    assert final.created_at.year > 1
 
 
 # -- retries ------------------------------------------------------------------------------------------------
@@ -381,7 +381,8 @@ async def test_eta_is_honoured(server: Server) -> None:
         result = await when.with_options(countdown=0.3).delay()
         sent = result.signature.eta
         await result.get(timeout=30)
-    assert sent is not None and started[0] >= sent
+    assert sent is not None
+    assert started[0] >= sent
 
 
 @pytest.mark.parametrize("early", [0.3, 1.5])
@@ -403,7 +404,8 @@ async def test_a_message_that_arrives_before_its_eta_waits_for_it(server: Server
             await until(lambda: _delayed_has(server, sig.uuid))
             assert State.RECEIVED not in backend_of(server).states_of(sig.uuid)
         await server.get_async_result(sig.uuid).get(timeout=30)
-    assert sig.eta is not None and started[0] >= sig.eta
+    assert sig.eta is not None
+    assert started[0] >= sig.eta
 
 
 async def _delayed_has(server: Server, uuid: str) -> bool:
@@ -633,7 +635,8 @@ async def test_async_task_over_its_time_limit_is_cancelled(server: Server) -> No
     assert info.value.error == (
         "TaskTimeLimitExceeded: task slow exceeded its time limit of 0.05 s and was cancelled"
     )
-    assert isinstance(errors[0], TaskTimeLimitExceeded) and isinstance(errors[0], TimeoutError)
+    assert isinstance(errors[0], TaskTimeLimitExceeded)
+    assert isinstance(errors[0], TimeoutError)
 
 
 async def test_sync_task_over_the_workers_time_limit_fails(server: Server) -> None:
@@ -713,7 +716,9 @@ async def test_unregistered_task_is_handed_back_with_growing_back_off(
             server.register_task("later_known", lambda x: x * 2)
             assert await result.get(timeout=30) == 10  # nothing was lost
     gaps = [b - a for a, b in zip(broker.requeues, broker.requeues[1:], strict=False)]
-    assert gaps[0] >= 0.04 * 0.9 and gaps[1] >= 0.08 * 0.9 and gaps[2] >= 0.08 * 0.9
+    assert gaps[0] >= 0.04 * 0.9
+    assert gaps[1] >= 0.08 * 0.9
+    assert gaps[2] >= 0.08 * 0.9
     assert caplog.text.count("is not registered on worker w") == 1  # logged once, not per hand-back
     await server.close()
 
@@ -984,96 +989,41 @@ def test_worker_reprs_and_arguments(unique: str) -> None:
 # -- launch() in a real process with real signals ----------------------------------------------------------
 
 
-class WorkerProcess:
-    """``python -m machinery_aio worker -A tests.apps.memory_app:server`` with output captured."""
-
-    def __init__(self, seed: str, *args: str) -> None:
-        env = {**os.environ, "MEMORY_APP_SEED": seed, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "machinery_aio", "worker", "-A", "tests.apps.memory_app:server",
-             "--loglevel", "INFO", *args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.strip())
-
-    def wait_for_line(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.lines:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} line; got {self.lines}; stderr: {self.stderr()}")
-            time.sleep(0.01)
-
-    def stderr(self) -> str:
-        if self.proc.poll() is None:
-            return "(still running)"
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
-
-    def finish(self, timeout: float = 30.0) -> tuple[int, str]:
-        code = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        return code, self.stderr()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
-def worker_process() -> Any:
-    started: list[WorkerProcess] = []
-
-    def start(seed: str, *args: str) -> WorkerProcess:
-        process = WorkerProcess(seed, *args)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
+APP = ("worker", "-A", "tests.apps.memory_app:server", "--loglevel", "INFO")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_gracefully_letting_the_running_task_finish(worker_process: Any, signum: int) -> None:
-    process = worker_process("sleep:0.5")
-    process.wait_for_line("started sleep")
+def test_a_signal_stops_gracefully_letting_the_running_task_finish(
+    cli_process: StartCLI, signum: int
+) -> None:
+    process = cli_process(*APP, env={"MEMORY_APP_SEED": "sleep:0.5"})
+    process.wait_for("started sleep")
     process.proc.send_signal(signum)
-    code, stderr = process.finish()
-    assert code == 0, stderr
-    assert "finished sleep" in process.lines
-    assert f"{signal.Signals(signum).name}: stopping gracefully" in stderr
-    assert "machinery-aio" in stderr and "memory://memory-app" in stderr  # the banner
+    assert process.finish() == 0, process.stderr
+    assert "finished sleep" in process.out
+    assert f"{signal.Signals(signum).name}: stopping gracefully" in process.stderr
+    assert "machinery-aio" in process.stderr
+    assert "memory://memory-app" in process.stderr
 
 
-def test_a_second_signal_stops_at_once(worker_process: Any) -> None:
-    process = worker_process("sleep:600", "--grace-period", "600")
-    process.wait_for_line("started sleep")
+def test_a_second_signal_stops_at_once(cli_process: StartCLI) -> None:
+    process = cli_process(*APP, "--grace-period", "600", env={"MEMORY_APP_SEED": "sleep:600"})
+    process.wait_for("started sleep")
     process.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
+    process.wait_for("stopping gracefully")
+    time.sleep(0.1)
     assert process.proc.poll() is None  # still waiting for the running task
     process.proc.send_signal(signal.SIGTERM)
-    code, stderr = process.finish()
-    assert code == 0, stderr
-    assert "finished sleep" not in process.lines
-    assert "second SIGTERM: stopping at once; unfinished tasks will be redelivered" in stderr
+    assert process.finish() == 0, process.stderr
+    assert "finished sleep" not in process.out
+    assert "second SIGTERM: stopping at once; unfinished tasks will be redelivered" in process.stderr
 
 
-def test_grace_period_runs_out(worker_process: Any) -> None:
-    process = worker_process("sleep:600", "--grace-period", "0.2")
-    process.wait_for_line("started sleep")
+def test_grace_period_runs_out(cli_process: StartCLI) -> None:
+    process = cli_process(*APP, "--grace-period", "0.2", env={"MEMORY_APP_SEED": "sleep:600"})
+    process.wait_for("started sleep")
     process.proc.send_signal(signal.SIGTERM)
-    code, stderr = process.finish()
-    assert code == 0, stderr
-    assert "waiting up to 0.2 s for 1 running tasks" in stderr
-    assert "cancelling 1 unfinished tasks" in stderr
+    assert process.finish() == 0, process.stderr
+    assert "waiting up to 0.2 s for 1 running tasks" in process.stderr
+    assert "cancelling 1 unfinished tasks" in process.stderr
+    assert "finished sleep" not in process.out

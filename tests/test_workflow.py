@@ -58,7 +58,8 @@ def test_chord_embeds_the_callback_in_every_member() -> None:
     assert callback.uuid.startswith("chord_")
     for sig in group.tasks:
         assert sig.chord_callback is callback
-    assert chord.group is group and chord.callback is callback
+    assert chord.group is group
+    assert chord.callback is callback
     kept = Signature(uuid="task_cb", name="sum")
     Chord(Group(add(1)), kept)
     assert kept.uuid == "task_cb"
