@@ -150,6 +150,8 @@ class TaskRunner:
                 raise
             except Exception as exc:
                 await self._errored(sig, exc)
+            except SystemExit as exc:  # a task's sys.exit() fails the task, not the worker
+                await self._errored(sig, exc)
             else:
                 await self._succeeded(sig, results)
         finally:
@@ -208,7 +210,7 @@ class TaskRunner:
         logger.info("task %s %s: %s", sig.name, sig.uuid, exc)
         await self.server.republish(sig)
 
-    async def _errored(self, sig: Signature, exc: Exception) -> None:
+    async def _errored(self, sig: Signature, exc: BaseException) -> None:
         text = error_text(exc)
         if sig.retry_count > 0:
             await self.server.backend.set_state(TaskState.new(sig, State.RETRY))

@@ -220,6 +220,8 @@ class Task(Generic[P, R]):
         ``countdown`` (seconds from now) and ``eta`` (an aware datetime) delay the task.
         """
         given = {k: v for k, v in locals().items() if k != "self" and v is not None}
+        if priority is not None and not 0 <= priority <= 255:
+            raise ValueError(f"priority must be 0 to 255 (Go's uint8), got {priority}")
         if "eta" in given and "countdown" in given:
             raise ValueError("give eta or countdown, not both")
         if "eta" in given:

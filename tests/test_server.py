@@ -174,6 +174,8 @@ def test_with_options_sets_signature_fields(server: Server) -> None:
     assert sig.stop_task_deletion_on_error
     assert sig.broker_message_group_id == "g"
     assert add.signature(1, 2).routing_key == ""  # the original handle is unchanged
+    with pytest.raises(ValueError, match="priority must be 0 to 255"):
+        add.with_options(priority=256)
 
 
 def test_countdown_and_eta(server: Server) -> None:

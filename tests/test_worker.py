@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -163,6 +164,37 @@ async def test_several_results_and_none(server: Server) -> None:
         empty = await nothing.delay()
         assert await empty.get(timeout=30) is None
         assert (await empty.get_state()).results == []
+
+
+async def test_sys_exit_and_unsendable_results_fail_the_task_not_the_worker(server: Server) -> None:
+    @server.task("exits")
+    def exits() -> None:
+        sys.exit(4)
+
+    @server.task("exits_async")
+    async def exits_async() -> None:
+        raise SystemExit("bye")
+
+    @server.task("unsendable")
+    async def unsendable() -> object:
+        return object()
+
+    @server.task("nan")
+    async def nan() -> float:
+        return float("nan")
+
+    @server.task("ok")
+    async def ok() -> str:
+        return "still here"
+
+    async with server.new_worker("w"):
+        for handle, error in [(exits, "SystemExit: 4"), (exits_async, "SystemExit: bye"),
+                              (unsendable, "object value cannot be sent as JSON"),
+                              (nan, "JSON has no NaN or infinity")]:
+            with pytest.raises(TaskFailedError) as info:
+                await (await handle.delay()).get(timeout=30)
+            assert error in info.value.error
+        assert await (await ok.delay()).get(timeout=30) == "still here"
 
 
 # -- concurrency --------------------------------------------------------------------------------------
