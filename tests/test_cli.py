@@ -72,6 +72,17 @@ def test_each_command_has_helpful_help(
         assert text in out, text
 
 
+def test_worker_options_long_and_short() -> None:
+    parser = build_parser()
+    long = parser.parse_args(["worker", "--app", APP, "--concurrency", "50", "--queue", "Q", "--tag", "T",
+                              "--grace-period", "5", "--time-limit", "2.5", "--no-scheduler"])
+    short = parser.parse_args(["worker", "-A", APP, "-c", "50", "-Q", "Q", "-t", "T"])
+    for args in (long, short):
+        assert (args.app, args.concurrency, args.queue, args.tag) == (APP, 50, "Q", "T")
+    assert (long.grace_period, long.time_limit, long.no_scheduler) == (5.0, 2.5, True)
+    assert (short.grace_period, short.time_limit, short.no_scheduler) == (30.0, None, False)
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--version")
     assert (code, out.strip()) == (0, "machinery-aio 0.1.0")

@@ -199,6 +199,18 @@ async def test_sys_exit_and_unsendable_results_fail_the_task_not_the_worker(serv
         assert await (await ok.delay()).get(timeout=30) == "still here"
 
 
+async def test_custom_queue_worker_consumes_only_its_queue(server: Server) -> None:
+    @server.task("where")
+    async def where(ctx: TaskContext) -> str:
+        return ctx.signature.routing_key
+
+    special = await where.with_options(routing_key="special").delay()
+    default = await where.delay()
+    async with server.new_custom_queue_worker("w", 1, "special"):
+        assert await special.get(timeout=30) == "special"
+    assert [p.uuid for p in await server.broker.get_pending_tasks()] == [default.task_uuid]
+
+
 # -- concurrency --------------------------------------------------------------------------------------
 
 
