@@ -1038,11 +1038,14 @@ def test_worker_reprs_and_arguments(unique: str) -> None:
 APP = ("worker", "-A", "tests.apps.memory_app:server", "--loglevel", "INFO")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("signum", "loop"),
+    [(signal.SIGTERM, "--uvloop"), (signal.SIGINT, "--uvloop"), (signal.SIGTERM, "--no-uvloop")],
+)
 def test_a_signal_stops_gracefully_letting_the_running_task_finish(
-    cli_process: StartCLI, signum: int
+    cli_process: StartCLI, signum: int, loop: str
 ) -> None:
-    process = cli_process(*APP, env={"MEMORY_APP_SEED": "sleep:0.5"})
+    process = cli_process(*APP, loop, env={"MEMORY_APP_SEED": "sleep:0.5"})
     process.wait_for("started sleep")
     process.proc.send_signal(signum)
     assert process.finish() == 0, process.stderr
