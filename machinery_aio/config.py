@@ -368,3 +368,11 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TLS_KEY_FILE": ("tls.key_file", _str),
     "TLS_INSECURE_SKIP_VERIFY": ("tls.insecure_skip_verify", _parse_bool),
 }
+
+# envconfig also reads a nested field under its struct's name first (AMQP_AMQP_EXCHANGE,
+# REDIS_REDIS_MAX_IDLE, SQS_SQS_WAIT_TIME_SECONDS); listed last, so that form wins, as in Go.
+_ENV_VARS.update({
+    f"{path.partition('.')[0].upper()}_{name}": (path, parse)
+    for name, (path, parse) in list(_ENV_VARS.items())
+    if path.partition(".")[0] in ("amqp", "sqs", "redis")
+})

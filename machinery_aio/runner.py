@@ -119,6 +119,8 @@ class TaskRunner:
             # Never hold an unacked message until its ETA: hand it back to the broker's delay.
             await self.server.republish(sig)
             return _ACK
+        if sig.eta is not None and (early := (sig.eta - gotime.now()).total_seconds()) > 0:
+            await asyncio.sleep(early)  # due within the tolerance: wait here rather than run early
         backend = self.server.backend
         await backend.set_state(TaskState.new(sig, State.RECEIVED))
         try:
@@ -134,7 +136,10 @@ class TaskRunner:
 
     async def _run(self, function: TaskFunction, sig: Signature, args: list[Any]) -> None:
         for hook in self.hooks.pre_task:
-            await _call_hook(hook, sig)
+            try:
+                await _call_hook(hook, sig)
+            except Exception:
+                logger.exception("pre-task handler failed for %s", sig.uuid)
         try:
             try:
                 value = await self._invoke(function, sig, args)
@@ -144,6 +149,8 @@ class TaskRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                await self._errored(sig, exc)
+            except SystemExit as exc:  # a task's sys.exit() fails the task, not the worker
                 await self._errored(sig, exc)
             else:
                 await self._succeeded(sig, results)
@@ -203,7 +210,7 @@ class TaskRunner:
         logger.info("task %s %s: %s", sig.name, sig.uuid, exc)
         await self.server.republish(sig)
 
-    async def _errored(self, sig: Signature, exc: Exception) -> None:
+    async def _errored(self, sig: Signature, exc: BaseException) -> None:
         text = error_text(exc)
         if sig.retry_count > 0:
             await self.server.backend.set_state(TaskState.new(sig, State.RETRY))
