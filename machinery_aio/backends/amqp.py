@@ -367,6 +367,8 @@ class AMQPBackend(ResultBackend):
         The count is exact unless a chord trigger is reading the queue right
         now; then this says True and :meth:`trigger_chord` decides.
         """
+        if len(self._group_sizes) > MAX_REMEMBERED:
+            self._group_sizes.clear()
         self._group_sizes[group_uuid] = group_task_count
         if await self._lock_held(group_uuid):
             return True
@@ -391,7 +393,7 @@ class AMQPBackend(ResultBackend):
         True for exactly one caller among Python workers sharing this
         RabbitMQ; the states it took are what :meth:`group_task_states` returns.
         """
-        size = self._group_sizes.pop(group_uuid, None)
+        size = self._group_sizes.get(group_uuid)
         meta = await self.get_group_meta(group_uuid)
         if meta is not None:
             size = len(meta.task_uuids)
@@ -426,6 +428,7 @@ class AMQPBackend(ResultBackend):
                 for message in held:
                     await message.ack()
                 self._fired[group_uuid] = list(states.values())
+                self._group_sizes.pop(group_uuid, None)
         finally:
             local, users = self._group_locks[group_uuid]
             if users <= 1:

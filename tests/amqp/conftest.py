@@ -19,6 +19,7 @@ import aio_pika
 import pytest
 
 from machinery_aio import Config, Server, Signature
+from machinery_aio.brokers.amqp_layout import DEAD_LETTER_EXCHANGE
 from machinery_aio.config import AMQPConfig
 
 from ..conftest import IN_CI, require_server
@@ -79,6 +80,10 @@ class Cleanup:
                     await channel.exchange_delete(name)
                 with contextlib.suppress(Exception):
                     await channel.close()
+            # The shared dead-letter exchange goes once no test has a queue bound to it.
+            channel = await connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(DEAD_LETTER_EXCHANGE, if_unused=True)
         finally:
             await connection.close()
 
