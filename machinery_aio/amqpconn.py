@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import os
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from aio_pika import Channel, RobustConnection
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -39,6 +40,7 @@ __all__ = [
     "connect",
     "is_live",
     "peek",
+    "retry_transient",
     "scratch_channel",
     "ssl_context",
 ]
@@ -47,6 +49,12 @@ logger = get_logger("machinery_aio.amqp")
 
 BACKOFF_START = 0.5
 BACKOFF_CAP = 30.0
+RECONNECT_WAIT = 30.0
+"""Seconds an operation keeps retrying while the connection is being re-established."""
+TRANSIENT = (ConnectionError, ChannelInvalidStateError)
+"""Errors that mean "the connection or channel is gone for now" (aiormq's are ConnectionErrors)."""
+
+T = TypeVar("T")
 
 
 def ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:
@@ -183,3 +191,27 @@ async def peek(channel: AbstractChannel, queue: str, limit: int) -> list[bytes]:
             if is_live(message):
                 with contextlib.suppress(Exception):
                     await message.nack(requeue=True)
+
+
+async def retry_transient(operation: Callable[[], Awaitable[T]], what: str,
+                          timeout: float = RECONNECT_WAIT) -> T:
+    """Run ``operation``; while the connection is down, retry with back-off for up to ``timeout`` s.
+
+    A publish retried this way may reach RabbitMQ twice if the first one got
+    there but its confirm was lost with the connection (at-least-once).
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.1
+    warned = False
+    while True:
+        try:
+            return await operation()
+        except TRANSIENT as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            if not warned:
+                logger.warning("%s failed (%s: %s); retrying while RabbitMQ reconnects",
+                               what, type(exc).__name__, exc)
+                warned = True
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)

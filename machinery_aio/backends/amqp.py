@@ -49,7 +49,7 @@ from aiormq.exceptions import (
 )
 from pydantic import ValidationError
 
-from ..amqpconn import FailoverConnection, connect, is_live, scratch_channel
+from ..amqpconn import FailoverConnection, connect, is_live, retry_transient, scratch_channel
 from ..config import Config, ConfigError
 from ..gotime import ZERO_TIME, now
 from ..log import get_logger
@@ -192,6 +192,9 @@ class AMQPBackend(ResultBackend):
 
     async def _store(self, name: str, body: bytes) -> None:
         """Declare the result queue ``name`` (renewing its expiry, as Go) and publish ``body`` to it."""
+        await retry_transient(lambda: self._store_once(name, body), f"storing a state in {name!r}")
+
+    async def _store_once(self, name: str, body: bytes) -> None:
         exchange = await self.exchange()
         message = Message(body, content_type="application/json",
                           delivery_mode=DeliveryMode.PERSISTENT)
@@ -240,6 +243,10 @@ class AMQPBackend(ResultBackend):
     # -- reading ---------------------------------------------------------------------
 
     async def get_state(self, task_uuid: str) -> TaskState | None:
+        return await retry_transient(lambda: self._get_state_once(task_uuid),
+                                     f"reading the state of {task_uuid}")
+
+    async def _get_state_once(self, task_uuid: str) -> TaskState | None:
         channel = await self._read_channel()
         queue = await self._declare(channel, task_uuid)
         held: list[AbstractIncomingMessage] = []
@@ -370,6 +377,12 @@ class AMQPBackend(ResultBackend):
         if len(self._group_sizes) > MAX_REMEMBERED:
             self._group_sizes.clear()
         self._group_sizes[group_uuid] = group_task_count
+        return await retry_transient(lambda: self._group_completed_once(group_uuid, group_task_count),
+                                     f"checking group {group_uuid}")
+
+    async def _group_completed_once(self, group_uuid: str, group_task_count: int) -> bool:
+        # The lock first, then the count: a trigger that takes the lock after this check
+        # sees this member's state (published before), so no completion goes unnoticed.
         if await self._lock_held(group_uuid):
             return True
         channel = await self._read_channel()

@@ -24,7 +24,7 @@ from aio_pika.abc import (
 from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed, PublishError
 
 from .. import gotime
-from ..amqpconn import FailoverConnection, connect, peek, scratch_channel
+from ..amqpconn import FailoverConnection, connect, peek, retry_transient, scratch_channel
 from ..config import AMQPConfig, Config, ConfigError
 from ..log import get_logger
 from ..signature import InvalidMessageError, Signature
@@ -243,19 +243,22 @@ class AMQPBroker(Broker):
         Publishes are mandatory: if RabbitMQ cannot route the message (someone
         deleted the queue), the declarations are made again and it is sent once more.
         """
-        for attempt in (1, 2):
+        async def attempt() -> None:
             await declare()
             exchange = await self.exchange(exchange_name)
+            await exchange.publish(message, routing_key, mandatory=True)
+
+        try:
+            await retry_transient(attempt, f"publishing to {routing_key!r}")
+        except PublishError:
+            self._declared.clear()
             try:
-                await exchange.publish(message, routing_key, mandatory=True)
-                return
+                await retry_transient(attempt, f"publishing to {routing_key!r}")
             except PublishError:
-                if attempt == 2:
-                    raise RuntimeError(
-                        f"RabbitMQ could not route a message to {routing_key!r} on exchange "
-                        f"{exchange_name!r}: no queue is bound to that routing key"
-                    ) from None
-                self._declared.clear()
+                raise RuntimeError(
+                    f"RabbitMQ could not route a message to {routing_key!r} on exchange "
+                    f"{exchange_name!r}: no queue is bound to that routing key"
+                ) from None
 
     # -- consuming -----------------------------------------------------------------
 

@@ -8,11 +8,11 @@ GATE_FILE (tasks with an index at or above GATE_FROM wait until it exists).
 
 from __future__ import annotations
 
-import asyncio
 import os
+import time
 from pathlib import Path
 
-from machinery_aio import Config, RetryTaskLater, Server
+from machinery_aio import Config, Server
 
 server = Server(Config.from_env())
 
@@ -38,21 +38,12 @@ async def multiply(*numbers: int) -> int:
 
 
 @server.task("gated")
-async def gated(index: int) -> int:
+def gated(index: int) -> int:
+    """Runs in the worker's thread pool; waits for GATE_FILE when ``index >= GATE_FROM``."""
     _record(f"start {index}")
     gate = os.environ.get("GATE_FILE", "")
     if gate and index >= int(os.environ.get("GATE_FROM", "0")):
         while not Path(gate).exists():
-            await asyncio.sleep(0.05)
+            time.sleep(0.05)
     _record(f"done {index}")
     return index
-
-
-@server.task("retry_once")
-async def retry_once(marker: str) -> str:
-    """Asks to be retried (after 1 s) the first time it runs for ``marker``."""
-    path = Path(marker)
-    if not path.exists():
-        path.write_text("tried")
-        raise RetryTaskLater("first attempt", 1.0)
-    return "retried"
