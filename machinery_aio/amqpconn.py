@@ -67,9 +67,18 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:
             raise ConfigError(f"tls.{what} {path!r} does not exist or is not a file")
     if tls.key_file and not tls.cert_file:
         raise ConfigError("tls.key_file is set but tls.cert_file is not")
-    context = ssl.create_default_context(cafile=tls.ca_file or None)
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file or None)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"tls.ca_file {tls.ca_file!r} holds no usable CA certificate: {exc}") from None
     if tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file or None)
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file or None)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"tls.cert_file {tls.cert_file!r} / tls.key_file {tls.key_file!r} are not a "
+                f"usable certificate and key: {exc}"
+            ) from None
     if tls.insecure_skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

@@ -338,6 +338,13 @@ class AMQPBroker(Broker):
                 logger.warning("queue %r holds a message that is not a task: %s", queue, exc.reason)
         return tasks
 
+    async def get_delayed_tasks(self) -> list[Signature]:
+        raise NotImplementedError(
+            "RabbitMQ holds delayed tasks in TTL queues (delay.<ms>.<exchange>.<routing key>, "
+            "or amqp.delayed_queue) whose messages cannot be listed in ETA order; "
+            "use `inspect pending -Q <queue>` on one of them"
+        )
+
     async def purge(self, queue: str | None = None) -> int:
         queue = queue or self.config.default_queue
         async with scratch_channel(await self.connection()) as channel:

@@ -88,6 +88,15 @@ class Cleanup:
             await connection.close()
 
 
+async def purge_recorded(server: Server, cleanup: Cleanup) -> None:
+    """Delete the result records of every task and group the test published (any backend)."""
+    for name in cleanup.queues:
+        if name.startswith(("task_", "chord_")):
+            await server.backend.purge_state(name)
+        elif name.startswith("group_") and not name.endswith(("_meta", "_lock", "_triggered")):
+            await server.backend.purge_group_meta(name)
+
+
 def amqp_test_config(unique: str, url: str = AMQP_URL, backend: str | None = None,
                      **amqp: object) -> Config:
     return Config(

@@ -16,7 +16,14 @@ import pytest
 from machinery_aio import Config, Server, Signature, State, TaskState
 
 from ..conftest import golden
-from .conftest import AMQP_URL, REDIS_BACKEND_URL, Cleanup, amqp_test_config, require_redis_backend
+from .conftest import (
+    AMQP_URL,
+    REDIS_BACKEND_URL,
+    Cleanup,
+    amqp_test_config,
+    purge_recorded,
+    require_redis_backend,
+)
 
 UUID = re.compile(rb"(task|group|chord)_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -36,7 +43,7 @@ def localise(body: bytes, queue: str, cleanup: Cleanup, seen: dict[bytes, bytes]
 
 
 @pytest.fixture(params=["amqp", "redis"])
-async def server(request: pytest.FixtureRequest, unique: str,
+async def server(request: pytest.FixtureRequest, unique: str, cleanup: Cleanup,
                  amqp_server: Callable[[Config], Server]) -> AsyncIterator[Server]:
     if request.param == "redis":
         require_redis_backend()
@@ -57,6 +64,8 @@ async def server(request: pytest.FixtureRequest, unique: str,
         return product
 
     yield server
+    if request.param == "redis":
+        await purge_recorded(server, cleanup)
 
 
 async def publish_as_go(config: Config, *bodies: bytes) -> None:
@@ -92,7 +101,8 @@ async def test_plain_task_with_a_past_eta(server: Server, cleanup: Cleanup) -> N
 async def test_chain(server: Server, cleanup: Cleanup) -> None:
     body = localise(golden("02_chain_onsuccess_nesting"), server.config.default_queue, cleanup, {})
     head = Signature.from_json(body)
-    assert head.on_success is not None and head.on_success[0].on_success is not None
+    assert head.on_success is not None
+    assert head.on_success[0].on_success is not None
     last = head.on_success[0].on_success[0]
     async with server.new_worker("w", concurrency=2):
         await server.backend.set_state(TaskState.new(head, State.PENDING))

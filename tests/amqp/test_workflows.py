@@ -23,7 +23,13 @@ from machinery_aio import (
 )
 from machinery_aio.runner import ETA_TOLERANCE
 
-from .conftest import REDIS_BACKEND_URL, Cleanup, amqp_test_config, require_redis_backend
+from .conftest import (
+    REDIS_BACKEND_URL,
+    Cleanup,
+    amqp_test_config,
+    purge_recorded,
+    require_redis_backend,
+)
 
 
 def int_args(*values: int) -> list[Arg]:
@@ -81,12 +87,7 @@ async def server(request: pytest.FixtureRequest, unique: str, cleanup: Cleanup,
 
     yield server
     if request.param == "redis":
-        seen = cleanup.queues
-        for name in seen:
-            if name.startswith("task_") or name.startswith("chord_"):
-                await server.backend.purge_state(name)
-            elif name.startswith("group_") and "_" not in name[6:]:
-                await server.backend.purge_group_meta(name)
+        await purge_recorded(server, cleanup)
 
 
 async def test_task(server: Server) -> None:
