@@ -271,6 +271,20 @@ class AMQPBroker(Broker):
         """The keys a consumer binds ``queue`` with."""
         return layout.queue_binding_key(self.amqp, queue, self.config.default_queue)
 
+    async def return_to_queue(self, queue: str, message: AbstractIncomingMessage) -> None:
+        """Publish a copy of ``message`` (same body and properties) at the tail of ``queue``."""
+        copy = Message(
+            message.body, headers=dict(message.headers or {}), content_type=message.content_type,
+            content_encoding=message.content_encoding, delivery_mode=DeliveryMode.PERSISTENT,
+            priority=message.priority,
+        )
+
+        async def attempt() -> None:
+            channel = await self._publish_channel()
+            await channel.default_exchange.publish(copy, queue, mandatory=True)
+
+        await retry_transient(attempt, f"returning a task to {queue!r}")
+
     # -- dead letters --------------------------------------------------------------
 
     async def publish_dead_letter(self, queue: str, body: bytes, headers: dict[str, Any],

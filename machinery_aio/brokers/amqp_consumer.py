@@ -149,11 +149,26 @@ class AMQPConsumer(Consumer):
         await message.ack()
 
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
+        """Put the message at the back of its queue after ``delay`` s.
+
+        A copy goes to the tail and the delivery is acked, rather than Go's
+        nack-requeue, which puts it back at the head: a worker would receive
+        the same message again at once and never reach the ones behind it.
+        If the copy cannot be published, the delivery is nacked with requeue.
+        """
         message: AbstractIncomingMessage = delivery.token
         if delay > 0:
             await asyncio.sleep(delay)
-        if is_live(message):
+        if not is_live(message):
+            return
+        try:
+            await self.broker.return_to_queue(self.queue, message)
+        except Exception as exc:
+            logger.warning("could not move a task to the back of %r (%s); requeueing it in place",
+                           self.queue, exc)
             await message.nack(requeue=True)
+            return
+        await message.ack()
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         message: AbstractIncomingMessage = delivery.token

@@ -274,6 +274,19 @@ async def test_unregistered_task_is_handed_back_and_runs_where_registered(
         assert await server.get_async_result(sig.uuid).get(timeout=30) == 11
 
 
+async def test_unregistered_task_does_not_hold_up_the_tasks_behind_it(
+    amqp_server: ServerFactory, amqp_config: Config
+) -> None:
+    server = with_add(amqp_server(amqp_config))
+    await server.send_task(Signature(name="nobody"))
+    sig = add_sig(1, 2)
+    await server.send_task(sig)
+    # One at a time: the unknown task goes to the back of the queue, not to the front.
+    async with server.new_worker("w", concurrency=1, unregistered_backoff=(0.1, 0.2)):
+        assert await server.get_async_result(sig.uuid).get(timeout=30) == 3
+    assert [t.name for t in await server.broker.get_pending_tasks()] == ["nobody"]
+
+
 async def test_ignore_when_task_not_registered_drops_it(
     amqp_server: ServerFactory, amqp_config: Config, raw: AbstractConnection
 ) -> None:
