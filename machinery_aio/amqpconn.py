@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "FailoverConnection",
     "check_url",
     "connect",
+    "connection_name",
     "is_live",
     "peek",
     "retry_transient",
@@ -124,6 +126,11 @@ class FailoverConnection(RobustConnection):
             logger.info("reconnected to %s", mask_url(str(self.url)))
         self._failures = 0
         self.reconnect_interval = BACKOFF_START
+
+
+def connection_name(role: str) -> str:
+    """How connections show in RabbitMQ's management tools: ``machinery-aio broker host:pid``."""
+    return f"machinery-aio {role} {socket.gethostname()}:{os.getpid()}"
 
 
 async def connect(config: Config, urls: Sequence[str], name: str,

@@ -49,7 +49,7 @@ from aiormq.exceptions import (
 )
 from pydantic import ValidationError
 
-from ..amqpconn import FailoverConnection, connect, is_live, retry_transient, scratch_channel
+from ..amqpconn import FailoverConnection, connect, connection_name, is_live, retry_transient, scratch_channel
 from ..config import Config, ConfigError
 from ..gotime import ZERO_TIME, now
 from ..log import get_logger
@@ -120,7 +120,7 @@ class AMQPBackend(ResultBackend):
             return self._connection
         async with self._connecting:
             if self._connection is None or self._connection.is_closed:
-                connection = await connect(self.config, [self.url], "machinery-aio results")
+                connection = await connect(self.config, [self.url], connection_name("results"))
                 connection.reconnect_callbacks.add(self._on_reconnect)
                 self._connection = connection
                 self._publisher = self._reader = None

@@ -24,7 +24,7 @@ from aio_pika.abc import (
 from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed, PublishError
 
 from .. import gotime
-from ..amqpconn import FailoverConnection, connect, peek, retry_transient, scratch_channel
+from ..amqpconn import FailoverConnection, connect, connection_name, peek, retry_transient, scratch_channel
 from ..config import AMQPConfig, Config, ConfigError
 from ..log import get_logger
 from ..signature import InvalidMessageError, Signature
@@ -84,7 +84,7 @@ class AMQPBroker(Broker):
             return self._connection
         async with self._connecting:
             if self._connection is None or self._connection.is_closed:
-                connection = await connect(self.config, self.urls, "machinery-aio broker")
+                connection = await connect(self.config, self.urls, connection_name("broker"))
                 connection.reconnect_callbacks.add(self._forget_declarations)
                 self._connection = connection
                 self._publisher = None
