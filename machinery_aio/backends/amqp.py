@@ -16,12 +16,9 @@ Reading is where RabbitMQ differs from a key-value store. Go's reader takes
 Waiting does not poll: a waiter binds its own exclusive queue to the task's
 routing key and RabbitMQ pushes it a copy of every new state.
 
-Chords fire exactly once among Python workers: the group's final states are
-read and acked under a lock that is an exclusive queue (RabbitMQ gives an
-exclusive queue to one connection only, and drops it with the connection).
-Go's own check (``<group>_chord_triggered`` never exists, so it always
-passes) is not used. Go's documentation advises against this backend at
-scale; see docs/amqp.md for the costs.
+Groups and chords (fired exactly once among Python workers) are in
+``backends/amqp_groups.py``. Go's documentation advises against this backend
+at scale; see docs/amqp.md for the costs.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ import asyncio
 import contextlib
 import time
 import uuid as _uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aio_pika import DeliveryMode, Message
@@ -41,45 +38,26 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustChannel,
 )
-from aiormq.exceptions import (
-    ChannelLockedResource,
-    ChannelNotFoundEntity,
-    ChannelPreconditionFailed,
-    PublishError,
-)
-from pydantic import ValidationError
+from aiormq.exceptions import ChannelPreconditionFailed, PublishError
 
 from ..amqpconn import FailoverConnection, connect, connection_name, is_live, retry_transient, scratch_channel
 from ..config import Config, ConfigError
-from ..gotime import ZERO_TIME, now
-from ..log import get_logger
+from ..gotime import ZERO_TIME
 from ..signature import Signature
 from ..state import GroupMeta, State, TaskResult, TaskState
+from .amqp_groups import AMQPGroups, decode_state
 from .base import ResultBackend
 
 __all__ = ["AMQPBackend"]
-
-logger = get_logger("machinery_aio.amqp")
 
 MAX_TTL_MS = 2**31 - 1
 """Go sends the TTLs as int32; longer expiries are capped here (about 24.8 days)."""
 FALLBACK_CHECK = 2.0
 """Seconds between re-reads while waiting, in case a pushed state was missed (reconnects)."""
-LOCK_WAIT = 30.0
-"""Seconds a chord trigger waits for another worker's group lock before giving up."""
 MAX_READ = 1000
 """At most this many state messages are read from one task's queue."""
 MAX_REMEMBERED = 10_000
 """Result queues remembered as bound (each is bound again once after this many)."""
-
-
-def meta_queue(group_uuid: str) -> str:
-    """Where the GroupMeta of a group sent from Python is kept (Go's AMQP backend keeps none)."""
-    return f"{group_uuid}_meta"
-
-
-def lock_queue(group_uuid: str) -> str:
-    return f"{group_uuid}_chord_lock"
 
 
 class AMQPBackend(ResultBackend):
@@ -98,9 +76,7 @@ class AMQPBackend(ResultBackend):
         self._waiters: dict[str, set[asyncio.Future[TaskState]]] = {}
         self._notify: AbstractQueue | None = None
         self._notify_lock = asyncio.Lock()
-        self._group_sizes: dict[str, int] = {}
-        self._fired: dict[str, list[TaskState]] = {}
-        self._group_locks: dict[str, tuple[asyncio.Lock, int]] = {}  # lock, coroutines using it
+        self.groups = AMQPGroups(self)
 
     # -- connection ----------------------------------------------------------------
 
@@ -153,7 +129,7 @@ class AMQPBackend(ResultBackend):
             self._exchange = None
         return self._publisher
 
-    async def _read_channel(self) -> AbstractRobustChannel:
+    async def read_channel(self) -> AbstractRobustChannel:
         if self._reader is None or self._reader.is_closed:
             connection = await self.connection()
             self._reader = await connection.channel(publisher_confirms=False)
@@ -175,7 +151,8 @@ class AMQPBackend(ResultBackend):
 
     # -- writing ---------------------------------------------------------------------
 
-    async def _declare(self, channel: AbstractChannel, name: str) -> AbstractQueue:
+    async def declare_result_queue(self, channel: AbstractChannel, name: str) -> AbstractQueue:
+        """Declare a task's or group's result queue as Go does; its message count is current."""
         arguments = self.queue_arguments()
         try:
             if isinstance(channel, AbstractRobustChannel):
@@ -190,7 +167,7 @@ class AMQPBackend(ResultBackend):
                 f"with another results_expire_in (every process must use the same)"
             ) from None
 
-    async def _store(self, name: str, body: bytes) -> None:
+    async def store(self, name: str, body: bytes) -> None:
         """Declare the result queue ``name`` (renewing its expiry, as Go) and publish ``body`` to it."""
         await retry_transient(lambda: self._store_once(name, body), f"storing a state in {name!r}")
 
@@ -201,8 +178,8 @@ class AMQPBackend(ResultBackend):
         if len(self._bound) > MAX_REMEMBERED:
             self._bound.clear()
         for attempt in (1, 2):
-            channel = await self._read_channel()
-            queue = await self._declare(channel, name)
+            channel = await self.read_channel()
+            queue = await self.declare_result_queue(channel, name)
             bound = self._bound.get(name)
             if bound is None or time.monotonic() - bound > self.expires_in / 2:
                 await queue.bind(exchange.name, name)
@@ -217,28 +194,19 @@ class AMQPBackend(ResultBackend):
                     raise
 
     async def set_state(self, state: TaskState) -> None:
-        await self._store(state.task_uuid, state.to_json())
+        await self.store(state.task_uuid, state.to_json())
         if state.is_completed():
             self._wake(state)
 
     async def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
         state = TaskState.new(signature, State.SUCCESS, results=results)
         await self.set_state(state)
-        await self._mark_completed(signature, state)
+        await self.groups.member_done(signature, state)
 
     async def set_state_failure(self, signature: Signature, error: str) -> None:
         state = TaskState.new(signature, State.FAILURE, error=error)
         await self.set_state(state)
-        await self._mark_completed(signature, state)
-
-    async def _mark_completed(self, signature: Signature, state: TaskState) -> None:
-        """Go's ``markTaskCompleted``: a group member's final state also goes to the group's queue."""
-        if signature.group_uuid and signature.group_task_count:
-            await self._store(signature.group_uuid, state.to_json())
-
-    async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
-        meta = GroupMeta(group_uuid=group_uuid, task_uuids=list(task_uuids), created_at=now())
-        await self._store(meta_queue(group_uuid), meta.to_json())
+        await self.groups.member_done(signature, state)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -247,8 +215,8 @@ class AMQPBackend(ResultBackend):
                                      f"reading the state of {task_uuid}")
 
     async def _get_state_once(self, task_uuid: str) -> TaskState | None:
-        channel = await self._read_channel()
-        queue = await self._declare(channel, task_uuid)
+        channel = await self.read_channel()
+        queue = await self.declare_result_queue(channel, task_uuid)
         held: list[AbstractIncomingMessage] = []
         try:
             while len(held) < MAX_READ:
@@ -261,9 +229,9 @@ class AMQPBackend(ResultBackend):
             first, latest = held[0], held[-1]
             for message in held[1:-1]:  # superseded states: keep the queue short
                 await message.ack()
-            state = _decode_state(latest.body, task_uuid)
+            state = decode_state(latest.body, task_uuid)
             if state is not None and state.created_at == ZERO_TIME and first is not latest:
-                pending = _decode_state(first.body, task_uuid)
+                pending = decode_state(first.body, task_uuid)
                 if pending is not None:
                     state.created_at = pending.created_at
                     state.task_name = state.task_name or pending.task_name
@@ -273,21 +241,6 @@ class AMQPBackend(ResultBackend):
                 if not message.processed and is_live(message):
                     with contextlib.suppress(Exception):
                         await message.nack(requeue=True)
-
-    async def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
-        for attempt in range(5):
-            async with scratch_channel(await self.connection()) as channel:
-                try:
-                    queue = await channel.declare_queue(meta_queue(group_uuid), passive=True)
-                except ChannelNotFoundEntity:
-                    return None
-                bodies = await _peek_all(queue)
-            for body in reversed(bodies):
-                with contextlib.suppress(ValidationError, ValueError):
-                    return GroupMeta.from_json(body)
-            # Empty: another reader holds the message for a moment, or it expired.
-            await asyncio.sleep(0.05 * (attempt + 1))
-        return None
 
     # -- waiting -----------------------------------------------------------------------
 
@@ -348,7 +301,7 @@ class AMQPBackend(ResultBackend):
     async def _notify_queue(self) -> AbstractQueue:
         async with self._notify_lock:
             if self._notify is None:
-                channel = await self._read_channel()
+                channel = await self.read_channel()
                 await self.exchange()
                 queue = await channel.declare_queue(
                     f"machinery_aio.waiter.{_uuid.uuid4().hex}", exclusive=True, auto_delete=True)
@@ -357,7 +310,7 @@ class AMQPBackend(ResultBackend):
             return self._notify
 
     async def _on_pushed(self, message: AbstractIncomingMessage) -> None:
-        state = _decode_state(message.body, message.routing_key or "")
+        state = decode_state(message.body, message.routing_key or "")
         if state is not None and state.is_completed():
             self._wake(state)
 
@@ -366,190 +319,37 @@ class AMQPBackend(ResultBackend):
             if not future.done():
                 future.set_result(state)
 
-    # -- groups and chords ----------------------------------------------------------------
+    # -- groups and chords (backends/amqp_groups.py) ----------------------------------
+
+    async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
+        await self.groups.init(group_uuid, task_uuids)
+
+    async def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
+        return await self.groups.meta(group_uuid)
 
     async def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
-        """True when the group's queue holds ``group_task_count`` final states, or may.
-
-        The count is exact unless a chord trigger is reading the queue right
-        now; then this says True and :meth:`trigger_chord` decides.
-        """
-        if len(self._group_sizes) > MAX_REMEMBERED:
-            self._group_sizes.clear()
-        self._group_sizes[group_uuid] = group_task_count
-        return await retry_transient(lambda: self._group_completed_once(group_uuid, group_task_count),
-                                     f"checking group {group_uuid}")
-
-    async def _group_completed_once(self, group_uuid: str, group_task_count: int) -> bool:
-        # The lock first, then the count: a trigger that takes the lock after this check
-        # sees this member's state (published before), so no completion goes unnoticed.
-        if await self._lock_held(group_uuid):
-            return True
-        channel = await self._read_channel()
-        queue = await self._declare(channel, group_uuid)
-        count = queue.declaration_result.message_count or 0
-        return count >= group_task_count
-
-    async def _lock_held(self, group_uuid: str) -> bool:
-        async with scratch_channel(await self.connection()) as channel:
-            try:
-                await channel.declare_queue(lock_queue(group_uuid), passive=True)
-            except ChannelNotFoundEntity:
-                return False
-            except ChannelLockedResource:
-                return True
-        return True
+        return await self.groups.completed(group_uuid, group_task_count)
 
     async def trigger_chord(self, group_uuid: str) -> bool:
-        """Under the group's lock: if every member's final state is there, take them all.
-
-        True for exactly one caller among Python workers sharing this
-        RabbitMQ; the states it took are what :meth:`group_task_states` returns.
-        """
-        size = self._group_sizes.get(group_uuid)
-        meta = await self.get_group_meta(group_uuid)
-        if meta is not None:
-            size = len(meta.task_uuids)
-        if size is None:
-            raise LookupError(f"group {group_uuid}: size unknown (call group_completed first)")
-        local, users = self._group_locks.get(group_uuid, (asyncio.Lock(), 0))
-        self._group_locks[group_uuid] = (local, users + 1)
-        try:
-            # The lock queue is exclusive per connection, so coroutines of this process
-            # take turns on an asyncio lock first.
-            async with local, self._group_lock(group_uuid) as channel:
-                if channel is None:
-                    logger.error("chord of group %s: could not take its lock within %g s; "
-                                 "not triggering it here", group_uuid, LOCK_WAIT)
-                    return False
-                queue = await self._declare(channel, group_uuid)
-                held: list[AbstractIncomingMessage] = []
-                states: dict[str, TaskState] = {}
-                while True:
-                    message = await queue.get(no_ack=False, fail=False)
-                    if message is None:
-                        break
-                    held.append(message)
-                    state = _decode_state(message.body, "")
-                    if state is not None and state.task_uuid:
-                        states[state.task_uuid] = state
-                members = set(meta.task_uuids) if meta is not None else set(states)
-                if len(states) < size or not members <= set(states):
-                    for message in held:
-                        await message.nack(requeue=True)
-                    return False
-                for message in held:
-                    await message.ack()
-                self._fired[group_uuid] = list(states.values())
-                self._group_sizes.pop(group_uuid, None)
-        finally:
-            local, users = self._group_locks[group_uuid]
-            if users <= 1:
-                del self._group_locks[group_uuid]
-            else:
-                self._group_locks[group_uuid] = (local, users - 1)
-        if meta is not None:
-            await self._mark_triggered(meta)
-        return True
-
-    @contextlib.asynccontextmanager
-    async def _group_lock(self, group_uuid: str) -> AsyncIterator[AbstractChannel | None]:
-        """Hold the group's exclusive lock queue; yields its channel (None if not had in time)."""
-        deadline = time.monotonic() + LOCK_WAIT
-        pause = 0.02
-        connection = await self.connection()
-        while True:
-            async with scratch_channel(connection) as channel:
-                try:
-                    await channel.declare_queue(lock_queue(group_uuid), exclusive=True)
-                except ChannelLockedResource:
-                    pass
-                else:
-                    try:
-                        yield channel
-                    finally:
-                        await self._delete(lock_queue(group_uuid))
-                    return
-            if time.monotonic() + pause > deadline:
-                yield None
-                return
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.5)
-
-    async def _mark_triggered(self, meta: GroupMeta) -> None:
-        """Replace the stored GroupMeta by one with ChordTriggered set (best effort)."""
-        meta.chord_triggered = True
-        with contextlib.suppress(Exception):
-            async with scratch_channel(await self.connection()) as channel:
-                queue = await channel.get_queue(meta_queue(meta.group_uuid), ensure=False)
-                old = await queue.get(no_ack=False, fail=False)
-                await self._store(meta_queue(meta.group_uuid), meta.to_json())
-                if old is not None:
-                    await old.ack()
+        return await self.groups.trigger(group_uuid)
 
     async def group_task_states(self, group_uuid: str, group_task_count: int) -> list[TaskState]:
-        """The members' final states in group order (completion order for groups sent by Go)."""
-        states = self._fired.pop(group_uuid, None)
-        if states is None:
-            async with scratch_channel(await self.connection()) as channel:
-                try:
-                    queue = await channel.declare_queue(group_uuid, passive=True)
-                except ChannelNotFoundEntity:
-                    raise LookupError(f"group {group_uuid} has no completed members") from None
-                bodies = await _peek_all(queue)
-            by_uuid = {s.task_uuid: s for s in filter(None, (_decode_state(b, "") for b in bodies))}
-            states = list(by_uuid.values())
-        meta = await self.get_group_meta(group_uuid)
-        if meta is None:
-            if len(states) < group_task_count:
-                raise LookupError(f"group {group_uuid}: {len(states)} of {group_task_count} "
-                                  f"members have a final state")
-            return states
-        found = {s.task_uuid: s for s in states}
-        missing = [u for u in meta.task_uuids if u not in found]
-        if missing:
-            raise LookupError(f"group {group_uuid}: no final state for {', '.join(missing)}")
-        return [found[u] for u in meta.task_uuids]
+        return await self.groups.states(group_uuid, group_task_count)
 
     # -- cleanup -----------------------------------------------------------------------
 
-    async def _delete(self, *names: str) -> None:
+    async def delete_queues(self, *names: str) -> None:
         async with scratch_channel(await self.connection()) as channel:
             for name in names:
                 await channel.queue_delete(name)
                 self._bound.pop(name, None)
 
     async def purge_state(self, task_uuid: str) -> None:
-        await self._delete(task_uuid)
+        await self.delete_queues(task_uuid)
 
     async def purge_group_meta(self, group_uuid: str) -> None:
-        await self._delete(group_uuid, meta_queue(group_uuid), f"{group_uuid}_chord_triggered")
+        await self.groups.purge(group_uuid)
 
 
 _RECHECK: Any = TaskState(task_uuid="", state=State.PENDING)
 """Resolves a waiter's future when it should read the state again (after a reconnect)."""
-
-
-def _decode_state(body: bytes, task_uuid: str) -> TaskState | None:
-    try:
-        return TaskState.from_json(body)
-    except (ValidationError, ValueError):
-        logger.error("result queue %r holds a message that is not a TaskState: %r",
-                     task_uuid, body[:200])
-        return None
-
-
-async def _peek_all(queue: AbstractQueue) -> list[bytes]:
-    held: list[AbstractIncomingMessage] = []
-    try:
-        while len(held) < MAX_READ:
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            held.append(message)
-        return [m.body for m in held]
-    finally:
-        for message in held:
-            if is_live(message):
-                with contextlib.suppress(Exception):
-                    await message.nack(requeue=True)

@@ -37,6 +37,8 @@ logger = get_logger("machinery_aio.amqp")
 
 PUBLISH_CONCURRENCY = 100
 """Publishes in flight at once in :meth:`AMQPBroker.publish_many` (confirms are pipelined)."""
+MAX_REMEMBERED = 10_000
+"""Declared queues remembered per process before the memory is cleared."""
 
 
 class AMQPBroker(Broker):
@@ -44,10 +46,11 @@ class AMQPBroker(Broker):
 
     Args:
         exact_delays: give every distinct delay its own queue, to the
-            millisecond, as Go does, instead of rounding delays down to two
-            significant digits (which bounds the number of delay queues; a
-            Python worker puts a task that comes out early back for the rest
-            of its delay, but a Go worker would run it up to 10 % early).
+            millisecond, as Go does, instead of rounding delays to two
+            significant digits (which bounds the number of delay queues;
+            delays of 100 s or more are rounded down, and a Python worker puts
+            a task that comes out early back for the rest of its delay, but a
+            Go worker would run it up to 10 % early).
     """
 
     scheme = "amqp"
@@ -150,6 +153,9 @@ class AMQPBroker(Broker):
         when = self._declared.get(key)
         if when is not None and (max_age is None or time.monotonic() - when < max_age):
             return
+        if len(self._declared) > MAX_REMEMBERED:  # many exact delays: forget, declare again
+            self._declared.clear()
+            self._declaring.clear()
         lock = self._declaring.setdefault(key, asyncio.Lock())
         async with lock:
             when = self._declared.get(key)
