@@ -68,16 +68,21 @@ class AMQPConsumer(Consumer):
                 await broker.declare_queue(self.queue, broker.binding_keys(self.queue))
                 connection = await broker.connection()
                 channel = await connection.channel(publisher_confirms=False)
-                await channel.set_qos(prefetch_count=self.prefetch)
-                # Declared again on this (robust) channel so aio-pika restores queue,
-                # bindings and consumer after a reconnect.
-                await channel.declare_exchange(broker.amqp.exchange, broker.amqp.exchange_type,
-                                               durable=True)
-                source = await channel.declare_queue(
-                    self.queue, durable=True, arguments=broker.amqp.queue_declare_args or None)
-                for key in broker.binding_keys(self.queue):
-                    await source.bind(broker.amqp.exchange, key,
-                                      arguments=broker.amqp.queue_binding_args or None)
+                try:
+                    await channel.set_qos(prefetch_count=self.prefetch)
+                    # Declared again on this (robust) channel so aio-pika restores queue,
+                    # bindings and consumer after a reconnect.
+                    await channel.declare_exchange(broker.amqp.exchange, broker.amqp.exchange_type,
+                                                   durable=True)
+                    source = await channel.declare_queue(
+                        self.queue, durable=True, arguments=broker.amqp.queue_declare_args or None)
+                    for key in broker.binding_keys(self.queue):
+                        await source.bind(broker.amqp.exchange, key,
+                                          arguments=broker.amqp.queue_binding_args or None)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+                    raise
                 self._channel, self._source = channel, source
             assert self._source is not None
             self._consumer_tag = await self._source.consume(

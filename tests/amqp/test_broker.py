@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
@@ -383,3 +386,33 @@ async def test_wrong_password_is_a_clear_error_without_the_password(
     assert "s3cretpw" not in str(caught.value)
     assert "127.0.0.1" in str(caught.value)
     await broker.close()
+
+
+def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BROKER": config.broker, "RESULT_BACKEND": config.result_backend,
+           "DEFAULT_QUEUE": config.default_queue, "AMQP_EXCHANGE": config.amqp.exchange,
+           "RESULTS_EXPIRE_IN": str(config.results_expire_in)}
+    return subprocess.run([sys.executable, "-m", "machinery_aio", *args], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+async def test_cli_inspects_and_purges_a_queue(amqp_server: ServerFactory, amqp_config: Config) -> None:
+    server = amqp_server(amqp_config)
+    sigs = [add_sig(1), add_sig(2)]
+    for sig in sigs:
+        await server.send_task(sig)
+    await server.broker.publish_dead_letter(  # type: ignore[attr-defined]
+        amqp_config.default_queue, b"{oops", {}, "message is not valid JSON")
+
+    pending = await asyncio.to_thread(cli, amqp_config, "inspect", "pending")
+    assert pending.returncode == 0, pending.stderr
+    assert [t["uuid"] for t in json.loads(pending.stdout)] == [s.uuid for s in sigs]
+    dead = await asyncio.to_thread(cli, amqp_config, "inspect", "dead")
+    assert [d["reason"] for d in json.loads(dead.stdout)] == ["message is not valid JSON"]
+    delayed = await asyncio.to_thread(cli, amqp_config, "inspect", "delayed")
+    assert delayed.returncode == 2
+    assert "TTL queues" in delayed.stderr
+    purged = await asyncio.to_thread(cli, amqp_config, "purge", "--yes")
+    assert purged.returncode == 0, purged.stderr
+    assert "purged 2" in purged.stdout
+    assert await server.broker.get_pending_tasks() == []
