@@ -195,7 +195,7 @@ class TaskRunner:
 
     async def _succeeded(self, sig: Signature, results: list[Any]) -> None:
         backend = self.server.backend
-        await backend.set_state(TaskState.new(sig, State.SUCCESS, results=results))
+        await backend.set_state_success(sig, results)
         for callback in sig.on_success or ():
             if not sig.immutable:
                 extra = [Arg(type=r.type, value=r.value) for r in results]
@@ -226,7 +226,7 @@ class TaskRunner:
         await self._failed(sig, text, exc)
 
     async def _failed(self, sig: Signature, text: str, exc: BaseException) -> None:
-        await self.server.backend.set_state(TaskState.new(sig, State.FAILURE, error=text))
+        await self.server.backend.set_state_failure(sig, text)
         for handler in self.hooks.error:
             try:
                 await _call_hook(handler, exc, sig)
