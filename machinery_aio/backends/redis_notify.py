@@ -103,6 +103,9 @@ class ResultNotifier:
     async def _subscribe(self, name: bytes) -> None:
         async with self._lock:
             if self._pubsub is None:
+                initialize = getattr(self.client, "initialize", None)
+                if initialize is not None:  # a cluster client learns its nodes first
+                    await initialize()
                 self._pubsub = self.client.pubsub()
             await self._pubsub.subscribe(name)
             if self._listener is None or self._listener.done():
