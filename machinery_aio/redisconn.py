@@ -16,6 +16,7 @@ Accepted, as Go Machinery accepts them:
 
 from __future__ import annotations
 
+import functools
 import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -155,7 +156,7 @@ def _ssl_options(settings: RedisSettings, config: Config) -> dict[str, Any]:
 def create_redis(url: str, config: Config, *, max_connections: int | None = None) -> RedisClient:
     """A ``redis.asyncio`` client (or cluster client) for ``url``, with bytes responses."""
     from redis.asyncio import Redis
-    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.cluster import ClusterNode
     from redis.asyncio.sentinel import Sentinel
 
     settings = parse_redis_url(url)
@@ -186,10 +187,26 @@ def create_redis(url: str, config: Config, *, max_connections: int | None = None
             raise ConfigError("a Redis Cluster has only database 0")
         common.pop("health_check_interval")
         nodes = [ClusterNode(host, port) for host, port in settings.hosts]
-        return RedisCluster(startup_nodes=nodes, max_connections=pool_size, **common, **tls)
+        return _cluster_class()(startup_nodes=nodes, max_connections=pool_size, **common, **tls)
     host, port = settings.hosts[0]
     return _waiting(Redis(host=host, port=port, db=settings.db, max_connections=pool_size,
                           **common, **tls), config)
+
+
+@functools.cache
+def _cluster_class() -> type[RedisCluster]:
+    from redis.asyncio.cluster import RedisCluster
+
+    class InitializedRedisCluster(RedisCluster):
+        """redis-py's cluster client can break connections when several commands race
+        through its first initialisation (seen with redis-py 8.1: "'NoneType' object has
+        no attribute 'writelines'"); every command here waits for it to finish first."""
+
+        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            await self.initialize()
+            return await super().execute_command(*args, **kwargs)
+
+    return InitializedRedisCluster
 
 
 def _waiting(client: Redis, config: Config) -> Redis:
