@@ -16,8 +16,10 @@ Accepted, as Go Machinery accepts them:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
@@ -177,36 +179,87 @@ def create_redis(url: str, config: Config, *, max_connections: int | None = None
                               max_connections=pool_size, **common), config)
     master_name = _master_name(settings, config)
     if master_name:
-        sentinel_kwargs = {"password": rc.sentinel_password} if rc.sentinel_password else {}
+        sentinel_kwargs: dict[str, Any] = {
+            "password": rc.sentinel_password or None,
+            "socket_timeout": common["socket_timeout"],
+            "socket_connect_timeout": common["socket_connect_timeout"],
+            **tls,
+        }
         sentinel = Sentinel(settings.hosts, sentinel_kwargs=sentinel_kwargs, **tls)  # type: ignore[no-untyped-call]
-        master: Redis = sentinel.master_for(master_name, db=settings.db,
-                                            max_connections=pool_size, **common, **tls)
-        return master
+        master: Any = sentinel.master_for(master_name, redis_class=_sentinel_master_class(),
+                                          db=settings.db, max_connections=pool_size, **common,
+                                          **tls)
+        master.sentinel_clients = list(sentinel.sentinels)
+        client: Redis = master
+        return client
     if rc.cluster_enabled or len(settings.hosts) > 1:
         if settings.db:
             raise ConfigError("a Redis Cluster has only database 0")
         common.pop("health_check_interval")
         nodes = [ClusterNode(host, port) for host, port in settings.hosts]
-        return _cluster_class()(startup_nodes=nodes, max_connections=pool_size, **common, **tls)
+        cluster = _cluster_class()(startup_nodes=nodes, max_connections=pool_size, **common,
+                                   **tls)
+        cluster.wait_for_connection = rc.wait  # type: ignore[attr-defined]
+        cluster.connection_wait_timeout = rc.connect_timeout or None  # type: ignore[attr-defined]
+        return cluster
     host, port = settings.hosts[0]
     return _waiting(Redis(host=host, port=port, db=settings.db, max_connections=pool_size,
                           **common, **tls), config)
 
 
 @functools.cache
+def _sentinel_master_class() -> type[Redis]:
+    from redis.asyncio import Redis
+
+    class SentinelMaster(Redis):
+        """The master found through Sentinel; closing it closes the sentinel connections too."""
+
+        sentinel_clients: list[Redis] = []
+
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            await super().aclose(close_connection_pool)
+            for client in self.sentinel_clients:
+                await client.aclose()
+
+    return SentinelMaster
+
+
+@functools.cache
 def _cluster_class() -> type[RedisCluster]:
     from redis.asyncio.cluster import RedisCluster
+    from redis.exceptions import MaxConnectionsError
 
-    class InitializedRedisCluster(RedisCluster):
-        """redis-py's cluster client can break connections when several commands race
-        through its first initialisation (seen with redis-py 8.1: "'NoneType' object has
-        no attribute 'writelines'"); every command here waits for it to finish first."""
+    class WaitingRedisCluster(RedisCluster):
+        """Two fixes to redis-py's cluster client for use under concurrency:
+
+        * it can break connections when several commands race through its first
+          initialisation (seen with redis-py 8.1: "'NoneType' object has no attribute
+          'writelines'"), so every command waits for it to finish first;
+        * it fails at once when a node's pool is exhausted; with ``wait_for_connection``
+          (Go's ``Wait``) a command waits for a free connection instead, up to
+          ``connection_wait_timeout`` s (nothing was sent when the error is raised).
+        """
+
+        wait_for_connection = True
+        connection_wait_timeout: float | None = None
 
         async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
             await self.initialize()
-            return await super().execute_command(*args, **kwargs)
+            deadline = None
+            while True:
+                try:
+                    return await super().execute_command(*args, **kwargs)
+                except MaxConnectionsError:
+                    if not self.wait_for_connection:
+                        raise
+                    now = time.monotonic()
+                    if deadline is None and self.connection_wait_timeout is not None:
+                        deadline = now + self.connection_wait_timeout
+                    if deadline is not None and now >= deadline:
+                        raise
+                    await asyncio.sleep(0.002)
 
-    return InitializedRedisCluster
+    return WaitingRedisCluster
 
 
 def _waiting(client: Redis, config: Config) -> Redis:
