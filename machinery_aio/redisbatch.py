@@ -1,9 +1,10 @@
 """Redis round trips made few: Lua scripts by SHA, and a batcher that pipelines.
 
-:class:`CommandBatcher` collects the commands issued during one event-loop
-iteration (acks, state writes, publishes from many concurrent tasks) and sends
-them as one pipeline; each caller awaits its own reply. A lone command goes
-out as it is, so an idle process pays no extra latency.
+:class:`CommandBatcher` sends a command at once when nothing else is on the
+wire, so an idle process pays no extra latency. Commands issued while others
+are in flight (acks, state writes, publishes from many concurrent tasks)
+are collected and sent together as one pipeline; each caller awaits its own
+reply.
 """
 
 from __future__ import annotations
@@ -82,23 +83,44 @@ class CommandBatcher:
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def execute(self, *args: Any) -> asyncio.Future[Any]:
-        """Queue one command; the future gets its reply (or its error)."""
+    async def execute(self, *args: Any) -> Any:
+        """Send one command and return its reply; raises its error."""
+        if self._in_flight == 0 and not self._pending:
+            return await self._direct(args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(_Command(args, future))
         self._schedule()
-        return future
+        return await future
 
-    def script(
+    async def script(
         self, script: LuaScript, keys: Sequence[Key], args: Sequence[Value] = ()
-    ) -> asyncio.Future[Any]:
-        """Queue one Lua script call."""
+    ) -> Any:
+        """Run one Lua script and return its reply; raises its error."""
+        command_args = script.evalsha_args(keys, args)
+        if self._in_flight == 0 and not self._pending:
+            return await self._direct(command_args, script, keys, args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(
-            _Command(script.evalsha_args(keys, args), future, script, keys, args)
-        )
+        self._pending.append(_Command(command_args, future, script, keys, args))
         self._schedule()
-        return future
+        return await future
+
+    async def _direct(
+        self, args: tuple[Any, ...], script: LuaScript | None = None,
+        keys: Sequence[Key] = (), script_args: Sequence[Value] = (),
+    ) -> Any:
+        """Nothing else is on the wire: send at once, in the caller's task."""
+        self._in_flight += 1
+        try:
+            try:
+                return await self.client.execute_command(*args)
+            except NoScriptError:
+                if script is None:
+                    raise
+                return await self.client.execute_command(*script.eval_args(keys, script_args))
+        finally:
+            self._in_flight -= 1
+            if self._pending:
+                self._schedule()
 
     async def drain(self) -> None:
         """Wait until everything queued so far has been answered."""
@@ -107,7 +129,7 @@ class CommandBatcher:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             else:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0.001)
 
     # -- internals -----------------------------------------------------------------
 

@@ -35,7 +35,14 @@ if TYPE_CHECKING:
 else:
     RedisClient = Any
 
-__all__ = ["RedisClient", "RedisSettings", "create_redis", "is_cluster", "parse_redis_url"]
+__all__ = [
+    "RedisClient",
+    "RedisSettings",
+    "cancel_and_wait",
+    "create_redis",
+    "is_cluster",
+    "parse_redis_url",
+]
 
 _SCHEMES = ("redis", "rediss", "redis+socket", "redis+sentinel", "rediss+sentinel")
 
@@ -277,3 +284,17 @@ def _waiting(client: Redis, config: Config) -> Redis:
         **pool.connection_kwargs,
     )
     return Redis.from_pool(blocking)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], retry_every: float = 0.1) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again if needed.
+
+    On Python 3.11, ``asyncio.wait_for`` (which redis-py uses to send every command
+    when a socket timeout is set) drops a cancellation that arrives just as the
+    command completes, so one ``cancel()`` may not stop a task that talks to Redis.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=retry_every)
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved

@@ -109,15 +109,15 @@ class RedisBackend(ResultBackend):
     async def set_states(self, states: Sequence[TaskState]) -> None:
         await asyncio.gather(*(self._write(s) for s in states))
 
-    def _write(self, state: TaskState) -> asyncio.Future[Any]:
+    async def _write(self, state: TaskState) -> Any:
         data = state.to_json()
         keep_name = not state.task_name
         keep_created = state.created_at == ZERO_TIME
         final = state.state in (State.SUCCESS, State.FAILURE)
         if not (keep_name or keep_created or final):
-            return self.batcher.execute("SET", state.task_uuid, data, "EX", self.expires_in)
+            return await self.batcher.execute("SET", state.task_uuid, data, "EX", self.expires_in)
         head, name, middle, created, tail = _split_state(data)
-        return self.batcher.script(SET_STATE, [state.task_uuid], [
+        return await self.batcher.script(SET_STATE, [state.task_uuid], [
             self.expires_in, head, b"" if keep_name else name, middle,
             b"" if keep_created else created, tail,
             CHANNEL_PREFIX + state.task_uuid if final else "",

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ..log import get_logger
-from ..redisconn import RedisClient
+from ..redisconn import RedisClient, cancel_and_wait
 
 __all__ = ["CHANNEL_PREFIX", "ResultNotifier", "Watch"]
 
@@ -31,33 +31,48 @@ CONFIRM_TIMEOUT = 5.0
 class Watch:
     """One waiter's subscription to one task's channel."""
 
-    __slots__ = ("_channel", "_future")
+    __slots__ = ("_channel", "_seen")
 
     def __init__(self, channel: _Channel) -> None:
         self._channel = channel
-        self._future: asyncio.Future[bytes | None] | None = None
+        self._seen = channel.received
 
     async def wait(self, timeout: float | None) -> bytes | None:
-        """The published state JSON, or None on timeout or when the state should be re-read."""
+        """The published state JSON, or None on timeout or when the state should be re-read.
+
+        A message that arrived since the last call (even while the waiter was busy
+        reading the state) is returned at once.
+        """
+        channel = self._channel
+        if channel.received != self._seen:
+            self._seen = channel.received
+            return channel.last
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._channel.waiters.add(future)
+        channel.waiters.add(future)
         try:
-            return await asyncio.wait_for(future, timeout)
+            data = await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return None
         finally:
-            self._channel.waiters.discard(future)
+            channel.waiters.discard(future)
+        self._seen = channel.received
+        return data
 
 
 class _Channel:
-    __slots__ = ("confirmed", "refs", "waiters")
+    __slots__ = ("confirmed", "last", "received", "refs", "waiters")
 
     def __init__(self) -> None:
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.refs = 0
+        self.received = 0
+        self.last: bytes | None = None
         self.waiters: set[asyncio.Future[bytes | None]] = set()
 
     def wake(self, data: bytes | None) -> None:
+        if data is not None:
+            self.last = data
+            self.received += 1
         for future in self.waiters:
             if not future.done():
                 future.set_result(data)
@@ -159,8 +174,7 @@ class ResultNotifier:
     async def close(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            await cancel_and_wait(listener)
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             try:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..gotime import format_time, now
 from ..log import get_logger
 from ..redisbatch import run_script
+from ..redisconn import cancel_and_wait
 from .base import Consumer, DeadLetter, Delivery
 from .redis_layout import QueueKeys
 from .redis_scripts import CLAIM, DEAD_LETTER, HEARTBEAT, RELEASE, REQUEUE, RETURN_ALL
@@ -178,13 +179,11 @@ class RedisConsumer(Consumer):
             return
         self._closed = True
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            await cancel_and_wait(self._heartbeat)
         for _, handle in self._later.values():
             handle.cancel()
         for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_and_wait(task)
         try:
             await self.broker.batcher.drain()
             if self._started:

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..log import get_logger
 from ..redisbatch import run_script
-from ..redisconn import RedisClient
+from ..redisconn import RedisClient, cancel_and_wait
 from .redis_layout import DelayedKeys
 from .redis_scripts import MOVE_DUE, RECOVER_STAGING, STAGE_DUE
 
@@ -97,8 +97,7 @@ class DelayedMover:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
 
     def wake(self, due_unix: float) -> None:
         """A task due at ``due_unix`` (s) was just published here; wake up in time for it."""

@@ -198,6 +198,17 @@ async def test_a_dead_consumers_messages_go_back_to_the_head_of_the_queue(
     await broker.close()
 
 
+async def test_consumers_close_promptly_right_after_starting(broker: RedisBroker) -> None:
+    """Closing stops the heartbeat and the delayed mover even when a cancellation lands
+    while they talk to Redis (Python 3.11's wait_for can drop it)."""
+    for _ in range(20):
+        consumer = consumer_of(broker)
+        assert await consumer.fetch(1, 0.01) == []
+        await asyncio.wait_for(consumer.close(), 30)
+        assert broker._mover is not None
+        assert not broker._mover.running
+
+
 async def test_a_claim_interrupted_by_cancellation_is_not_lost(
     broker: RedisBroker, raw: RedisClient, ids: Any
 ) -> None:
