@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..gotime import format_time, now
 from ..log import get_logger
-from ..redisbatch import run_script
+from ..redisbatch import LuaScript, run_script
 from ..redisconn import cancel_and_wait
 from .base import Consumer, DeadLetter, Delivery
 from .redis_layout import QueueKeys
@@ -50,6 +50,7 @@ class RedisConsumer(Consumer):
         self.heartbeat_interval = timeout / 3
         self._held: dict[int, Delivery] = {}
         self._later: dict[int, tuple[Delivery, asyncio.TimerHandle]] = {}
+        self._unacked: list[Delivery] = []
         self._started = False
         self._closed = False
         self._reconcile = False
@@ -68,6 +69,8 @@ class RedisConsumer(Consumer):
             return []
         if not self._started:
             await self._start()
+        if self._unacked:
+            await self._retry_acks()
         if self._reconcile:
             await self._return_untracked()
         bodies = await self._claim(max_count)
@@ -111,8 +114,20 @@ class RedisConsumer(Consumer):
     async def ack(self, delivery: Delivery) -> None:
         if id(delivery) not in self._held:
             return
-        await self.broker.batcher.execute("LREM", self.processing, 1, delivery.body)
+        try:
+            await self.broker.batcher.execute("LREM", self.processing, 1, delivery.body)
+        except Exception:
+            # The task is done: remove the claim at the next fetch or heartbeat instead.
+            self._held.pop(id(delivery), None)
+            self._unacked.append(delivery)
+            raise
         self._held.pop(id(delivery), None)
+
+    async def _retry_acks(self) -> None:
+        while self._unacked:
+            delivery = self._unacked[0]
+            await self.broker.batcher.execute("LREM", self.processing, 1, delivery.body)
+            self._unacked.pop(0)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await asyncio.gather(*(self.ack(d) for d in deliveries))
@@ -140,14 +155,26 @@ class RedisConsumer(Consumer):
                 REQUEUE, [self.processing, self.queue], [delivery.body]
             )
         except Exception as exc:
-            logger.error("could not hand a message back to %r: %s; it is returned when this "
-                         "consumer closes or its heartbeat expires", self.queue, exc)
-            return
+            logger.error("could not hand a message back to %r: %s; the next fetch returns it",
+                         self.queue, exc)
+            self._reconcile = True
         self._later.pop(id(delivery), None)
 
     async def _requeue_now(self, delivery: Delivery) -> None:
-        await self.broker.batcher.script(REQUEUE, [self.processing, self.queue], [delivery.body])
-        self._held.pop(id(delivery), None)
+        await self._settle(delivery, REQUEUE, [self.processing, self.queue], [delivery.body])
+
+    async def _settle(
+        self, delivery: Delivery, script: LuaScript, keys: list[str], args: list[bytes | str]
+    ) -> None:
+        """Run a script that moves ``delivery`` out of the processing list. If it fails,
+        the next fetch returns the message to the queue (it is no longer tracked)."""
+        try:
+            await self.broker.batcher.script(script, keys, args)
+        except Exception:
+            self._reconcile = True
+            raise
+        finally:
+            self._held.pop(id(delivery), None)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         if id(delivery) not in self._held:
@@ -158,21 +185,23 @@ class RedisConsumer(Consumer):
             body=delivery.body.decode("utf-8", "backslashreplace"),
             failed_at=format_time(now()),
         )
-        await self.broker.batcher.script(
-            DEAD_LETTER, [self.processing, self.keys.dead],
-            [delivery.body, letter.model_dump_json()],
-        )
-        self._held.pop(id(delivery), None)
+        await self._settle(delivery, DEAD_LETTER, [self.processing, self.keys.dead],
+                           [delivery.body, letter.model_dump_json()])
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         mine = [d for d in deliveries if id(d) in self._held]
         if not mine:
             return
-        await self.broker.batcher.script(
-            RELEASE, [self.processing, self.queue], [d.body for d in mine]
-        )
-        for delivery in mine:
-            self._held.pop(id(delivery), None)
+        try:
+            await self.broker.batcher.script(
+                RELEASE, [self.processing, self.queue], [d.body for d in mine]
+            )
+        except Exception:
+            self._reconcile = True
+            raise
+        finally:
+            for delivery in mine:
+                self._held.pop(id(delivery), None)
 
     async def close(self) -> None:
         if self._closed:
@@ -186,6 +215,7 @@ class RedisConsumer(Consumer):
             await cancel_and_wait(task)
         try:
             await self.broker.batcher.drain()
+            await self._retry_acks()
             if self._started:
                 returned = await run_script(
                     self.broker.client, RETURN_ALL,
@@ -196,6 +226,7 @@ class RedisConsumer(Consumer):
         finally:
             self._held.clear()
             self._later.clear()
+            self._unacked.clear()
             if self._started:
                 await self.broker.consumer_stopped()
 
@@ -236,6 +267,7 @@ class RedisConsumer(Consumer):
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self.beat()
+                await self._retry_acks()
             except Exception as exc:
                 logger.warning("heartbeat of consumer %s failed: %s", self.consumer_id, exc)
 
@@ -246,6 +278,7 @@ class RedisConsumer(Consumer):
         )
         tracked = Counter(d.body for d in self._held.values())
         tracked.update(d.body for d, _ in self._later.values())
+        tracked.update(d.body for d in self._unacked)
         extra = []
         for body in items:
             if tracked[body] > 0:

@@ -23,6 +23,7 @@ from machinery_aio import (
     TaskState,
 )
 from machinery_aio.brokers.redis import RedisBroker
+from machinery_aio.brokers.redis_layout import QueueKeys
 from machinery_aio.redisconn import RedisClient
 
 from ..conftest import golden
@@ -242,3 +243,55 @@ async def test_signatures_are_sent_go_shaped(app: Server, raw: RedisClient, ids:
         b'"OnError":null,"ChordCallback":null,"BrokerMessageGroupId":"","SQSReceiptHandle":"",'
         b'"StopTaskDeletionOnError":false,"IgnoreWhenTaskNotRegistered":false}'
     )
+
+
+async def test_dropped_connections_lose_nothing(
+    redis_url: str, unique: str, raw: RedisClient, ids: Any
+) -> None:
+    """Our own connections are killed again and again (CLIENT KILL by our client name)
+    while tasks run: the worker, the backend and the waiters reconnect; every task ends."""
+    from .conftest import make_config
+
+    config = make_config(redis_url, unique, client_name=f"{unique}-conn")
+    server = Server(config)
+
+    @server.task("slow_add")
+    async def slow_add(a: int, b: int) -> int:
+        import asyncio
+
+        await asyncio.sleep(0.01)
+        return a + b
+
+    async def kill_ours() -> int:
+        killed = 0
+        await raw.initialize()
+        nodes = raw.get_primaries() if hasattr(raw, "get_primaries") else [None]
+        for node in nodes:
+            target = {"target_nodes": node} if node is not None else {}
+            clients = await raw.client_list(**target)
+            for client in clients:
+                if client.get("name") == f"{unique}-conn":
+                    try:
+                        await raw.client_kill_filter(_id=client["id"], **target)
+                        killed += 1
+                    except Exception:
+                        pass  # it went away by itself
+        return killed
+
+    import asyncio
+
+    try:
+        async with server.new_worker("flaky-net", concurrency=5, fetch_timeout=0.5):
+            results = await server.send_tasks([sig(ids(i), "slow_add", i, 1) for i in range(60)])
+            killed = 0
+            for _ in range(5):
+                await asyncio.sleep(0.1)
+                killed += await kill_ours()
+            assert killed > 0
+            values = [await result.get(timeout=60) for result in results]
+            assert values == [i + 1 for i in range(60)]
+        queue = config.default_queue
+        assert await raw.llen(queue) == 0
+        assert not [k async for k in raw.scan_iter(match=QueueKeys(queue).processing("*"))]
+    finally:
+        await server.close()
