@@ -109,6 +109,9 @@ class RedisConfig(_Section):
     master_name: str = ""
     cluster_enabled: bool = False
     sentinel_password: str = ""
+    consumer_timeout: float = Field(30.0, gt=0)
+    """Seconds without a heartbeat after which a Python worker is presumed dead and the
+    messages it claimed go back to the queue (not in Go)."""
 
 
 class DynamoDBConfig(_Section):
@@ -356,6 +359,7 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_MASTER_NAME": ("redis.master_name", _str),
     "REDIS_CLUSTER_ENABLED": ("redis.cluster_enabled", _parse_bool),
     "REDIS_SENTINEL_PASSWORD": ("redis.sentinel_password", _str),
+    "REDIS_CONSUMER_TIMEOUT": ("redis.consumer_timeout", float),
     "TASK_STATES_TABLE": ("dynamodb.task_states_table", _str),
     "GROUP_METAS_TABLE": ("dynamodb.group_metas_table", _str),
     "DYNAMODB_TASK_STATES_TABLE": ("dynamodb.task_states_table", _str),
