@@ -38,6 +38,10 @@ class NanoTime(datetime):
         fields = (self.year, self.month, self.day, self.hour, self.minute, self.second)
         return (_rebuild, (fields, self.microsecond, tz, self.nanosecond))
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # datetime's own __reduce_ex__ would drop the nanoseconds (copy, deepcopy, pickle).
+        return self.__reduce__()
+
     def __repr__(self) -> str:
         return f"NanoTime({format_time(self)!r})"
 
@@ -47,6 +51,8 @@ def _rebuild(fields: tuple[int, ...], micro: int, tz: Any, nano: int) -> NanoTim
 
 
 ZERO_TIME = NanoTime(1, 1, 1, tzinfo=UTC)
+"""Go's zero ``time.Time``, written ``0001-01-01T00:00:00Z``."""
+_ZERO_TEXT = "0001-01-01T00:00:00Z"
 
 
 def now() -> NanoTime:
@@ -82,6 +88,8 @@ def parse_time(text: str) -> NanoTime:
 
 def format_time(value: datetime) -> str:
     """Format as Go's ``time.RFC3339Nano``: trimmed fraction, ``Z`` for UTC."""
+    if value is ZERO_TIME:
+        return _ZERO_TEXT
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("times on the wire must be timezone-aware")
     nanos = value.microsecond * 1000 + getattr(value, "nanosecond", 0)

@@ -81,7 +81,7 @@ class _GoModel(BaseModel):
         if not isinstance(data, dict):
             return data
         exact, lower = cls.__dict__.get("_keys") or _install_keys(cls)
-        if all(key in exact for key in data):
+        if data.keys() <= exact:
             return data
         fields = cls.model_fields
         fixed: dict[str, Any] = {}

@@ -82,18 +82,28 @@ class TaskState(_GoModel):
         """A state for ``signature``. Only PENDING stamps ``created_at``; backends carry it on."""
         if created_at is None:
             created_at = gotime.now() if state is State.PENDING else gotime.ZERO_TIME
-        return cls.model_construct(
-            task_uuid=signature.uuid,
-            task_name=signature.name,
-            state=state,
-            results=results,
-            error=error,
-            created_at=created_at,
-            ttl=0,
-        )
+        # model_construct without its per-call overhead: this runs several times per task.
+        obj = cls.__new__(cls)
+        _set = object.__setattr__
+        _set(obj, "__dict__", {
+            "task_uuid": signature.uuid,
+            "task_name": signature.name,
+            "state": state,
+            "results": results,
+            "error": error,
+            "created_at": created_at,
+            "ttl": 0,
+        })
+        _set(obj, "__pydantic_fields_set__", set(_STATE_FIELDS))
+        _set(obj, "__pydantic_extra__", None)
+        _set(obj, "__pydantic_private__", None)
+        return obj
 
     def __repr__(self) -> str:
         return f"<TaskState {self.task_uuid} {self.state.value}>"
+
+
+_STATE_FIELDS = frozenset(TaskState.model_fields)
 
 
 class GroupMeta(_GoModel):

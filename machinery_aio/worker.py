@@ -95,6 +95,7 @@ class Worker:
         self._holds = asyncio.Semaphore(in_flight)
         self._in_flight = in_flight
         self._running: set[asyncio.Task[None]] = set()
+        self._holding: set[asyncio.Task[Any]] = set()  # unregistered tasks waiting out a back-off
         self._background: list[asyncio.Task[Any]] = []
         self._consumer: Consumer | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -202,6 +203,8 @@ class Worker:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in list(self._holding):
+            task.cancel()  # held unregistered messages go back to the queue at once
         grace = self.grace_period if grace_period is None else grace_period
         if self._running and not self._aborting:
             logger.info("waiting up to %g s for %d running tasks", grace, len(self._running))
@@ -329,7 +332,15 @@ class Worker:
                            name, self.tag, delay)
             last_log = now
         self._unregistered[name] = (min(cap, delay * 2), last_log)
-        await asyncio.sleep(delay)
+        if self._stopping:
+            return  # still held: closing the consumer hands it back
+        holder = asyncio.current_task()
+        assert holder is not None
+        self._holding.add(holder)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._holding.discard(holder)
         await self._safely(consumer.requeue(delivery, 0.0))
 
     async def _safely(self, call: Any) -> None:

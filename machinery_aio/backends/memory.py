@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import datetime
 
 from .._memstore import shared, store_name
 from ..gotime import ZERO_TIME, now
@@ -22,6 +23,7 @@ __all__ = ["MemoryBackend"]
 class _Store:
     def __init__(self) -> None:
         self.records: dict[str, tuple[bytes, float]] = {}  # uuid -> (json, expires at)
+        self.origins: dict[str, tuple[str, datetime]] = {}  # uuid -> (task name, created at)
         self.waiters: dict[str, asyncio.Event] = {}
 
     def get(self, key: str) -> bytes | None:
@@ -45,7 +47,14 @@ class MemoryBackend(ResultBackend):
 
     @property
     def _store(self) -> _Store:
-        return shared(_Store, store_name(self.url), _Store)
+        loop = asyncio.get_running_loop()
+        cached = self.__dict__.get("_cached")
+        if cached is not None and cached[0] is loop:
+            store: _Store = cached[1]
+            return store
+        store = shared(_Store, store_name(self.url), _Store)
+        self.__dict__["_cached"] = (loop, store)
+        return store
 
     async def set_state(self, state: TaskState) -> None:
         self._write(state)
@@ -56,18 +65,15 @@ class MemoryBackend(ResultBackend):
 
     def _write(self, state: TaskState) -> None:
         store = self._store
-        if not state.task_name or state.created_at == ZERO_TIME:
-            previous = store.get(state.task_uuid)
-            if previous is not None:
-                old = TaskState.from_json(previous)
-                state = state.model_copy(
-                    update={
-                        "task_name": state.task_name or old.task_name,
-                        "created_at": (
-                            old.created_at if state.created_at == ZERO_TIME else state.created_at
-                        ),
-                    }
-                )
+        origin = store.origins.get(state.task_uuid)
+        missing = not state.task_name or state.created_at == ZERO_TIME
+        if missing and origin is not None and store.get(state.task_uuid) is not None:
+            state = state.model_copy()
+            state.task_name = state.task_name or origin[0]
+            if state.created_at == ZERO_TIME:
+                state.created_at = origin[1]
+        if state.created_at != ZERO_TIME:
+            store.origins[state.task_uuid] = (state.task_name, state.created_at)
         store.put(state.task_uuid, state.to_json(), self.expires_in)
         if state.is_completed():
             event = store.waiters.pop(state.task_uuid, None)
@@ -122,6 +128,7 @@ class MemoryBackend(ResultBackend):
 
     async def purge_state(self, task_uuid: str) -> None:
         self._store.records.pop(task_uuid, None)
+        self._store.origins.pop(task_uuid, None)
 
     async def purge_group_meta(self, group_uuid: str) -> None:
         self._store.records.pop(group_uuid, None)
