@@ -402,6 +402,8 @@ class Scheduler:
         while True:
             ttl = (next_ns - _now_ns()) / 1e9
             if ttl <= 0:
+                logger.warning("periodic %r: tick %s not sent: its period ended before Go's lock "
+                               "could be taken", entry.name, format_tick(tick))
                 return False
             try:
                 if await self.server.lock.acquire(key, ttl, str(next_ns - 1)) is not None:
