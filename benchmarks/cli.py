@@ -39,6 +39,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument("--batch", type=int, default=1_000, help="tasks per bulk enqueue call")
     run.add_argument("--concurrency", type=int, default=50, help="task slots per worker process")
     run.add_argument("--latency", type=int, default=500, help="round trips timed for p50/p99")
+    run.add_argument("--latency-budget", type=float, default=60.0,
+                     help="seconds the round trips may take; slow pollers stop early (samples in JSON)")
     run.add_argument("--repeat", type=int, default=3, help="runs per target; medians are reported")
     run.add_argument("--only", help="comma-separated targets, libraries or brokers "
                                     "(e.g. machinery-aio,arq or redis or celery/redis)")
@@ -50,6 +52,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.n, args.n_enqueue, args.latency, args.repeat = 300, 200, 30, 1
+        args.latency_budget = min(args.latency_budget, 5.0)
         args.timeout = min(args.timeout, 60.0)
         args.only = args.only or ",".join(SMOKE)
     for name in ("n", "n_enqueue", "batch", "concurrency", "latency", "repeat"):
@@ -76,18 +79,23 @@ def run_target(target: Target, args: argparse.Namespace, logs: Path) -> dict[str
         cmd = [python, "-m", "benchmarks.driver", "--adapter", target.adapter, "--url", url,
                "--backend", backend, "--n", str(args.n), "--n-enqueue", str(args.n_enqueue),
                "--batch", str(args.batch), "--concurrency", str(args.concurrency),
-               "--latency", str(args.latency), "--timeout", str(args.timeout),
+               "--latency", str(args.latency), "--latency-budget", str(args.latency_budget),
+               "--timeout", str(args.timeout),
                "--warmup", "5" if args.smoke else "20", "--logs", str(logs), "--out", str(out)]
         if target.broker != "memory":
             cmd += ["--flush", args.broker]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         log = logs / f"{target.library}-{target.broker}-driver.log"
         with open(log, "ab") as sink:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
             try:
-                proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                      timeout=args.timeout * 5 + 120, check=False)
-            except subprocess.TimeoutExpired:
-                return {"error": f"timed out; see {log}"}
+                proc.wait(args.timeout * 4 + 120)
+            except BaseException:  # timed out or interrupted: the driver stops its workers on SIGTERM
+                proc.terminate()
+                proc.wait(30)
+                if isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                    return {"error": f"timed out; see {log}"}
+                raise
         if not out.exists():
             return {"error": f"driver exited with {proc.returncode}; see {log}"}
         result: dict[str, Any] = json.loads(out.read_text())

@@ -31,6 +31,23 @@ POLL = 0.002
 """Seconds between looks at a result while timing a drain."""
 
 
+_WORKERS: set[int] = set()
+"""Process groups of the workers still running, killed if the driver itself is stopped."""
+
+
+def _on_term(signum: int, frame: object) -> None:
+    for pgid in list(_WORKERS):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(128 + signum)
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
 def quantile(samples: Sequence[float], q: float) -> float:
     ordered = sorted(samples)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
@@ -65,17 +82,20 @@ class Driver:
 
     def start_worker(self, adapter: Adapter, name: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, **adapter.worker_env(), "PYTHONPATH": str(ROOT)}
-        log = open(self.logs / f"{adapter.library}-{name}.log", "wb")  # noqa: SIM115
+        sink = open(self.logs / f"{adapter.library}-{name}.log", "wb")  # noqa: SIM115
         try:
-            return subprocess.Popen(
-                adapter.worker_command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(
+                adapter.worker_command(), cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         finally:
-            log.close()
+            sink.close()
+        _WORKERS.add(proc.pid)
+        return proc
 
     @staticmethod
     def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+        began = time.monotonic()
         for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
             if proc.poll() is not None:
                 break
@@ -91,6 +111,8 @@ class Driver:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        _WORKERS.discard(proc.pid)
+        log(f"worker {proc.pid} stopped in {time.monotonic() - began:.1f} s")
 
     def _check_alive(self, procs: Sequence[subprocess.Popen[bytes]], adapter: Adapter) -> None:
         for proc in procs:
@@ -190,8 +212,11 @@ class Driver:
                 proc = self.start_worker(adapter, "rtt")
             for x in range(self.args.warmup):  # also waits for the worker to be up
                 value = await adapter.result(await adapter.enqueue(x), self.args.timeout)
-            samples = []
+            samples: list[float] = []
+            budget = time.monotonic() + self.args.latency_budget
             for x in range(self.args.latency):
+                if samples and time.monotonic() > budget:
+                    break
                 start = time.perf_counter()
                 value = await adapter.result(await adapter.enqueue(x), 30.0)
                 samples.append(time.perf_counter() - start)
@@ -199,6 +224,7 @@ class Driver:
                     raise AssertionError(f"{adapter.library}: add({x}, 1) returned {value!r}")
             if adapter.in_process:
                 await adapter.stop_in_process()
+            self.latency_samples = len(samples)
             return statistics.median(samples) * 1e3, quantile(samples, 0.99) * 1e3
         finally:
             if proc is not None:
@@ -216,15 +242,20 @@ class Driver:
             await probe.setup()
             await probe.close()
             await self.flush()
+            log(f"{self.cls.library}: enqueue one by one")
             out["enqueue_one"] = await self.enqueue_one()
+            log("drain, 1 process")
             one = await self.drain(1)
             out["enqueue_batch"] = one["batch_rate"]
             out["drain_1"] = one["rate"]
             out["cpu_us_per_task"] = one["cpu_us_per_task"]
             out["rss_mib"] = one["rss_mib"]
             if not in_process and self.args.processes2:
+                log("drain, 2 processes")
                 out["drain_2"] = (await self.drain(2))["rate"]
+            log("round trips")
             out["p50_ms"], out["p99_ms"] = await self.latency()
+            out["latency_samples"] = self.latency_samples
         except Unavailable as exc:
             out["unavailable"] = str(exc)
         except Exception as exc:
@@ -245,12 +276,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--latency", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--latency-budget", type=float, default=60.0,
+                        help="stop the round trips after this many seconds (slow pollers)")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--no-processes2", dest="processes2", action="store_false")
     parser.add_argument("--logs", default=str(ROOT / "benchmarks" / "results" / "logs"))
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     args.backend = args.backend or args.url
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
     result = asyncio.run(Driver(args).run())
     Path(args.out).write_text(json.dumps(result))
     return 0
