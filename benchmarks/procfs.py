@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -37,12 +38,17 @@ def tree(pid: int) -> list[int]:
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds used so far by ``pids`` (and their reaped children)."""
     total = 0
+    own = 0.0
     for pid in pids:
+        if pid == os.getpid():  # finer than /proc's clock ticks
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            own = usage.ru_utime + usage.ru_stime
+            continue
         fields = _stat_fields(pid)
         if fields is not None:
             # utime, stime, cutime, cstime are fields 14-17 of stat (index 11-14 after the name)
             total += sum(int(f) for f in fields[11:15])
-    return total / _TICKS
+    return own + total / _TICKS
 
 
 def _status_kib(pid: int, key: str) -> int:
