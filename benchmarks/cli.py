@@ -33,13 +33,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                      help="Redis URL for every Redis target and for results; its database is "
                           "FLUSHED between measurements, so give the suite a database of its own")
     run.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/",
-                     help="RabbitMQ URL for machinery-aio/amqp (results go to --broker)")
+                     help="RabbitMQ URL for the amqp targets (results go to --broker)")
     run.add_argument("--n", type=int, default=20_000, help="tasks per drain (default 20000)")
     run.add_argument("--n-enqueue", type=int, default=5_000, help="tasks sent one at a time")
     run.add_argument("--batch", type=int, default=1_000, help="tasks per bulk enqueue call")
     run.add_argument("--concurrency", type=int, default=50, help="task slots per worker process")
     run.add_argument("--latency", type=int, default=500, help="round trips timed for p50/p99")
-    run.add_argument("--latency-budget", type=float, default=60.0,
+    run.add_argument("--latency-budget", type=float, default=30.0,
                      help="seconds the round trips may take; slow pollers stop early (samples in JSON)")
     run.add_argument("--repeat", type=int, default=3, help="runs per target; medians are reported")
     run.add_argument("--only", help="comma-separated targets, libraries or brokers "

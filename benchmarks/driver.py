@@ -143,6 +143,7 @@ class Driver:
                 await adapter.enqueue(x)
             return n / (time.perf_counter() - start)
         finally:
+            await adapter.cleanup()
             await adapter.close()
             await self.flush()
 
@@ -198,6 +199,7 @@ class Driver:
         finally:
             for proc in procs:
                 self.stop_worker(proc)
+            await adapter.cleanup()
             await adapter.close()
             await self.flush()
 
@@ -229,6 +231,7 @@ class Driver:
         finally:
             if proc is not None:
                 self.stop_worker(proc)
+            await adapter.cleanup()
             await adapter.close()
             await self.flush()
 

@@ -56,6 +56,9 @@ class Adapter(ABC):
     async def close(self) -> None:
         """Close the producer's connections."""
 
+    async def cleanup(self) -> None:
+        """Remove what this phase left on a broker the suite does not flush (RabbitMQ queues)."""
+
     @abstractmethod
     async def enqueue(self, x: int) -> Any:
         """Send ``add(x, 1)``; return a handle for its result."""

@@ -41,6 +41,7 @@ TARGETS: list[Target] = [
     _peer("streaq", "streaq_bench"),
     _peer("dramatiq", "dramatiq_bench"),
     _peer("celery", "celery_bench"),
+    Target("celery", "amqp", "benchmarks.peers.celery_bench", "peers"),
 ]
 
 SMOKE = ["machinery-aio/memory", "machinery-aio/redis"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from importlib.metadata import version
 from typing import Any
 
@@ -50,6 +51,11 @@ class CeleryAdapter(Adapter):
     async def close(self) -> None:
         self.app.close()
 
+    async def cleanup(self) -> None:
+        if self.url.startswith("amqp"):
+            with self.app.connection_for_write() as conn:
+                conn.default_channel.queue_delete(self.queue)
+
     async def enqueue(self, x: int) -> AsyncResult:
         return self.add.delay(x, 1)
 
@@ -65,7 +71,7 @@ class CeleryAdapter(Adapter):
     def worker_command(self) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "benchmarks.peers.celery_bench", "worker",
                 "--pool", POOL, "--concurrency", str(self.concurrency), "--queues", self.queue,
-                "--loglevel", "WARNING"]
+                "--loglevel", "WARNING", "--hostname", f"{self.queue}-{uuid.uuid4().hex[:6]}@%h"]
 
 
 ADAPTER = CeleryAdapter

@@ -58,6 +58,10 @@ class MachineryAdapter(Adapter):
     async def close(self) -> None:
         await self.server.close()
 
+    async def cleanup(self) -> None:
+        if not self.in_process:
+            await self.server.broker.purge(self.queue)
+
     async def enqueue(self, x: int) -> AsyncResult[int]:
         return await self.add.delay(x, 1)
 
