@@ -96,7 +96,7 @@ class Driver:
     @staticmethod
     def stop_worker(proc: subprocess.Popen[bytes]) -> None:
         began = time.monotonic()
-        for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             if proc.poll() is not None:
                 break
             try:
@@ -127,7 +127,8 @@ class Driver:
     ) -> None:
         while not await adapter.is_done(handle):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{adapter.library}: a result did not arrive in time")
+                raise TimeoutError(f"{adapter.library}: a task's result was not stored within "
+                                   f"{self.args.timeout:g} s")
             self._check_alive(procs, adapter)
             await asyncio.sleep(POLL)
 
@@ -213,14 +214,17 @@ class Driver:
             else:
                 proc = self.start_worker(adapter, "rtt")
             for x in range(self.args.warmup):  # also waits for the worker to be up
-                value = await adapter.result(await adapter.enqueue(x), self.args.timeout)
+                await adapter.result(await adapter.enqueue(x), self.args.timeout)
             samples: list[float] = []
             budget = time.monotonic() + self.args.latency_budget
             for x in range(self.args.latency):
                 if samples and time.monotonic() > budget:
                     break
                 start = time.perf_counter()
-                value = await adapter.result(await adapter.enqueue(x), 30.0)
+                try:
+                    value = await adapter.result(await adapter.enqueue(x), 30.0)
+                except TimeoutError:
+                    raise TimeoutError(f"round trip {x} got no result within 30 s") from None
                 samples.append(time.perf_counter() - start)
                 if value != x + 1:
                     raise AssertionError(f"{adapter.library}: add({x}, 1) returned {value!r}")
@@ -235,30 +239,53 @@ class Driver:
             await adapter.close()
             await self.flush()
 
+    async def phase(self, out: dict[str, Any], name: str, step: Any, *args: Any) -> None:
+        """Run one phase; a failure is recorded under ``errors`` and the other phases go on."""
+        try:
+            await step(*args)
+        except Unavailable:
+            raise
+        except Exception as exc:
+            out.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+            log(f"{name} failed: {out['errors'][name]}")
+            traceback.print_exc()
+
+    async def _enqueue_one(self, out: dict[str, Any]) -> None:
+        out["enqueue_one"] = await self.enqueue_one()
+
+    async def _drain_1(self, out: dict[str, Any]) -> None:
+        one = await self.drain(1)
+        out["enqueue_batch"] = one["batch_rate"]
+        out["drain_1"] = one["rate"]
+        out["cpu_us_per_task"] = one["cpu_us_per_task"]
+        out["rss_mib"] = one["rss_mib"]
+
+    async def _drain_2(self, out: dict[str, Any]) -> None:
+        out["drain_2"] = (await self.drain(2))["rate"]
+
+    async def _latency(self, out: dict[str, Any]) -> None:
+        out["p50_ms"], out["p99_ms"] = await self.latency()
+        out["latency_samples"] = self.latency_samples
+
     async def run(self) -> dict[str, Any]:
         out: dict[str, Any] = {"library": self.cls.library, "batch_api": self.cls.batch_api,
                                "notes": self.cls.notes}
         try:
             out["version"] = self.cls(self.args.url, self.args.backend, "probe", 1).version()
             probe = self.adapter("probe")
-            in_process = probe.in_process
+            in_process = out["in_process"] = probe.in_process
             await probe.setup()
             await probe.close()
             await self.flush()
             log(f"{self.cls.library}: enqueue one by one")
-            out["enqueue_one"] = await self.enqueue_one()
+            await self.phase(out, "enqueue_one", self._enqueue_one, out)
             log("drain, 1 process")
-            one = await self.drain(1)
-            out["enqueue_batch"] = one["batch_rate"]
-            out["drain_1"] = one["rate"]
-            out["cpu_us_per_task"] = one["cpu_us_per_task"]
-            out["rss_mib"] = one["rss_mib"]
+            await self.phase(out, "drain_1", self._drain_1, out)
             if not in_process and self.args.processes2:
                 log("drain, 2 processes")
-                out["drain_2"] = (await self.drain(2))["rate"]
+                await self.phase(out, "drain_2", self._drain_2, out)
             log("round trips")
-            out["p50_ms"], out["p99_ms"] = await self.latency()
-            out["latency_samples"] = self.latency_samples
+            await self.phase(out, "latency", self._latency, out)
         except Unavailable as exc:
             out["unavailable"] = str(exc)
         except Exception as exc:

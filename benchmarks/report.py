@@ -30,7 +30,8 @@ METRICS = [
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One target's runs -> status, version and the median of every figure."""
-    good = [r for r in runs if "unavailable" not in r and "error" not in r]
+    good = [r for r in runs if "unavailable" not in r and "error" not in r
+            and any(isinstance(r.get(m.key), int | float) for m in METRICS)]
     first = runs[0] if runs else {}
     out: dict[str, Any] = {
         "version": next((r["version"] for r in runs if r.get("version")), ""),
@@ -44,10 +45,18 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out["status"] = (f"unavailable: {reason}" if reason else
                          f"error: {next((r.get('error') for r in runs if r.get('error')), 'no run')}")
         return out
-    out["status"] = "ok" if len(good) == len(runs) else f"ok in {len(good)} of {len(runs)} runs"
+    failures = sorted({f"{phase}: {msg}" for r in runs for phase, msg in r.get("errors", {}).items()})
+    if failures or len(good) < len(runs):
+        out["status"] = (f"partial ({len(good)} of {len(runs)} runs measured); "
+                         + "; ".join(failures or ["a run failed"]))
+    else:
+        out["status"] = "ok"
+    out["failed"] = []
     for metric in METRICS:
         values = [r[metric.key] for r in good if isinstance(r.get(metric.key), int | float)]
         out["median"][metric.key] = statistics.median(values) if values else None
+        if not any(metric.key in r for r in good) and not (metric.key == "drain_2" and good[0].get("in_process")):
+            out["failed"].append(metric.key)
     return out
 
 
@@ -65,9 +74,9 @@ def add_ratios(results: dict[str, dict[str, Any]]) -> None:
                 summary["ratio_to_machinery"][metric.key] = mine / theirs
 
 
-def _cell(value: float | None, ratio: float | None, digits: int) -> str:
+def _cell(value: float | None, ratio: float | None, digits: int, failed: bool = False) -> str:
     if value is None:
-        return "n/a"
+        return "failed" if failed else "n/a"
     text = f"{value:,.{digits}f}"
     return f"{text} ({ratio:.2f}x)" if ratio is not None else text
 
@@ -78,19 +87,21 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     rows: list[list[str]] = []
     notes: list[str] = []
     for name, summary in results.items():
-        if not summary["status"].startswith("ok"):
+        if summary["status"] != "ok":
             notes.append(f"{name}: {summary['status']}")
+        if not summary["median"]:
             rows.append([name, summary["version"] or "-", *(["-"] * len(METRICS))])
             continue
         ratios = summary.get("ratio_to_machinery", {})
         rows.append([name, summary["version"], *(
-            _cell(summary["median"].get(m.key), ratios.get(m.key), m.digits) for m in METRICS)])
+            _cell(summary["median"].get(m.key), ratios.get(m.key), m.digits, m.key in summary["failed"])
+            for m in METRICS)])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = lambda cells: " | ".join(  # noqa: E731
         c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
     out = [line(headers), "-+-".join("-" * w for w in widths), *(line(r) for r in rows)]
     out.append("(x) = the peer's figure divided by machinery-aio's on the same broker; "
-               "n/a = not offered by the library or the broker")
+               "n/a = not offered by the library or the broker; failed: see the notes below")
     out.extend(notes)
     return "\n".join(out)
 
@@ -101,8 +112,9 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for name, summary in results.items():
         ratios = summary.get("ratio_to_machinery", {})
-        if summary["status"].startswith("ok"):
-            cells = [_cell(summary["median"].get(m.key), ratios.get(m.key), m.digits) for m in METRICS]
+        if summary["median"]:
+            cells = [_cell(summary["median"].get(m.key), ratios.get(m.key), m.digits, m.key in summary["failed"])
+                     for m in METRICS]
         else:
             cells = [summary["status"]] + [""] * (len(METRICS) - 1)
         out.append("| " + " | ".join([name, summary["version"] or "-", *cells]) + " |")
