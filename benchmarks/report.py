@@ -55,7 +55,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for metric in METRICS:
         values = [r[metric.key] for r in good if isinstance(r.get(metric.key), int | float)]
         out["median"][metric.key] = statistics.median(values) if values else None
-        if not any(metric.key in r for r in good) and not (metric.key == "drain_2" and good[0].get("in_process")):
+        offered = not (metric.key == "drain_2" and good[0].get("in_process"))
+        if offered and not any(metric.key in r for r in good):
             out["failed"].append(metric.key)
     return out
 
@@ -113,7 +114,8 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
     for name, summary in results.items():
         ratios = summary.get("ratio_to_machinery", {})
         if summary["median"]:
-            cells = [_cell(summary["median"].get(m.key), ratios.get(m.key), m.digits, m.key in summary["failed"])
+            failed = summary["failed"]
+            cells = [_cell(summary["median"].get(m.key), ratios.get(m.key), m.digits, m.key in failed)
                      for m in METRICS]
         else:
             cells = [summary["status"]] + [""] * (len(METRICS) - 1)
