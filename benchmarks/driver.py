@@ -138,7 +138,7 @@ class Driver:
         adapter = self.adapter("enq1")
         await adapter.setup()
         try:
-            n = self.args.n_enqueue
+            n: int = self.args.n_enqueue
             start = time.perf_counter()
             for x in range(n):
                 await adapter.enqueue(x)

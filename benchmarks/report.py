@@ -98,8 +98,11 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             _cell(summary["median"].get(m.key), ratios.get(m.key), m.digits, m.key in summary["failed"])
             for m in METRICS)])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: " | ".join(  # noqa: E731
-        c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    def line(cells: list[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs)
+
     out = [line(headers), "-+-".join("-" * w for w in widths), *(line(r) for r in rows)]
     out.append("(x) = the peer's figure divided by machinery-aio's on the same broker; "
                "n/a = not offered by the library or the broker; failed: see the notes below")
