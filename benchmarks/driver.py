@@ -213,8 +213,9 @@ class Driver:
                 await adapter.start_in_process()
             else:
                 proc = self.start_worker(adapter, "rtt")
-            for x in range(self.args.warmup):  # also waits for the worker to be up
-                await adapter.result(await adapter.enqueue(x), self.args.timeout)
+            async with asyncio.timeout(self.args.timeout):  # the warm-up also waits for the worker
+                for x in range(self.args.warmup):
+                    await adapter.result(await adapter.enqueue(x), self.args.timeout)
             samples: list[float] = []
             budget = time.monotonic() + self.args.latency_budget
             for x in range(self.args.latency):
@@ -222,9 +223,10 @@ class Driver:
                     break
                 start = time.perf_counter()
                 try:
-                    value = await adapter.result(await adapter.enqueue(x), 30.0)
+                    async with asyncio.timeout(30.0):
+                        value = await adapter.result(await adapter.enqueue(x), 30.0)
                 except TimeoutError:
-                    raise TimeoutError(f"round trip {x} got no result within 30 s") from None
+                    raise TimeoutError(f"round trip {x} did not complete within 30 s") from None
                 samples.append(time.perf_counter() - start)
                 if value != x + 1:
                     raise AssertionError(f"{adapter.library}: add({x}, 1) returned {value!r}")
@@ -242,7 +244,12 @@ class Driver:
     async def phase(self, out: dict[str, Any], name: str, step: Any, *args: Any) -> None:
         """Run one phase; a failure is recorded under ``errors`` and the other phases go on."""
         try:
-            await step(*args)
+            async with asyncio.timeout(self.args.timeout * 2):  # hang guard: a send that never returns
+                await step(*args)
+        except TimeoutError as exc:
+            limit = self.args.timeout * 2
+            out.setdefault("errors", {})[name] = str(exc) or f"did not finish within {limit:g} s"
+            log(f"{name} failed: {out['errors'][name]}")
         except Unavailable:
             raise
         except Exception as exc:
