@@ -75,6 +75,25 @@ async def test_later_states_keep_gos_name_and_created_at(
     assert 0 < await raw.ttl(GOLDEN_TASK) <= 600
 
 
+async def test_tricky_names_errors_and_results_are_spliced_exactly(
+    backend: RedisBackend, raw: RedisClient, ids: Any
+) -> None:
+    name = 'we"ird\\name/é<>,"State":"SUCCESS"'
+    sig = Signature(uuid=ids('q"uote'), name=name)
+    pending = TaskState.new(sig, State.PENDING)
+    await backend.set_state(pending)
+    error = 'bad "thing",\n "CreatedAt":"2001-01-01T00:00:00Z","TTL":0}'
+    results = [TaskResult(type="json", value={"CreatedAt": "x", "TaskName": "y", "State": "Z"})]
+    nameless = Signature(uuid=sig.uuid, name="")
+    for final in (TaskState.new(sig, State.SUCCESS, results=results),
+                  TaskState.new(sig, State.FAILURE, error=error),
+                  TaskState.new(nameless, State.STARTED)):
+        await backend.set_state(final)
+        expected = final.model_copy(
+            update={"created_at": pending.created_at, "task_name": name}).to_json()
+        assert await raw.get(sig.uuid) == expected
+
+
 async def test_created_at_is_kept_from_a_record_not_in_gos_key_order(
     backend: RedisBackend, raw: RedisClient, golden_keys: None
 ) -> None:

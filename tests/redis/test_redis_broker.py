@@ -111,7 +111,12 @@ async def test_fetch_claims_a_batch_into_the_processing_list(
     remaining = [Signature.from_json(b).uuid for b in await raw.lrange(queue, 0, -1)]
     assert remaining == [ids(i) for i in (2, 3, 4, 5, 6, 7)]
     assert not await raw.exists(consumer.processing)
+    # marked expired: the next live consumer sweeps its (empty) list once more and forgets it
+    assert await raw.zscore(QueueKeys(queue).consumers, consumer.consumer_id) == 0
+    other = consumer_of(broker, tag="other")
+    await other.beat()
     assert await raw.zscore(QueueKeys(queue).consumers, consumer.consumer_id) is None
+    await other.close()
 
 
 async def test_fetch_blocks_until_a_message_arrives(broker: RedisBroker, ids: Any) -> None:
@@ -207,6 +212,23 @@ async def test_consumers_close_promptly_right_after_starting(broker: RedisBroker
         await asyncio.wait_for(consumer.close(), 30)
         assert broker._mover is not None
         assert not broker._mover.running
+
+
+async def test_a_message_landing_after_close_is_swept_by_a_live_consumer(
+    broker: RedisBroker, raw: RedisClient, ids: Any
+) -> None:
+    """A BLMOVE cancelled while closing may still move a message into the list of a
+    consumer that has closed; the next live consumer returns it to the queue."""
+    queue = broker.config.default_queue
+    closed = consumer_of(broker, tag="closed")
+    assert await closed.fetch(1, 0.01) == []
+    await closed.close()
+    body = sig(ids(1), "t").to_json()
+    await raw.rpush(closed.processing, body)  # what the late BLMOVE did
+    alive = consumer_of(broker, tag="alive")
+    assert await alive.beat() == 1
+    assert await raw.lrange(queue, 0, -1) == [body]
+    await alive.close()
 
 
 async def test_a_claim_interrupted_by_cancellation_is_not_lost(
