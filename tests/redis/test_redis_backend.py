@@ -204,6 +204,39 @@ async def test_chord_triggers_exactly_once(
     assert await raw.get(CHORD_MUTEX) is None  # released
 
 
+async def test_go_and_python_workers_trigger_each_chord_once(
+    backend: RedisBackend, raw: RedisClient, ids: Any
+) -> None:
+    """Go's TriggerChord (redsync mutex, GET, check, SET) races ours on 15 chords: the
+    Python trigger comes while Go is between its GET and its SET."""
+    from machinery_aio.locks.redis import RedsyncMutex
+
+    async def go_trigger(group: str, read: asyncio.Event) -> bool:
+        async with RedsyncMutex(raw, CHORD_MUTEX, min_delay=0.005, max_delay=0.02, tries=2000):
+            meta = GroupMeta.from_json(await raw.get(group))
+            read.set()
+            if meta.chord_triggered:
+                return False
+            await asyncio.sleep(0.05)  # Go's read-modify-write is not atomic
+            meta.chord_triggered = True
+            await raw.set(group, meta.to_json(), ex=600)
+            return True
+
+    async def race(group: str) -> list[bool]:
+        read = asyncio.Event()
+        go = asyncio.create_task(go_trigger(group, read))
+        await read.wait()
+        ours = await backend.trigger_chord(group)
+        return [await go, ours]
+
+    groups = [ids(n, "group") for n in range(15)]
+    for group in groups:
+        await backend.init_group(group, [ids(1)])
+    outcomes = await asyncio.gather(*(race(group) for group in groups))
+    assert all(sum(pair) == 1 for pair in outcomes)
+    assert all([json.loads(await raw.get(g))["ChordTriggered"] for g in groups])
+
+
 async def test_chord_trigger_keeps_gos_group_bytes(
     backend: RedisBackend, raw: RedisClient, golden_keys: None
 ) -> None:

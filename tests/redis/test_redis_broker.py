@@ -172,7 +172,7 @@ async def test_requeue_with_a_delay_keeps_the_claim_until_it_is_handed_back(
     await broker.publish(sig(ids(1), "t"))
     consumer = consumer_of(broker)
     [delivery] = await consumer.fetch(1, 1.0)
-    await consumer.requeue(delivery, 0.3)
+    await consumer.requeue(delivery, 2.0)
     assert await raw.lrange(consumer.processing, 0, -1) == [delivery.body]
     assert await eventually(lambda: raw.lrange(queue, 0, -1)) == [delivery.body]
     assert await raw.llen(consumer.processing) == 0
@@ -182,7 +182,7 @@ async def test_requeue_with_a_delay_keeps_the_claim_until_it_is_handed_back(
 async def test_a_dead_consumers_messages_go_back_to_the_head_of_the_queue(
     redis_url: str, unique: str, raw: RedisClient, ids: Any
 ) -> None:
-    config = make_config(redis_url, unique, consumer_timeout=1.0)
+    config = make_config(redis_url, unique, consumer_timeout=3.0)
     broker = RedisBroker(config)
     queue = config.default_queue
     await broker.publish_many([sig(ids(i), "t", i) for i in range(5)])
