@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -146,12 +147,22 @@ async def _worker(args: argparse.Namespace) -> int:
 
 async def _send(args: argparse.Namespace) -> int:
     server = _server(args)
+    # memory:// lives in this process: nobody else can run the task, so run it here.
+    local = server.broker.scheme == "memory"
     try:
-        if server.is_task_registered(args.name) and not any(":" in a for a in args.args):
-            values = [json.loads(a) if _is_json(a) else a for a in args.args]
-            task_args = server.get_registered_task(args.name).build_args(values, {})
-        else:
-            task_args = [parse_cli_arg(a) for a in args.args]
+        if local and args.no_wait:
+            raise CLIError("--no-wait with the in-process memory:// broker would lose the task; "
+                           "configure a broker that other processes share")
+        try:
+            if server.is_task_registered(args.name) and not any(":" in a for a in args.args):
+                values = [json.loads(a) if _is_json(a) else a for a in args.args]
+                function = server.get_registered_task(args.name)
+                task_args = function.build_args(values, {})
+                function.convert_args([a.python_value() for a in task_args])  # as the worker will
+            else:
+                task_args = [parse_cli_arg(a) for a in args.args]
+        except (TypeError, ValueError) as exc:
+            raise CLIError(str(exc)) from None
         sig = Signature(name=args.name, args=task_args, routing_key=args.queue or "")
         if args.countdown:
             from datetime import UTC, datetime, timedelta
@@ -162,8 +173,12 @@ async def _send(args: argparse.Namespace) -> int:
         if args.no_wait:
             print(sig.uuid)
             return 0
+        worker: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        if local:
+            worker = server.new_worker("machinery-aio-send", 1, args.queue, run_scheduler=False)
         try:
-            value = await result.get(timeout=args.timeout)
+            async with worker:
+                value = await result.get(timeout=args.timeout)
         except TaskFailedError as exc:
             print(f"FAILURE: {exc.error}", file=sys.stderr)
             return 1

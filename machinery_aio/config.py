@@ -109,6 +109,9 @@ class RedisConfig(_Section):
     master_name: str = ""
     cluster_enabled: bool = False
     sentinel_password: str = ""
+    consumer_timeout: float = Field(30.0, gt=0)
+    """Seconds without a heartbeat after which a Python worker is presumed dead and the
+    messages it claimed go back to the queue (not in Go)."""
 
 
 class DynamoDBConfig(_Section):
@@ -356,6 +359,7 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_MASTER_NAME": ("redis.master_name", _str),
     "REDIS_CLUSTER_ENABLED": ("redis.cluster_enabled", _parse_bool),
     "REDIS_SENTINEL_PASSWORD": ("redis.sentinel_password", _str),
+    "REDIS_CONSUMER_TIMEOUT": ("redis.consumer_timeout", float),
     "TASK_STATES_TABLE": ("dynamodb.task_states_table", _str),
     "GROUP_METAS_TABLE": ("dynamodb.group_metas_table", _str),
     "DYNAMODB_TASK_STATES_TABLE": ("dynamodb.task_states_table", _str),
@@ -368,3 +372,11 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TLS_KEY_FILE": ("tls.key_file", _str),
     "TLS_INSECURE_SKIP_VERIFY": ("tls.insecure_skip_verify", _parse_bool),
 }
+
+# envconfig also reads a nested field under its struct's name first (AMQP_AMQP_EXCHANGE,
+# REDIS_REDIS_MAX_IDLE, SQS_SQS_WAIT_TIME_SECONDS); listed last, so that form wins, as in Go.
+_ENV_VARS.update({
+    f"{path.partition('.')[0].upper()}_{name}": (path, parse)
+    for name, (path, parse) in list(_ENV_VARS.items())
+    if path.partition(".")[0] in ("amqp", "sqs", "redis")
+})

@@ -38,6 +38,10 @@ class NanoTime(datetime):
         fields = (self.year, self.month, self.day, self.hour, self.minute, self.second)
         return (_rebuild, (fields, self.microsecond, tz, self.nanosecond))
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # datetime's own __reduce_ex__ would drop the nanoseconds (copy, deepcopy, pickle).
+        return self.__reduce__()
+
     def __repr__(self) -> str:
         return f"NanoTime({format_time(self)!r})"
 

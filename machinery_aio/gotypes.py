@@ -65,7 +65,13 @@ def _check_scalar(go_type: str, value: Any) -> Any:
             return value
     elif go_type in _FLOATS:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise ArgTypeError(f"{value!r:.40} is out of range for {go_type}")
+            return number
     else:
         low, high = _INT_RANGES[go_type]
         if isinstance(value, int) and not isinstance(value, bool):
@@ -193,7 +199,7 @@ def _encode_as(go_type: str, value: Any) -> Any:
             raise ArgTypeError(f"{value!r} is not {go_type}")
         item_type = go_type[2:]
         return [_encode_as(item_type, item) for item in value]
-    return _check_scalar(go_type, value) if go_type not in _FLOATS else value
+    return _check_scalar(go_type, value)
 
 
 _HINTS: dict[Any, str] = {

@@ -119,6 +119,8 @@ class TaskRunner:
             # Never hold an unacked message until its ETA: hand it back to the broker's delay.
             await self.server.republish(sig)
             return _ACK
+        if sig.eta is not None and (early := (sig.eta - gotime.now()).total_seconds()) > 0:
+            await asyncio.sleep(early)  # due within the tolerance: wait here rather than run early
         backend = self.server.backend
         await backend.set_state(TaskState.new(sig, State.RECEIVED))
         try:
@@ -134,7 +136,10 @@ class TaskRunner:
 
     async def _run(self, function: TaskFunction, sig: Signature, args: list[Any]) -> None:
         for hook in self.hooks.pre_task:
-            await _call_hook(hook, sig)
+            try:
+                await _call_hook(hook, sig)
+            except Exception:
+                logger.exception("pre-task handler failed for %s", sig.uuid)
         try:
             try:
                 value = await self._invoke(function, sig, args)
@@ -144,6 +149,8 @@ class TaskRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                await self._errored(sig, exc)
+            except SystemExit as exc:  # a task's sys.exit() fails the task, not the worker
                 await self._errored(sig, exc)
             else:
                 await self._succeeded(sig, results)
@@ -188,7 +195,7 @@ class TaskRunner:
 
     async def _succeeded(self, sig: Signature, results: list[Any]) -> None:
         backend = self.server.backend
-        await backend.set_state(TaskState.new(sig, State.SUCCESS, results=results))
+        await backend.set_state_success(sig, results)
         for callback in sig.on_success or ():
             if not sig.immutable:
                 extra = [Arg(type=r.type, value=r.value) for r in results]
@@ -203,7 +210,7 @@ class TaskRunner:
         logger.info("task %s %s: %s", sig.name, sig.uuid, exc)
         await self.server.republish(sig)
 
-    async def _errored(self, sig: Signature, exc: Exception) -> None:
+    async def _errored(self, sig: Signature, exc: BaseException) -> None:
         text = error_text(exc)
         if sig.retry_count > 0:
             await self.server.backend.set_state(TaskState.new(sig, State.RETRY))
@@ -219,7 +226,7 @@ class TaskRunner:
         await self._failed(sig, text, exc)
 
     async def _failed(self, sig: Signature, text: str, exc: BaseException) -> None:
-        await self.server.backend.set_state(TaskState.new(sig, State.FAILURE, error=text))
+        await self.server.backend.set_state_failure(sig, text)
         for handler in self.hooks.error:
             try:
                 await _call_hook(handler, exc, sig)
@@ -240,11 +247,17 @@ class TaskRunner:
             return
         if not await backend.trigger_chord(sig.group_uuid):
             return
-        states = await backend.group_task_states(sig.group_uuid, sig.group_task_count)
+        try:
+            states = await backend.group_task_states(sig.group_uuid, sig.group_task_count)
+        except LookupError as exc:
+            # The records expired or were purged: the callback can never get its results.
+            states, missing = [], str(exc)
+        else:
+            missing = ""
         failed = [s for s in states if not s.is_success()]
-        if failed:
+        if failed or missing:
             text = (f"chord {sig.group_uuid}: {len(failed)} of {len(states)} members failed; "
-                    f"first {failed[0].task_uuid}: {failed[0].error}")
+                    f"first {failed[0].task_uuid}: {failed[0].error}") if failed else missing
             logger.error("%s; callback %s not sent", text, callback.name)
             if callback.uuid:
                 await backend.set_state(TaskState.new(callback, State.FAILURE, error=text))

@@ -257,6 +257,8 @@ class Server:
         """Send the chord's group; the last member to finish sends the callback."""
         if not isinstance(chord, Chord):
             raise TypeError(f"expected a Chord, got {type(chord).__name__}")
+        if chord.callback.headers is None:
+            chord.callback.headers = {}  # Go's SendChord leaves the embedded callback's Headers {}
         results = await self.send_group(chord.group, send_concurrency)
         return ChordAsyncResult(results, AsyncResult(chord.callback, self.backend))
 

@@ -99,8 +99,8 @@ class TaskFunction:
             bound = self.call_signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"task {self.name!r}: {exc}") from None
+        extra = dict(bound.kwargs)  # given for keyword-only parameters; defaults may stay
         bound.apply_defaults()
-        extra = {k: v for k, v in bound.kwargs.items() if v is not inspect.Parameter.empty}
         if extra:
             raise TypeError(
                 f"task {self.name!r}: keyword-only parameters cannot travel as Go Machinery "
@@ -220,6 +220,8 @@ class Task(Generic[P, R]):
         ``countdown`` (seconds from now) and ``eta`` (an aware datetime) delay the task.
         """
         given = {k: v for k, v in locals().items() if k != "self" and v is not None}
+        if priority is not None and not 0 <= priority <= 255:
+            raise ValueError(f"priority must be 0 to 255 (Go's uint8), got {priority}")
         if "eta" in given and "countdown" in given:
             raise ValueError("give eta or countdown, not both")
         if "eta" in given:

@@ -26,6 +26,23 @@ MAX_BATCH = 100
 """At most this many messages are claimed in one fetch."""
 
 
+async def _cancel_all(tasks: list[asyncio.Task[Any]], rounds: int = 50) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again if a cancellation was swallowed.
+
+    On Python 3.11, ``asyncio.wait_for`` (used inside client libraries) can drop a
+    ``cancel()`` that arrives as its inner future completes.
+    """
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(rounds):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+    if pending:
+        logger.error("%d tasks ignored cancellation; leaving them running", len(pending))
+
+
 class _Backoff:
     """Fibonacci back-off in seconds (1, 1, 2, 3, 5 ...) capped, reset on success."""
 
@@ -95,6 +112,7 @@ class Worker:
         self._holds = asyncio.Semaphore(in_flight)
         self._in_flight = in_flight
         self._running: set[asyncio.Task[None]] = set()
+        self._holding: set[asyncio.Task[Any]] = set()  # unregistered tasks waiting out a back-off
         self._background: list[asyncio.Task[Any]] = []
         self._consumer: Consumer | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -200,8 +218,9 @@ class Worker:
             return
         self._stopping = True
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+            await _cancel_all([self._loop_task])
+        for task in list(self._holding):
+            task.cancel()  # held unregistered messages go back to the queue at once
         grace = self.grace_period if grace_period is None else grace_period
         if self._running and not self._aborting:
             logger.info("waiting up to %g s for %d running tasks", grace, len(self._running))
@@ -209,12 +228,8 @@ class Worker:
         if self._running:
             logger.warning("cancelling %d unfinished tasks; they will be redelivered",
                            len(self._running))
-            for task in list(self._running):
-                task.cancel()
-            await asyncio.gather(*self._running, return_exceptions=True)
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+            await _cancel_all(list(self._running))
+        await _cancel_all(self._background)
         if self._consumer is not None:
             try:
                 await self._consumer.close()
@@ -329,7 +344,15 @@ class Worker:
                            name, self.tag, delay)
             last_log = now
         self._unregistered[name] = (min(cap, delay * 2), last_log)
-        await asyncio.sleep(delay)
+        if self._stopping:
+            return  # still held: closing the consumer hands it back
+        holder = asyncio.current_task()
+        assert holder is not None
+        self._holding.add(holder)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._holding.discard(holder)
         await self._safely(consumer.requeue(delivery, 0.0))
 
     async def _safely(self, call: Any) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from machinery_aio import Config, Server
 
+from .processes import cli_process  # noqa: F401 - a fixture for CLI subprocess tests
 from .services import is_open
 
 DATA = Path(__file__).parent / "data"

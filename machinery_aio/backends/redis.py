@@ -1,0 +1,277 @@
+"""The Redis result backend, in Go Machinery's layout (needs the ``redis`` extra).
+
+* A TaskState is stored under the bare task UUID, a GroupMeta under the bare
+  group UUID, as Go's JSON, each written with ``SET <uuid> <json> EX
+  <results_expire_in>`` in one command.
+* A state after PENDING keeps the stored ``TaskName`` and ``CreatedAt`` (Go
+  reads and rewrites; here one Lua script does it in the same round trip), and
+  a final state is PUBLISHed in the same script so waiters wake at once.
+* State writes from concurrent tasks are pipelined (:class:`CommandBatcher`).
+* The chord trigger is one atomic script; with ``go_compatible`` it runs under
+  Go's ``TriggerChordMutex`` so Go workers finishing members of the same chord
+  stay exclusive with us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from ..gotime import ZERO_TIME, now
+from ..locks.redis import RedsyncMutex
+from ..log import get_logger
+from ..redisbatch import CommandBatcher, run_script
+from ..redisconn import RedisClient, create_redis, is_cluster
+from ..state import GroupMeta, State, TaskState
+from .base import ResultBackend
+from .redis_notify import CHANNEL_PREFIX, ResultNotifier, Watch
+from .redis_scripts import COUNT_COMPLETED, SET_STATE, TRIGGER_CHORD
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["RedisBackend"]
+
+logger = get_logger("machinery_aio.backends.redis")
+
+CHORD_MUTEX = "TriggerChordMutex"
+DEFAULT_POOL = 64
+POLL_MAX = 1.0
+"""Longest pause between re-reads while waiting (covers states written by Go workers)."""
+_STATE = re.compile(rb'"State":"([A-Z]+)"')
+_NAME_KEY = b',"TaskName":'
+_STATE_KEY = b',"State":"'
+_CREATED_KEY = b',"CreatedAt":'
+_TTL_KEY = b',"TTL":'
+_GROUP_CACHE = 1024
+
+
+class RedisBackend(ResultBackend):
+    """Task states and group metadata in Redis, as Go Machinery stores them."""
+
+    scheme = "redis"
+
+    def __init__(self, config: Config, url: str | None = None) -> None:
+        super().__init__(config, url)
+        self.cluster = is_cluster(self.url, config)
+        self._client: RedisClient | None = None
+        self._batcher: CommandBatcher | None = None
+        self._notifier: ResultNotifier | None = None
+        self._members: OrderedDict[str, list[str]] = OrderedDict()
+
+    # -- connections ---------------------------------------------------------------
+
+    @property
+    def client(self) -> RedisClient:
+        if self._client is None:
+            self._client = create_redis(self.url, self.config,
+                                        max_connections=self.config.redis.max_active or DEFAULT_POOL)
+        return self._client
+
+    @property
+    def batcher(self) -> CommandBatcher:
+        if self._batcher is None:
+            self._batcher = CommandBatcher(self.client)
+        return self._batcher
+
+    @property
+    def notifier(self) -> ResultNotifier:
+        if self._notifier is None:
+            self._notifier = ResultNotifier(self.client)
+        return self._notifier
+
+    async def connect(self) -> None:
+        self.batcher  # noqa: B018 - creates the client; connections open on first use
+
+    async def close(self) -> None:
+        if self._notifier is not None:
+            await self._notifier.close()
+            self._notifier = None
+        if self._batcher is not None:
+            await self._batcher.drain()
+            self._batcher = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def set_state(self, state: TaskState) -> None:
+        await self._write(state)
+
+    async def set_states(self, states: Sequence[TaskState]) -> None:
+        await asyncio.gather(*(self._write(s) for s in states))
+
+    async def _write(self, state: TaskState) -> Any:
+        data = state.to_json()
+        keep_name = not state.task_name
+        keep_created = state.created_at == ZERO_TIME
+        final = state.state in (State.SUCCESS, State.FAILURE)
+        if not (keep_name or keep_created or final):
+            return await self.batcher.execute("SET", state.task_uuid, data, "EX", self.expires_in)
+        head, name, middle, created, tail = _split_state(data)
+        return await self.batcher.script(SET_STATE, [state.task_uuid], [
+            self.expires_in, head, b"" if keep_name else name, middle,
+            b"" if keep_created else created, tail,
+            CHANNEL_PREFIX + state.task_uuid if final else "",
+        ])
+
+    async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
+        meta = GroupMeta(group_uuid=group_uuid, task_uuids=list(task_uuids), created_at=now())
+        await self.batcher.execute("SET", group_uuid, meta.to_json(), "EX", self.expires_in)
+        self._remember(group_uuid, meta.task_uuids)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get_state(self, task_uuid: str) -> TaskState | None:
+        data = await self.batcher.execute("GET", task_uuid)
+        return None if data is None else _parse_state(task_uuid, data)
+
+    async def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
+        raw = await self._get_many(task_uuids)
+        return [None if d is None else _parse_state(u, d)
+                for u, d in zip(task_uuids, raw, strict=True)]
+
+    async def _get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        if self.cluster:
+            return list(await asyncio.gather(*(self.batcher.execute("GET", k) for k in keys)))
+        raw: list[bytes | None] = await self.batcher.execute("MGET", *keys)
+        return raw
+
+    async def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
+        data = await self.batcher.execute("GET", group_uuid)
+        if data is None:
+            return None
+        try:
+            return GroupMeta.from_json(data)
+        except ValueError as exc:
+            raise ValueError(f"the record under {group_uuid!r} is not a GroupMeta: {exc}") from None
+
+    # -- groups and chords ---------------------------------------------------------------
+
+    def _remember(self, group_uuid: str, task_uuids: list[str]) -> None:
+        self._members[group_uuid] = task_uuids
+        self._members.move_to_end(group_uuid)
+        while len(self._members) > _GROUP_CACHE:
+            self._members.popitem(last=False)
+
+    async def _member_uuids(self, group_uuid: str) -> list[str] | None:
+        known = self._members.get(group_uuid)
+        if known is not None:
+            return known
+        meta = await self.get_group_meta(group_uuid)
+        if meta is None:
+            return None
+        self._remember(group_uuid, meta.task_uuids)
+        return meta.task_uuids
+
+    async def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
+        """True when ``group_task_count`` members are SUCCESS or FAILURE (one round trip
+        once the member list is known; the states are counted in Redis)."""
+        uuids = await self._member_uuids(group_uuid)
+        if uuids is None:
+            return False
+        if self.cluster:
+            raw = await self._get_many(uuids)
+            done = sum(1 for d in raw if d is not None and _is_final(d))
+        else:
+            done = int(await self.batcher.script(COUNT_COMPLETED, uuids))
+        return done == group_task_count
+
+    async def trigger_chord(self, group_uuid: str) -> bool:
+        """Mark the chord triggered; True for exactly one caller, Go workers included."""
+        if self.config.go_compatible:
+            async with RedsyncMutex(self.client, CHORD_MUTEX):
+                result = await run_script(self.client, TRIGGER_CHORD, [group_uuid],
+                                          [self.expires_in])
+        else:
+            result = await self.batcher.script(TRIGGER_CHORD, [group_uuid], [self.expires_in])
+        if result == -1:
+            logger.error("chord of group %s cannot fire: its metadata is gone (expired or "
+                         "purged)", group_uuid)
+        return bool(result == 1)
+
+    # -- waiting and cleanup ----------------------------------------------------------------
+
+    async def wait_for_state(
+        self, task_uuid: str, timeout: float | None, interval: float = 0.05
+    ) -> TaskState:
+        """Wait for SUCCESS or FAILURE: woken by the PUBLISH of the final state, re-reading
+        the state with a growing pause (up to 1 s) in case a Go worker wrote it. Without
+        notifications (pub/sub failing) it re-reads every ``interval`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with AsyncExitStack() as stack:
+            watch: Watch | None = None
+            try:
+                watch = await stack.enter_async_context(self.notifier.watch(task_uuid))
+            except RedisError as exc:
+                logger.warning("result notifications unavailable (%s); polling for %s",
+                               exc, task_uuid)
+            pause = max(interval, 0.1) if watch is not None else interval
+            while True:
+                state = await self.get_state(task_uuid)
+                if state is not None and state.is_completed():
+                    return state
+                left = _left(deadline, task_uuid, timeout)
+                wait = pause if left is None else min(pause, left)
+                if watch is None:
+                    await asyncio.sleep(wait)
+                    continue
+                data = await watch.wait(wait)
+                if data is not None:
+                    state = _parse_state(task_uuid, data)
+                    if state.is_completed():
+                        return state
+                pause = min(POLL_MAX, pause * 2)
+
+    async def purge_state(self, task_uuid: str) -> None:
+        await self.batcher.execute("DEL", task_uuid)
+
+    async def purge_group_meta(self, group_uuid: str) -> None:
+        self._members.pop(group_uuid, None)
+        await self.batcher.execute("DEL", group_uuid)
+
+
+def _left(deadline: float | None, task_uuid: str, timeout: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"task {task_uuid} did not complete within {timeout} s")
+    return left
+
+
+def _split_state(data: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """Cut TaskState JSON into head, TaskName value, middle, CreatedAt value, tail."""
+    name_at = data.index(_NAME_KEY)
+    state_at = data.index(_STATE_KEY, name_at)
+    created_at = data.rindex(_CREATED_KEY)
+    ttl_at = data.rindex(_TTL_KEY)
+    return (
+        data[:name_at],
+        data[name_at + len(_NAME_KEY):state_at],
+        data[state_at:created_at],
+        data[created_at + len(_CREATED_KEY):ttl_at],
+        data[ttl_at:],
+    )
+
+
+def _is_final(data: bytes) -> bool:
+    match = _STATE.search(data)
+    return match is not None and match.group(1) in (b"SUCCESS", b"FAILURE")
+
+
+def _parse_state(task_uuid: str, data: bytes) -> TaskState:
+    try:
+        return TaskState.from_json(data)
+    except ValueError as exc:
+        raise ValueError(f"the record under {task_uuid!r} is not a TaskState: {exc}") from None

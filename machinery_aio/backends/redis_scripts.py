@@ -1,0 +1,82 @@
+"""Lua scripts of the Redis result backend. Each touches the keys it is given.
+
+Stored records keep Go's exact bytes: values are spliced into the JSON as
+text, never re-encoded, except as a fallback for records not in Go's shape.
+"""
+
+from __future__ import annotations
+
+from ..redisbatch import LuaScript
+
+__all__ = ["COUNT_COMPLETED", "SET_STATE", "TRIGGER_CHORD"]
+
+SET_STATE = LuaScript(r"""
+-- KEYS: task uuid. ARGV: expiry s, head, TaskName JSON or '' (keep the stored one),
+-- middle, CreatedAt JSON or '' (keep the stored one), tail, channel or '' (no PUBLISH).
+-- Stores head..',"TaskName":'..name..middle..',"CreatedAt":'..created..tail, as
+-- Go's Redis backend does with a GET and a SET, in one atomic step.
+local name, created = ARGV[3], ARGV[5]
+if name == '' or created == '' then
+  local old = redis.call('GET', KEYS[1])
+  local old_name, old_created
+  if old then
+    old_name = string.match(old, '^{"TaskUUID":".-","TaskName":(".-"),"State":"')
+    old_created = string.match(old, ',"CreatedAt":("[^"]*"),"TTL":%-?%d+}$')
+    if old_name == nil or old_created == nil then
+      local ok, doc = pcall(cjson.decode, old)
+      if ok and type(doc) == 'table' then
+        if old_name == nil and type(doc['TaskName']) == 'string' then
+          old_name = cjson.encode(doc['TaskName'])
+        end
+        if old_created == nil and type(doc['CreatedAt']) == 'string' then
+          old_created = cjson.encode(doc['CreatedAt'])
+        end
+      end
+    end
+  end
+  if name == '' then name = old_name or '""' end
+  if created == '' then created = old_created or '"0001-01-01T00:00:00Z"' end
+end
+local data = ARGV[2] .. ',"TaskName":' .. name .. ARGV[4] .. ',"CreatedAt":' .. created .. ARGV[6]
+redis.call('SET', KEYS[1], data, 'EX', ARGV[1])
+if ARGV[7] ~= '' then
+  redis.call('PUBLISH', ARGV[7], data)
+end
+return 1
+""")
+
+TRIGGER_CHORD = LuaScript(r"""
+-- KEYS: group uuid; ARGV: expiry s. Sets ChordTriggered in the GroupMeta.
+-- Returns 1 for the one caller that set it, 0 if it was set already, -1 if the
+-- group has no metadata.
+local meta = redis.call('GET', KEYS[1])
+if not meta then return -1 end
+local s, e = string.find(meta, '"ChordTriggered":false', 1, true)
+if s then
+  meta = string.sub(meta, 1, s - 1) .. '"ChordTriggered":true' .. string.sub(meta, e + 1)
+  redis.call('SET', KEYS[1], meta, 'EX', ARGV[1])
+  return 1
+end
+if string.find(meta, '"ChordTriggered":true', 1, true) then return 0 end
+local ok, doc = pcall(cjson.decode, meta)
+if not ok or type(doc) ~= 'table' then
+  return redis.error_reply('group ' .. KEYS[1] .. ' metadata is not a GroupMeta')
+end
+if doc['ChordTriggered'] then return 0 end
+doc['ChordTriggered'] = true
+redis.call('SET', KEYS[1], cjson.encode(doc), 'EX', ARGV[1])
+return 1
+""")
+
+COUNT_COMPLETED = LuaScript(r"""
+-- KEYS: task uuids. Returns how many are SUCCESS or FAILURE.
+local n = 0
+for _, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v then
+    local st = string.match(v, '"State":"(%u+)"')
+    if st == 'SUCCESS' or st == 'FAILURE' then n = n + 1 end
+  end
+end
+return n
+""")

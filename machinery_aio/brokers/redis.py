@@ -1,0 +1,215 @@
+"""The Redis broker, in Go Machinery's layout (needs the ``redis`` extra).
+
+* A queue is a LIST named after the queue; producers ``RPUSH`` the Signature
+  JSON, with the RoutingKey filled in.
+* A task whose ETA is in the future goes to the ZSET ``delayed_tasks``
+  (``redis.delayed_tasks_key``) scored by its ETA in Unix nanoseconds;
+  :class:`~.redis_delayed.DelayedMover` moves it to its RoutingKey's list when
+  due.
+* Workers claim messages into a processing list and ack them only after the
+  final state is recorded (:mod:`.redis_consumer`), so a Go worker (BLPOP)
+  and a Python worker can share one queue and one delayed set, and a Python
+  worker that dies loses nothing.
+
+The Redis page of the docs (``docs/redis.md``) describes the guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..gotime import unix_nanos
+from ..log import get_logger
+from ..redisbatch import CommandBatcher, run_script
+from ..redisconn import RedisClient, create_redis, is_cluster
+from ..signature import InvalidMessageError, Signature
+from .base import Broker, BrokerCapabilities, Consumer, DeadLetter
+from .redis_consumer import RedisConsumer
+from .redis_delayed import DelayedMover
+from .redis_layout import QueueKeys
+from .redis_scripts import PURGE
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["RedisBroker"]
+
+logger = get_logger("machinery_aio.brokers.redis")
+
+DEFAULT_POOL = 64
+
+
+class RedisBroker(Broker):
+    """Publishes to and consumes from Redis lists, as Go Machinery lays them out."""
+
+    scheme = "redis"
+    capabilities = BrokerCapabilities(
+        at_least_once=True, delayed_delivery=True, priority=False, dead_letters=True,
+        inspect_pending=True, persistent=True,
+    )
+
+    def __init__(self, config: Config, url: str | None = None) -> None:
+        super().__init__(config, url)
+        self.cluster = is_cluster(self.url, config)
+        self._client: RedisClient | None = None
+        self._batcher: CommandBatcher | None = None
+        self._mover: DelayedMover | None = None
+        self._consumers = 0
+
+    # -- connections ---------------------------------------------------------------
+
+    @property
+    def client(self) -> RedisClient:
+        if self._client is None:
+            self._client = create_redis(self.url, self.config,
+                                        max_connections=self.config.redis.max_active or DEFAULT_POOL)
+        return self._client
+
+    @property
+    def batcher(self) -> CommandBatcher:
+        if self._batcher is None:
+            self._batcher = CommandBatcher(self.client)
+        return self._batcher
+
+    async def connect(self) -> None:
+        self.batcher  # noqa: B018 - creates the client; connections open on first use
+
+    async def close(self) -> None:
+        if self._mover is not None:
+            await self._mover.stop()
+            self._mover = None
+        if self._batcher is not None:
+            await self._batcher.drain()
+            self._batcher = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # -- settings ------------------------------------------------------------------------
+
+    @property
+    def delayed_key(self) -> str:
+        return self.config.redis.delayed_tasks_key or "delayed_tasks"
+
+    @property
+    def consumer_timeout(self) -> float:
+        """Seconds without a heartbeat after which a consumer is presumed dead."""
+        return float(self.config.redis.consumer_timeout)
+
+    @property
+    def max_block(self) -> float:
+        """The longest a consumer blocks in BLMOVE: below the read timeout and the
+        heartbeat interval, so a blocked consumer never looks dead."""
+        limit = self.consumer_timeout / 3
+        read_timeout = self.config.redis.read_timeout
+        if read_timeout:
+            limit = min(limit, max(0.1, read_timeout - 1.0))
+        return limit
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def publish(self, signature: Signature) -> None:
+        await self.publish_many([signature])
+
+    async def publish_many(self, signatures: Sequence[Signature]) -> None:
+        """RPUSH each queue's messages in one command (in order), ZADD the delayed ones."""
+        now_ns = time.time_ns()
+        queues: dict[str, list[bytes]] = {}
+        delayed: list[Any] = []
+        earliest: float | None = None
+        for sig in signatures:
+            self.adjust_routing_key(sig)
+            body = sig.to_json()
+            if sig.eta is not None:
+                score = unix_nanos(sig.eta)
+                if score > now_ns:
+                    delayed += [score, body]
+                    due = score / 1e9
+                    earliest = due if earliest is None else min(earliest, due)
+                    continue
+            queues.setdefault(sig.routing_key, []).append(body)
+        batcher = self.batcher
+        pending = [batcher.execute("RPUSH", queue, *bodies) for queue, bodies in queues.items()]
+        if delayed:
+            pending.append(batcher.execute("ZADD", self.delayed_key, *delayed))
+        await asyncio.gather(*pending)
+        if earliest is not None and self._mover is not None:
+            self._mover.wake(earliest)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def consumer(self, queue: str, *, prefetch: int, tag: str) -> Consumer:
+        return RedisConsumer(self, queue, tag=tag)
+
+    def consumer_started(self) -> None:
+        """A consumer started: make sure this process moves due delayed tasks."""
+        self._consumers += 1
+        if self._mover is None:
+            poll = self.config.redis.delayed_tasks_poll_period or 500
+            self._mover = DelayedMover(
+                self.client, delayed_key=self.delayed_key,
+                default_queue=self.config.default_queue, poll_period=poll / 1000,
+                cluster=self.cluster, heartbeat_timeout=max(10.0, self.consumer_timeout),
+            )
+        self._mover.start()
+
+    async def consumer_stopped(self) -> None:
+        self._consumers -= 1
+        if self._consumers <= 0 and self._mover is not None:
+            await self._mover.stop()
+
+    async def move_delayed(self) -> int:
+        """Move every due delayed task to its queue now; returns how many were moved."""
+        mover = self._mover or DelayedMover(
+            self.client, delayed_key=self.delayed_key, default_queue=self.config.default_queue,
+            poll_period=0.5, cluster=self.cluster,
+            heartbeat_timeout=max(10.0, self.consumer_timeout),
+        )
+        moved, _ = await mover.move_due()
+        return moved
+
+    # -- inspection and admin ----------------------------------------------------------------
+
+    async def get_pending_tasks(self, queue: str | None = None) -> list[Signature]:
+        """Tasks waiting in ``queue`` (not those claimed by a worker), oldest first."""
+        bodies = await self.client.execute_command("LRANGE", queue or self.config.default_queue, 0, -1)
+        return _decode_all(bodies, f"queue {queue or self.config.default_queue!r}")
+
+    async def get_delayed_tasks(self) -> list[Signature]:
+        """Tasks waiting for their ETA, earliest first."""
+        bodies = await self.client.execute_command("ZRANGE", self.delayed_key, 0, -1)
+        return _decode_all(bodies, f"delayed set {self.delayed_key!r}")
+
+    async def get_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        """Messages set aside from ``queue``, with the reasons, oldest first."""
+        keys = QueueKeys(queue or self.config.default_queue)
+        raw = await self.client.lrange(keys.dead, 0, -1)
+        return [DeadLetter.model_validate_json(item) for item in raw]
+
+    async def purge(self, queue: str | None = None) -> int:
+        """Delete every task waiting in ``queue``; returns how many there were."""
+        count = await run_script(self.client, PURGE, [queue or self.config.default_queue])
+        return int(count)
+
+    async def purge_dead_letters(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue``; returns how many there were."""
+        keys = QueueKeys(queue or self.config.default_queue)
+        count = await run_script(self.client, PURGE, [keys.dead])
+        return int(count)
+
+
+def _decode_all(bodies: list[bytes], where: str) -> list[Signature]:
+    out = []
+    bad = 0
+    for body in bodies:
+        try:
+            out.append(Signature.from_json(body))
+        except InvalidMessageError:
+            bad += 1
+    if bad:
+        logger.warning("%s holds %d messages that are not valid Signatures (not listed; a worker "
+                       "will set them aside as dead letters)", where, bad)
+    return out

@@ -1,0 +1,294 @@
+"""A reliable consumer of one Redis list: claim, ack, heartbeat, reap.
+
+Messages are claimed atomically from the head of the queue into this
+consumer's own processing list (``{queue}:processing:<id>``): a batch by a
+Lua script when messages are waiting, one by ``BLMOVE`` (blocking, no polling)
+when the queue is empty. A message leaves the processing list only when it is
+acked (after its final state is recorded), requeued, released or
+dead-lettered. The consumer is registered in ``{queue}:consumers`` with a
+heartbeat deadline; every live consumer of the queue returns the processing
+lists of consumers whose deadline passed to the head of the queue. A worker
+killed with SIGKILL therefore loses nothing: its messages run again elsewhere
+after ``redis.consumer_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..gotime import format_time, now
+from ..log import get_logger
+from ..redisbatch import LuaScript, run_script
+from ..redisconn import cancel_and_wait
+from .base import Consumer, DeadLetter, Delivery
+from .redis_layout import QueueKeys
+from .redis_scripts import CLAIM, DEAD_LETTER, HEARTBEAT, RELEASE, REQUEUE, RETURN_ALL
+
+if TYPE_CHECKING:
+    from .redis import RedisBroker
+
+__all__ = ["RedisConsumer"]
+
+logger = get_logger("machinery_aio.brokers.redis")
+
+
+class RedisConsumer(Consumer):
+    """A worker's reliable view of one Redis queue (see the module docstring)."""
+
+    def __init__(self, broker: RedisBroker, queue: str, *, tag: str) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.keys = QueueKeys(queue)
+        self.consumer_id = f"{tag or 'consumer'}-{uuid.uuid4().hex[:8]}"
+        self.processing = self.keys.processing(self.consumer_id)
+        timeout = broker.consumer_timeout
+        self.timeout_ms = max(1, int(timeout * 1000))
+        self.heartbeat_interval = timeout / 3
+        self._held: dict[int, Delivery] = {}
+        self._later: dict[int, tuple[Delivery, asyncio.TimerHandle]] = {}
+        self._unacked: list[Delivery] = []
+        self._started = False
+        self._closed = False
+        self._reconcile = False
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def held(self) -> int:
+        """Deliveries claimed and not yet acked, requeued, released or dead-lettered."""
+        return len(self._held)
+
+    # -- fetching ----------------------------------------------------------------------
+
+    async def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+        if self._closed:
+            return []
+        if not self._started:
+            await self._start()
+        if self._unacked:
+            await self._retry_acks()
+        if self._reconcile:
+            await self._return_untracked()
+        bodies = await self._claim(max_count)
+        if bodies:
+            return self._deliver(bodies)
+        wait = min(timeout, self.broker.max_block)
+        if wait < 0.01:
+            return []
+        try:
+            body: bytes | None = await self.broker.client.execute_command(
+                "BLMOVE", self.queue, self.processing, "LEFT", "RIGHT", round(wait, 3)
+            )
+        except BaseException:
+            # Cancelled or disconnected: Redis may still have moved a message into
+            # the processing list. Give back whatever we do not know about.
+            self._reconcile = True
+            raise
+        if body is None or self._closed:
+            if body is not None:
+                self._reconcile = True
+            return []
+        return self._deliver([body])
+
+    async def _claim(self, count: int) -> list[bytes]:
+        bodies: list[bytes] = await self.broker.batcher.script(
+            CLAIM, [self.queue, self.processing, self.keys.consumers],
+            [count, self.consumer_id, self.timeout_ms],
+        )
+        return bodies
+
+    def _deliver(self, bodies: list[bytes]) -> list[Delivery]:
+        out = []
+        for body in bodies:
+            delivery = Delivery(body, self.queue)
+            self._held[id(delivery)] = delivery
+            out.append(delivery)
+        return out
+
+    # -- settling ----------------------------------------------------------------------
+
+    async def ack(self, delivery: Delivery) -> None:
+        if id(delivery) not in self._held:
+            return
+        try:
+            await self.broker.batcher.execute("LREM", self.processing, 1, delivery.body)
+        except Exception:
+            # The task is done: remove the claim at the next fetch or heartbeat instead.
+            self._held.pop(id(delivery), None)
+            self._unacked.append(delivery)
+            raise
+        self._held.pop(id(delivery), None)
+
+    async def _retry_acks(self) -> None:
+        while self._unacked:
+            delivery = self._unacked[0]
+            await self.broker.batcher.execute("LREM", self.processing, 1, delivery.body)
+            self._unacked.pop(0)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        await asyncio.gather(*(self.ack(d) for d in deliveries))
+
+    async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
+        """Back to the tail of the queue, bytes unchanged. With a delay, the message stays
+        claimed (so it survives a crash) until the delay is over."""
+        if id(delivery) not in self._held:
+            return
+        if delay <= 0 or self._closed:
+            await self._requeue_now(delivery)
+            return
+        self._held.pop(id(delivery))
+        handle = asyncio.get_running_loop().call_later(delay, self._requeue_later, delivery)
+        self._later[id(delivery)] = (delivery, handle)
+
+    def _requeue_later(self, delivery: Delivery) -> None:
+        task = asyncio.get_running_loop().create_task(self._requeue_held_later(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _requeue_held_later(self, delivery: Delivery) -> None:
+        try:
+            await self.broker.batcher.script(
+                REQUEUE, [self.processing, self.queue], [delivery.body]
+            )
+        except Exception as exc:
+            logger.error("could not hand a message back to %r: %s; the next fetch returns it",
+                         self.queue, exc)
+            self._reconcile = True
+        self._later.pop(id(delivery), None)
+
+    async def _requeue_now(self, delivery: Delivery) -> None:
+        await self._settle(delivery, REQUEUE, [self.processing, self.queue], [delivery.body])
+
+    async def _settle(
+        self, delivery: Delivery, script: LuaScript, keys: list[str], args: list[bytes | str]
+    ) -> None:
+        """Run a script that moves ``delivery`` out of the processing list. If it fails,
+        the next fetch returns the message to the queue (it is no longer tracked)."""
+        try:
+            await self.broker.batcher.script(script, keys, args)
+        except Exception:
+            self._reconcile = True
+            raise
+        finally:
+            self._held.pop(id(delivery), None)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        if id(delivery) not in self._held:
+            return
+        letter = DeadLetter(
+            queue=self.queue,
+            reason=reason,
+            body=delivery.body.decode("utf-8", "backslashreplace"),
+            failed_at=format_time(now()),
+        )
+        await self._settle(delivery, DEAD_LETTER, [self.processing, self.keys.dead],
+                           [delivery.body, letter.model_dump_json()])
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        mine = [d for d in deliveries if id(d) in self._held]
+        if not mine:
+            return
+        try:
+            await self.broker.batcher.script(
+                RELEASE, [self.processing, self.queue], [d.body for d in mine]
+            )
+        except Exception:
+            self._reconcile = True
+            raise
+        finally:
+            for delivery in mine:
+                self._held.pop(id(delivery), None)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._heartbeat is not None:
+            await cancel_and_wait(self._heartbeat)
+        for _, handle in self._later.values():
+            handle.cancel()
+        for task in list(self._tasks):
+            await cancel_and_wait(task)
+        try:
+            await self.broker.batcher.drain()
+            await self._retry_acks()
+            if self._started:
+                returned = await run_script(
+                    self.broker.client, RETURN_ALL,
+                    [self.keys.consumers, self.processing, self.queue], [self.consumer_id, "0"],
+                )
+                if returned:
+                    logger.info("returned %d unfinished messages to %r", returned, self.queue)
+        finally:
+            self._held.clear()
+            self._later.clear()
+            self._unacked.clear()
+            if self._started:
+                await self.broker.consumer_stopped()
+
+    # -- liveness ------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        await self.beat()
+        self._started = True
+        self.broker.consumer_started()
+        self._heartbeat = asyncio.get_running_loop().create_task(
+            self._heartbeat_loop(), name=f"heartbeat-{self.consumer_id}"
+        )
+
+    async def beat(self) -> int:
+        """Renew this consumer's heartbeat and return the messages of dead consumers to
+        the queue; returns how many were returned."""
+        dead: list[bytes] = await run_script(
+            self.broker.client, HEARTBEAT, [self.keys.consumers],
+            [self.consumer_id, self.timeout_ms],
+        )
+        returned = 0
+        for raw in dead:
+            other = raw.decode()
+            if other == self.consumer_id:
+                continue
+            count = await run_script(
+                self.broker.client, RETURN_ALL,
+                [self.keys.consumers, self.keys.processing(other), self.queue], [other, "1"],
+            )
+            if count > 0:
+                logger.warning("consumer %s of %r stopped sending heartbeats; returned its %d "
+                               "unfinished messages to the queue", other, self.queue, count)
+                returned += count
+        return returned
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self.beat()
+                await self._retry_acks()
+            except Exception as exc:
+                logger.warning("heartbeat of consumer %s failed: %s", self.consumer_id, exc)
+
+    async def _return_untracked(self) -> None:
+        """Give back messages in our processing list that no delivery stands for."""
+        items: list[bytes] = await self.broker.client.execute_command(
+            "LRANGE", self.processing, 0, -1
+        )
+        tracked = Counter(d.body for d in self._held.values())
+        tracked.update(d.body for d, _ in self._later.values())
+        tracked.update(d.body for d in self._unacked)
+        extra = []
+        for body in items:
+            if tracked[body] > 0:
+                tracked[body] -= 1
+            else:
+                extra.append(body)
+        if extra:
+            await run_script(self.broker.client, RELEASE, [self.processing, self.queue], extra)
+            logger.info("returned %d interrupted claims to %r", len(extra), self.queue)
+        self._reconcile = False
+
+    def __repr__(self) -> str:
+        return f"<RedisConsumer {self.consumer_id} of {self.queue!r}>"

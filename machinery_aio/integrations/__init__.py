@@ -1,0 +1,1 @@
+"""Glue for web frameworks: connect on start-up, optionally run a worker, close on shutdown."""

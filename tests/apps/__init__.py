@@ -1,0 +1,1 @@
+"""Worker apps that tests start as subprocesses."""

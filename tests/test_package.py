@@ -1,0 +1,46 @@
+"""Packaging and the public API: what `pip install machinery-aio` gives and what users import."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import machinery_aio
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_core_depends_only_on_pydantic_and_croniter() -> None:
+    project = PYPROJECT["project"]
+    names = sorted(dep.split(">")[0].split("<")[0].split("=")[0].strip() for dep in project["dependencies"])
+    assert names == ["croniter", "pydantic"]
+    assert any(dep.startswith("pydantic>=2") for dep in project["dependencies"])
+    assert project["requires-python"] == ">=3.11"
+    assert PYPROJECT["build-system"]["build-backend"] == "hatchling.build"
+
+
+def test_every_driver_is_an_extra() -> None:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for extra, package in [("redis", "redis"), ("amqp", "aio-pika"), ("sqs", "aiobotocore"),
+                           ("memcache", "aiomcache"), ("mongo", "pymongo"), ("yaml", "PyYAML")]:
+        assert any(dep.startswith(package) for dep in extras[extra]), extra
+    for extra in ("redis", "amqp", "sqs", "memcache", "mongo"):
+        assert extra in extras["all"][0]
+    assert "test" in extras
+    assert "dev" in extras
+
+
+def test_console_script_and_typed_marker() -> None:
+    assert PYPROJECT["project"]["scripts"] == {"machinery-aio": "machinery_aio.cli:main"}
+    assert (Path(machinery_aio.__file__).parent / "py.typed").is_file()
+
+
+def test_public_api_names() -> None:
+    for name in ["Server", "Config", "Signature", "Arg", "Group", "Chain", "Chord", "RetryTaskLater",
+                 "TaskFailedError", "TaskState", "State", "TaskResult", "GroupMeta", "AsyncResult",
+                 "ChainAsyncResult", "ChordAsyncResult", "TaskContext", "Worker", "ConfigError",
+                 "MissingExtraError", "InvalidMessageError", "TaskTimeLimitExceeded", "Task"]:
+        assert name in machinery_aio.__all__, name
+        assert getattr(machinery_aio, name) is not None
+    assert machinery_aio.__version__ == PYPROJECT["project"]["version"]
