@@ -20,8 +20,9 @@ import asyncio
 import functools
 import ssl
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, unquote
 
 from .config import Config, ConfigError
@@ -182,7 +183,7 @@ def create_redis(url: str, config: Config, *, max_connections: int | None = None
     }
     tls = _ssl_options(settings, config)
     if settings.socket_path is not None:
-        return _waiting(Redis(unix_socket_path=settings.socket_path, db=settings.db,
+        return _pooled(Redis(unix_socket_path=settings.socket_path, db=settings.db,
                               max_connections=pool_size, **common), config)
     master_name = _master_name(settings, config)
     if master_name:
@@ -210,7 +211,7 @@ def create_redis(url: str, config: Config, *, max_connections: int | None = None
         cluster.connection_wait_timeout = rc.connect_timeout or None  # type: ignore[attr-defined]
         return cluster
     host, port = settings.hosts[0]
-    return _waiting(Redis(host=host, port=port, db=settings.db, max_connections=pool_size,
+    return _pooled(Redis(host=host, port=port, db=settings.db, max_connections=pool_size,
                           **common, **tls), config)
 
 
@@ -269,21 +270,49 @@ def _cluster_class() -> type[RedisCluster]:
     return WaitingRedisCluster
 
 
-def _waiting(client: Redis, config: Config) -> Redis:
-    """With ``redis.wait`` (Go's ``Wait``, the default), a caller that finds every pooled
-    connection busy waits for one (up to the connect timeout) instead of failing."""
-    from redis.asyncio import BlockingConnectionPool, Redis
+def _pooled(client: Redis, config: Config) -> Redis:
+    """The client's pool, rebuilt: with ``redis.wait`` (Go's ``Wait``, the default) a caller
+    that finds every pooled connection busy waits for one (up to the connect timeout)
+    instead of failing; commands are packed by hiredis when it is installed."""
+    from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 
-    if not config.redis.wait:
-        return client
     pool = client.connection_pool
-    blocking = BlockingConnectionPool(
-        max_connections=pool.max_connections,
-        timeout=config.redis.connect_timeout or None,
-        connection_class=pool.connection_class,
+    kwargs = {
+        "max_connections": pool.max_connections,
+        "connection_class": _hiredis_packing(cast(Hashable, pool.connection_class)),
         **pool.connection_kwargs,
-    )
-    return Redis.from_pool(blocking)
+    }
+    rebuilt: ConnectionPool
+    if config.redis.wait:
+        rebuilt = BlockingConnectionPool(timeout=config.redis.connect_timeout or None, **kwargs)
+    else:
+        rebuilt = ConnectionPool(**kwargs)
+    return Redis.from_pool(rebuilt)
+
+
+@functools.cache
+def _hiredis_packing(connection_class: Any) -> type[Any]:
+    """``connection_class`` packing commands with hiredis (the same bytes, in C; redis-py's
+    asyncio connections pack in Python). Unchanged when hiredis is not installed."""
+    try:
+        import hiredis
+    except ImportError:
+        unchanged: type[Any] = connection_class
+        return unchanged
+
+    class HiredisPacking(connection_class):  # type: ignore[misc]
+        def pack_command(self, *args: Any) -> list[bytes]:
+            first = args[0]
+            if isinstance(first, (str, bytes)) and len(first.split()) > 1:
+                args = (*first.split(), *args[1:])  # "CLIENT SETNAME", as redis-py sends it
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:  # let redis-py report unsupported values its own way
+                packed: list[bytes] = super().pack_command(*args)
+                return packed
+
+    HiredisPacking.__name__ = HiredisPacking.__qualname__ = f"Hiredis{connection_class.__name__}"
+    return HiredisPacking
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], retry_every: float = 0.1) -> None:

@@ -26,6 +26,23 @@ MAX_BATCH = 100
 """At most this many messages are claimed in one fetch."""
 
 
+async def _cancel_all(tasks: list[asyncio.Task[Any]], rounds: int = 50) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again if a cancellation was swallowed.
+
+    On Python 3.11, ``asyncio.wait_for`` (used inside client libraries) can drop a
+    ``cancel()`` that arrives as its inner future completes.
+    """
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(rounds):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+    if pending:
+        logger.error("%d tasks ignored cancellation; leaving them running", len(pending))
+
+
 class _Backoff:
     """Fibonacci back-off in seconds (1, 1, 2, 3, 5 ...) capped, reset on success."""
 
@@ -201,8 +218,7 @@ class Worker:
             return
         self._stopping = True
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+            await _cancel_all([self._loop_task])
         for task in list(self._holding):
             task.cancel()  # held unregistered messages go back to the queue at once
         grace = self.grace_period if grace_period is None else grace_period
@@ -212,12 +228,8 @@ class Worker:
         if self._running:
             logger.warning("cancelling %d unfinished tasks; they will be redelivered",
                            len(self._running))
-            for task in list(self._running):
-                task.cancel()
-            await asyncio.gather(*self._running, return_exceptions=True)
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+            await _cancel_all(list(self._running))
+        await _cancel_all(self._background)
         if self._consumer is not None:
             try:
                 await self._consumer.close()

@@ -70,15 +70,22 @@ return 0
 """)
 
 RETURN_ALL = LuaScript(_NOW_MS + r"""
--- KEYS: consumers, processing list, queue; ARGV: consumer id, '1' = only if its heartbeat expired.
--- Moves the whole list back to the head of the queue, oldest claim first, and deregisters.
+-- KEYS: consumers, processing list, queue; ARGV: consumer id, '1' = reap it only if its
+-- heartbeat expired, '0' = it is closing. Moves the whole list back to the head of the
+-- queue, oldest claim first. A reaped consumer is deregistered; a closing one is marked
+-- expired instead, so that a live consumer sweeps its list once more (a BLMOVE cancelled
+-- while closing may still land a message there).
 if ARGV[2] == '1' then
   local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
   if deadline and tonumber(deadline) > now_ms then return -1 end
 end
 local n = 0
 while redis.call('RPOPLPUSH', KEYS[2], KEYS[3]) do n = n + 1 end
-redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[2] == '1' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], 0, ARGV[1])
+end
 return n
 """)
 

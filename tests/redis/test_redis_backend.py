@@ -75,6 +75,25 @@ async def test_later_states_keep_gos_name_and_created_at(
     assert 0 < await raw.ttl(GOLDEN_TASK) <= 600
 
 
+async def test_tricky_names_errors_and_results_are_spliced_exactly(
+    backend: RedisBackend, raw: RedisClient, ids: Any
+) -> None:
+    name = 'we"ird\\name/é<>,"State":"SUCCESS"'
+    sig = Signature(uuid=ids('q"uote'), name=name)
+    pending = TaskState.new(sig, State.PENDING)
+    await backend.set_state(pending)
+    error = 'bad "thing",\n "CreatedAt":"2001-01-01T00:00:00Z","TTL":0}'
+    results = [TaskResult(type="json", value={"CreatedAt": "x", "TaskName": "y", "State": "Z"})]
+    nameless = Signature(uuid=sig.uuid, name="")
+    for final in (TaskState.new(sig, State.SUCCESS, results=results),
+                  TaskState.new(sig, State.FAILURE, error=error),
+                  TaskState.new(nameless, State.STARTED)):
+        await backend.set_state(final)
+        expected = final.model_copy(
+            update={"created_at": pending.created_at, "task_name": name}).to_json()
+        assert await raw.get(sig.uuid) == expected
+
+
 async def test_created_at_is_kept_from_a_record_not_in_gos_key_order(
     backend: RedisBackend, raw: RedisClient, golden_keys: None
 ) -> None:
@@ -183,6 +202,39 @@ async def test_chord_triggers_exactly_once(
     assert results.count(True) == 1
     assert json.loads(await raw.get(group))["ChordTriggered"] is True
     assert await raw.get(CHORD_MUTEX) is None  # released
+
+
+async def test_go_and_python_workers_trigger_each_chord_once(
+    backend: RedisBackend, raw: RedisClient, ids: Any
+) -> None:
+    """Go's TriggerChord (redsync mutex, GET, check, SET) races ours on 15 chords: the
+    Python trigger comes while Go is between its GET and its SET."""
+    from machinery_aio.locks.redis import RedsyncMutex
+
+    async def go_trigger(group: str, read: asyncio.Event) -> bool:
+        async with RedsyncMutex(raw, CHORD_MUTEX, min_delay=0.005, max_delay=0.02, tries=2000):
+            meta = GroupMeta.from_json(await raw.get(group))
+            read.set()
+            if meta.chord_triggered:
+                return False
+            await asyncio.sleep(0.05)  # Go's read-modify-write is not atomic
+            meta.chord_triggered = True
+            await raw.set(group, meta.to_json(), ex=600)
+            return True
+
+    async def race(group: str) -> list[bool]:
+        read = asyncio.Event()
+        go = asyncio.create_task(go_trigger(group, read))
+        await read.wait()
+        ours = await backend.trigger_chord(group)
+        return [await go, ours]
+
+    groups = [ids(n, "group") for n in range(15)]
+    for group in groups:
+        await backend.init_group(group, [ids(1)])
+    outcomes = await asyncio.gather(*(race(group) for group in groups))
+    assert all(sum(pair) == 1 for pair in outcomes)
+    assert all([json.loads(await raw.get(g))["ChordTriggered"] for g in groups])
 
 
 async def test_chord_trigger_keeps_gos_group_bytes(

@@ -111,7 +111,12 @@ async def test_fetch_claims_a_batch_into_the_processing_list(
     remaining = [Signature.from_json(b).uuid for b in await raw.lrange(queue, 0, -1)]
     assert remaining == [ids(i) for i in (2, 3, 4, 5, 6, 7)]
     assert not await raw.exists(consumer.processing)
+    # marked expired: the next live consumer sweeps its (empty) list once more and forgets it
+    assert await raw.zscore(QueueKeys(queue).consumers, consumer.consumer_id) == 0
+    other = consumer_of(broker, tag="other")
+    await other.beat()
     assert await raw.zscore(QueueKeys(queue).consumers, consumer.consumer_id) is None
+    await other.close()
 
 
 async def test_fetch_blocks_until_a_message_arrives(broker: RedisBroker, ids: Any) -> None:
@@ -167,7 +172,7 @@ async def test_requeue_with_a_delay_keeps_the_claim_until_it_is_handed_back(
     await broker.publish(sig(ids(1), "t"))
     consumer = consumer_of(broker)
     [delivery] = await consumer.fetch(1, 1.0)
-    await consumer.requeue(delivery, 0.3)
+    await consumer.requeue(delivery, 2.0)
     assert await raw.lrange(consumer.processing, 0, -1) == [delivery.body]
     assert await eventually(lambda: raw.lrange(queue, 0, -1)) == [delivery.body]
     assert await raw.llen(consumer.processing) == 0
@@ -177,7 +182,7 @@ async def test_requeue_with_a_delay_keeps_the_claim_until_it_is_handed_back(
 async def test_a_dead_consumers_messages_go_back_to_the_head_of_the_queue(
     redis_url: str, unique: str, raw: RedisClient, ids: Any
 ) -> None:
-    config = make_config(redis_url, unique, consumer_timeout=1.0)
+    config = make_config(redis_url, unique, consumer_timeout=3.0)
     broker = RedisBroker(config)
     queue = config.default_queue
     await broker.publish_many([sig(ids(i), "t", i) for i in range(5)])
@@ -207,6 +212,23 @@ async def test_consumers_close_promptly_right_after_starting(broker: RedisBroker
         await asyncio.wait_for(consumer.close(), 30)
         assert broker._mover is not None
         assert not broker._mover.running
+
+
+async def test_a_message_landing_after_close_is_swept_by_a_live_consumer(
+    broker: RedisBroker, raw: RedisClient, ids: Any
+) -> None:
+    """A BLMOVE cancelled while closing may still move a message into the list of a
+    consumer that has closed; the next live consumer returns it to the queue."""
+    queue = broker.config.default_queue
+    closed = consumer_of(broker, tag="closed")
+    assert await closed.fetch(1, 0.01) == []
+    await closed.close()
+    body = sig(ids(1), "t").to_json()
+    await raw.rpush(closed.processing, body)  # what the late BLMOVE did
+    alive = consumer_of(broker, tag="alive")
+    assert await alive.beat() == 1
+    assert await raw.lrange(queue, 0, -1) == [body]
+    await alive.close()
 
 
 async def test_a_claim_interrupted_by_cancellation_is_not_lost(

@@ -115,17 +115,38 @@ async def test_client_kinds() -> None:
     config = Config()
     socket_client = create_redis("redis+socket://pw@/tmp/x.sock:/4", config)
     kwargs = socket_client.connection_pool.connection_kwargs
-    assert socket_client.connection_pool.connection_class is UnixDomainSocketConnection
+    assert issubclass(socket_client.connection_pool.connection_class, UnixDomainSocketConnection)
     assert (kwargs["path"], kwargs["db"], kwargs["password"]) == ("/tmp/x.sock", 4, "pw")
     await socket_client.aclose()
     tls_client = create_redis("rediss://127.0.0.1:6390", config)
-    assert tls_client.connection_pool.connection_class is SSLConnection
+    assert issubclass(tls_client.connection_pool.connection_class, SSLConnection)
     await tls_client.aclose()
     cluster = create_redis("redis://127.0.0.1:7000,127.0.0.1:7001", config)
     assert isinstance(cluster, RedisCluster)
     await cluster.aclose()
     with pytest.raises(ConfigError, match="only database 0"):
         create_redis("redis://127.0.0.1:7000,127.0.0.1:7001/3", config)
+
+
+def test_commands_are_packed_exactly_as_redis_py_packs_them() -> None:
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    client = create_redis("redis://127.0.0.1:6379/1", Config())
+    fast = client.connection_pool.connection_class()
+    assert type(fast).__name__ == "HiredisConnection"
+    plain = Connection()
+    for args in [
+        ("SET", "k", "v", "EX", 3600),
+        ("ZADD", "delayed_tasks", 1736937000123456789, b'{"UUID":"x"}'),
+        ("BLMOVE", "q", "{q}:processing:w", "LEFT", "RIGHT", 0.999),
+        ("CLIENT SETNAME", "name"),
+        (b"CONFIG GET", "maxmemory"),
+        ("EVALSHA", "ab" * 20, 1, "é", -3, 1e20, memoryview(b"view")),
+    ]:
+        assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
+    with pytest.raises(DataError):
+        fast.pack_command("SET", "k", None)
 
 
 # -- real servers started by the test ---------------------------------------------------------------

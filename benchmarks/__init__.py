@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of machinery-aio and other Python task queues (``python -m benchmarks run``)."""

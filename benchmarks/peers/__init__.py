@@ -1,0 +1,1 @@
+"""One adapter module per library; each is also that library's worker application."""

@@ -1,0 +1,59 @@
+"""Every library/broker pair the suite measures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    library: str
+    broker: str
+    """memory, redis or amqp."""
+    adapter: str
+    env: str
+    """main (this interpreter), peers or arq (see :mod:`benchmarks.envs`)."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.library}/{self.broker}"
+
+    def urls(self, redis: str, amqp: str) -> tuple[str, str]:
+        """(broker URL, result backend URL); results go to Redis except on memory://."""
+        if self.broker == "memory":
+            return "memory://", "memory://"
+        if self.broker == "amqp":
+            return amqp, redis
+        return redis, redis
+
+
+def _peer(library: str, module: str, env: str = "peers") -> Target:
+    return Target(library, "redis", f"benchmarks.peers.{module}", env)
+
+
+TARGETS: list[Target] = [
+    Target("machinery-aio", "memory", "benchmarks.peers.machinery_bench", "main"),
+    Target("machinery-aio", "redis", "benchmarks.peers.machinery_bench", "main"),
+    Target("machinery-aio", "amqp", "benchmarks.peers.machinery_bench", "main"),
+    _peer("arq", "arq_bench", env="arq"),
+    _peer("taskiq", "taskiq_bench"),
+    _peer("saq", "saq_bench"),
+    _peer("streaq", "streaq_bench"),
+    _peer("dramatiq", "dramatiq_bench"),
+    _peer("celery", "celery_bench"),
+    Target("celery", "amqp", "benchmarks.peers.celery_bench", "peers"),
+]
+
+SMOKE = ["machinery-aio/memory", "machinery-aio/redis"]
+
+
+def select(only: list[str] | None) -> list[Target]:
+    """Targets whose name or library is in ``only`` (all when empty), in suite order."""
+    if not only:
+        return list(TARGETS)
+    wanted = {w.strip() for w in only if w.strip()}
+    unknown = wanted - {t.name for t in TARGETS} - {t.library for t in TARGETS} - {t.broker for t in TARGETS}
+    if unknown:
+        names = ", ".join(t.name for t in TARGETS)
+        raise ValueError(f"unknown target(s) {', '.join(sorted(unknown))}; known: {names}")
+    return [t for t in TARGETS if wanted & {t.name, t.library, t.broker}]
