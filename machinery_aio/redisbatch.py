@@ -17,8 +17,9 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from .config import Config
 from .log import get_logger
-from .redisconn import RedisClient
+from .redisconn import RedisClient, create_redis
 
 __all__ = ["CommandBatcher", "LuaScript", "run_script"]
 
@@ -210,3 +211,39 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
             future.cancel()
         else:
             future.set_exception(exc)
+
+
+DEFAULT_POOL = 64
+"""Connections per client when ``redis.max_active`` is 0."""
+
+
+class RedisHandle:
+    """A Redis client and its command batcher for one URL, both made on first use."""
+
+    def __init__(self, url: str, config: Config) -> None:
+        self.url = url
+        self.config = config
+        self._client: RedisClient | None = None
+        self._batcher: CommandBatcher | None = None
+
+    @property
+    def client(self) -> RedisClient:
+        if self._client is None:
+            pool = self.config.redis.max_active or DEFAULT_POOL
+            self._client = create_redis(self.url, self.config, max_connections=pool)
+        return self._client
+
+    @property
+    def batcher(self) -> CommandBatcher:
+        if self._batcher is None:
+            self._batcher = CommandBatcher(self.client)
+        return self._batcher
+
+    async def close(self) -> None:
+        """Send what is batched, then close the connections."""
+        if self._batcher is not None:
+            await self._batcher.drain()
+            self._batcher = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()

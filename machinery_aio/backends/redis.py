@@ -27,8 +27,8 @@ from redis.exceptions import RedisError
 from ..gotime import ZERO_TIME, now
 from ..locks.redis import RedsyncMutex
 from ..log import get_logger
-from ..redisbatch import CommandBatcher, run_script
-from ..redisconn import RedisClient, create_redis, is_cluster
+from ..redisbatch import CommandBatcher, RedisHandle, run_script
+from ..redisconn import RedisClient, is_cluster
 from ..state import GroupMeta, State, TaskState
 from .base import ResultBackend
 from .redis_notify import CHANNEL_PREFIX, ResultNotifier, Watch
@@ -42,7 +42,6 @@ __all__ = ["RedisBackend"]
 logger = get_logger("machinery_aio.backends.redis")
 
 CHORD_MUTEX = "TriggerChordMutex"
-DEFAULT_POOL = 64
 POLL_MAX = 1.0
 """Longest pause between re-reads while waiting (covers states written by Go workers)."""
 _STATE = re.compile(rb'"State":"([A-Z]+)"')
@@ -61,8 +60,7 @@ class RedisBackend(ResultBackend):
     def __init__(self, config: Config, url: str | None = None) -> None:
         super().__init__(config, url)
         self.cluster = is_cluster(self.url, config)
-        self._client: RedisClient | None = None
-        self._batcher: CommandBatcher | None = None
+        self._redis = RedisHandle(self.url, config)
         self._notifier: ResultNotifier | None = None
         self._members: OrderedDict[str, list[str]] = OrderedDict()
 
@@ -70,16 +68,11 @@ class RedisBackend(ResultBackend):
 
     @property
     def client(self) -> RedisClient:
-        if self._client is None:
-            self._client = create_redis(self.url, self.config,
-                                        max_connections=self.config.redis.max_active or DEFAULT_POOL)
-        return self._client
+        return self._redis.client
 
     @property
     def batcher(self) -> CommandBatcher:
-        if self._batcher is None:
-            self._batcher = CommandBatcher(self.client)
-        return self._batcher
+        return self._redis.batcher
 
     @property
     def notifier(self) -> ResultNotifier:
@@ -94,12 +87,7 @@ class RedisBackend(ResultBackend):
         if self._notifier is not None:
             await self._notifier.close()
             self._notifier = None
-        if self._batcher is not None:
-            await self._batcher.drain()
-            self._batcher = None
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        await self._redis.close()
 
     # -- writes ------------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..gotime import unix_nanos
 from ..log import get_logger
-from ..redisbatch import CommandBatcher, run_script
-from ..redisconn import RedisClient, create_redis, is_cluster
+from ..redisbatch import CommandBatcher, RedisHandle, run_script
+from ..redisconn import RedisClient, is_cluster
 from ..signature import InvalidMessageError, Signature
 from .base import Broker, BrokerCapabilities, Consumer, DeadLetter
 from .redis_consumer import RedisConsumer
@@ -39,7 +39,6 @@ __all__ = ["RedisBroker"]
 
 logger = get_logger("machinery_aio.brokers.redis")
 
-DEFAULT_POOL = 64
 
 
 class RedisBroker(Broker):
@@ -54,8 +53,7 @@ class RedisBroker(Broker):
     def __init__(self, config: Config, url: str | None = None) -> None:
         super().__init__(config, url)
         self.cluster = is_cluster(self.url, config)
-        self._client: RedisClient | None = None
-        self._batcher: CommandBatcher | None = None
+        self._redis = RedisHandle(self.url, config)
         self._mover: DelayedMover | None = None
         self._consumers = 0
 
@@ -63,16 +61,11 @@ class RedisBroker(Broker):
 
     @property
     def client(self) -> RedisClient:
-        if self._client is None:
-            self._client = create_redis(self.url, self.config,
-                                        max_connections=self.config.redis.max_active or DEFAULT_POOL)
-        return self._client
+        return self._redis.client
 
     @property
     def batcher(self) -> CommandBatcher:
-        if self._batcher is None:
-            self._batcher = CommandBatcher(self.client)
-        return self._batcher
+        return self._redis.batcher
 
     async def connect(self) -> None:
         self.batcher  # noqa: B018 - creates the client; connections open on first use
@@ -81,12 +74,7 @@ class RedisBroker(Broker):
         if self._mover is not None:
             await self._mover.stop()
             self._mover = None
-        if self._batcher is not None:
-            await self._batcher.drain()
-            self._batcher = None
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        await self._redis.close()
 
     # -- settings ------------------------------------------------------------------------
 
