@@ -54,9 +54,10 @@ async def chord_total(key: str, *values: int) -> int:
 
 
 @server.task("chord_error")
-async def chord_error(key: str, *values: Any) -> str:
-    """An on_error callback of a chord member: counts how often it runs."""
+async def chord_error(error: str, key: str) -> str:
+    """An on_error callback (the error text comes first): counts how often it runs."""
     await _redis().incr(f"{key}:errors")
+    await _redis().set(f"{key}:error", error)
     return "noted"
 
 
