@@ -109,3 +109,12 @@ async def too_slow(seconds: float) -> str:
 def too_slow_sync(seconds: float) -> str:
     time.sleep(seconds)
     return "finished"
+
+
+@server.task("long")
+async def long(key: str, item: str, seconds: float) -> str:
+    """Notes its start in the set ``key:started``, sleeps, then counts its run in ``key``."""
+    await _redis().sadd(f"{key}:started", item)
+    await asyncio.sleep(seconds)
+    await _redis().hincrby(key, item, 1)
+    return item
