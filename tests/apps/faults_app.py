@@ -92,7 +92,7 @@ async def return_unserialisable() -> object:
     return threading.Lock()
 
 
-@server.task("block_loop")
+@server.task("block_loop", time_limit=0.5)
 async def block_loop(seconds: float) -> str:
     """Blocks the event loop (a bug in user code): time.sleep in a coroutine."""
     time.sleep(seconds)
