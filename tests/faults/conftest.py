@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -152,3 +152,65 @@ def cpu_seconds(pid: int) -> float:
 
 def wall() -> float:
     return time.monotonic()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free loopback port, persisted (AOF, fsync always)
+    in a tmp dir so a restart keeps its data."""
+
+    def __init__(self, directory: Path, *args: str) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.dir / "redis.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+                 "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
+                 "--save", "", *self.args],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while "Ready to accept connections" not in self.log():
+            assert self.proc.poll() is None, self.log()
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        with (self.dir / "redis.log").open("a") as log:
+            log.write("\n--- stopped ---\n")
+
+    def log(self) -> str:
+        text = (self.dir / "redis.log").read_text(errors="replace")
+        return text.rsplit("--- stopped ---", 1)[-1]
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., PrivateRedis]]:
+    """Start private redis-servers (extra redis-server arguments allowed); stopped afterwards."""
+    made: list[PrivateRedis] = []
+
+    def start(*args: str) -> PrivateRedis:
+        directory = tmp_path / f"redis{len(made)}"
+        directory.mkdir()
+        server = PrivateRedis(directory, *args)
+        server.start()
+        made.append(server)
+        return server
+
+    yield start
+    for server in made:
+        server.stop()
