@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/7"
 AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672/"
 FIGURES_FILE = ROOT / ".services" / "fault-figures.json"
+PASSWORD = "faults-Pw-7f3e9c"
+"""The password of the suite's private redis-servers: it must never appear in any log."""
 
 
 @dataclass
@@ -135,12 +137,17 @@ class Workers:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(30)
 
+    def leaked_password(self) -> list[str]:
+        """Tags of the workers whose output contains the suite's password."""
+        return [tag for tag in self.procs if PASSWORD in self.log(tag)]
+
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
     started = Workers(tmp_path)
     yield started
     started.kill_all()
+    assert started.leaked_password() == [], "a worker wrote the password into its log"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -177,7 +184,7 @@ class PrivateRedis:
             self.proc = subprocess.Popen(
                 ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
                  "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
-                 "--save", "", *self.args],
+                 "--save", "", *(a.replace("{port}", str(self.port)) for a in self.args)],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30

@@ -16,13 +16,12 @@ from machinery_aio import Arg, Config, Server, Signature
 from machinery_aio.redisconn import RedisClient
 
 from ..amqp.conftest import close_vhost_connections
-from .conftest import PrivateRedis, Workers, amqp_config, record_figures, redis_config
+from .conftest import PASSWORD, PrivateRedis, Workers, amqp_config, record_figures, redis_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 TASKS = 3000
 CONCURRENCY = 20
-PASSWORD = "faults-Pw-7f3e9c"
 
 
 def count(unique: str, key: str, i: int | str) -> Signature:
