@@ -95,10 +95,15 @@ class RedisConsumer(Consumer):
         return self._deliver([body])
 
     async def _claim(self, count: int) -> list[bytes]:
-        bodies: list[bytes] = await self.broker.batcher.script(
-            CLAIM, [self.queue, self.processing, self.keys.consumers],
-            [count, self.consumer_id, self.timeout_ms],
-        )
+        try:
+            bodies: list[bytes] = await self.broker.batcher.script(
+                CLAIM, [self.queue, self.processing, self.keys.consumers],
+                [count, self.consumer_id, self.timeout_ms],
+            )
+        except BaseException:
+            # As for BLMOVE: Redis may have run the claim and lost only the reply.
+            self._reconcile = True
+            raise
         return bodies
 
     def _deliver(self, bodies: list[bytes]) -> list[Delivery]:
