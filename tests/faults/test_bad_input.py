@@ -14,15 +14,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aio_pika
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from machinery_aio import Arg, Server, Signature
+from machinery_aio import Arg, Config, Server, Signature
 from machinery_aio.brokers.redis_layout import QueueKeys
 from machinery_aio.redisconn import RedisClient
 
-from .conftest import ROOT, Workers, cpu_seconds, record_figures, redis_config
+from .conftest import ROOT, Workers, amqp_config, cpu_seconds, record_figures, redis_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -96,26 +97,50 @@ def huge_messages() -> list[bytes]:
                 {"Type": "string", "Value": "y" * 500_000}] * 2}).encode()]
 
 
+@pytest.fixture(params=["redis", "rabbitmq"])
+def config(request: pytest.FixtureRequest, unique: str, raw: RedisClient) -> Config:
+    if request.param == "redis":
+        return redis_config(unique)
+    vhost: str = request.getfixturevalue("vhost")
+    return amqp_config(unique, vhost)
+
+
 async def test_malformed_messages_are_dead_lettered_and_good_ones_run(
-    raw: RedisClient, unique: str, workers: Workers
+    config: Config, raw: RedisClient, unique: str, workers: Workers
 ) -> None:
-    config = redis_config(unique)
     queue = config.default_queue
     bad = generate(bad_messages(unique), BAD - 3) + huge_messages()
     server = Server(config)
     key = f"{unique}:runs"
     good = [Signature(uuid=f"task_{unique}_good{i}", name="count",
                       args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)]) for i in range(GOOD)]
+    on_redis = config.broker.startswith("redis")
+    connection = None if on_redis else await aio_pika.connect(config.broker)
+
+    async def push(bodies: list[bytes]) -> None:
+        if connection is None:
+            await raw.rpush(queue, *bodies)
+            return
+        channel = await connection.channel()
+        for body in bodies:  # straight into the queue (declared by the first send_task)
+            await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue)
+        await channel.close()
+
+    async def backlog() -> int:
+        if connection is None:
+            return int(await raw.llen(queue))
+        return len(await server.broker.get_pending_tasks(queue))
+
     try:
         per_good = len(bad) // GOOD
         for i, sig in enumerate(good):
-            await raw.rpush(queue, *bad[i * per_good:(i + 1) * per_good])
             await server.send_task(sig)
+            await push(bad[i * per_good:(i + 1) * per_good])
         if rest := bad[GOOD * per_good:]:
-            await raw.rpush(queue, *rest)
+            await push(rest)
         proc = workers.start(config, "w", 20)
         deadline = time.monotonic() + 180
-        while await raw.llen(queue) or await raw.hlen(key) < GOOD:
+        while await raw.hlen(key) < GOOD or await backlog():
             assert proc.poll() is None, workers.log("w")[-3000:]
             assert time.monotonic() < deadline, workers.log("w")[-3000:]
             await asyncio.sleep(0.1)
@@ -134,15 +159,18 @@ async def test_malformed_messages_are_dead_lettered_and_good_ones_run(
             subprocess.run,
             [sys.executable, "-m", "machinery_aio", "inspect", "dead", "-Q", queue],
             cwd=ROOT, env={**os.environ, "BROKER": config.broker,
-                           "RESULT_BACKEND": config.result_backend},
+                           "RESULT_BACKEND": config.result_backend,
+                           "AMQP_EXCHANGE": config.amqp.exchange},
             capture_output=True, text=True, timeout=120, check=True)
         assert f"{len(bad)} dead letters" in listed.stderr
         assert "message is not valid JSON" in listed.stdout
         assert "bad arguments for task count" in listed.stdout
         counts = [int(v) for v in (await raw.hgetall(key)).values()]
     finally:
+        if connection is not None:
+            await connection.close()
         await server.close()
-    record_figures("3. malformed messages + good ones, Redis", sent=len(bad) + GOOD,
+    record_figures(f"3. malformed + good messages, {config.broker.split(':')[0]}", sent=len(bad) + GOOD,
                    completed=len(counts), lost=GOOD - len(counts),
                    duplicated=sum(counts) - len(counts),
                    note=f"{len(letters)} of {len(bad)} bad dead-lettered with a reason")
