@@ -157,10 +157,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def wall() -> float:
-    return time.monotonic()
-
-
 def free_port() -> int:
     import socket
 

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -182,9 +181,8 @@ async def test_a_queue_of_unknown_task_names_does_not_spin(
     config = redis_config(unique)
     queue = config.default_queue
     server = Server(config)
-    names: Callable[[int], str] = lambda i: f"no_such_task_{i % 50}"  # noqa: E731
     try:
-        await server.send_tasks([Signature(uuid=f"task_{unique}_{i}", name=names(i))
+        await server.send_tasks([Signature(uuid=f"task_{unique}_{i}", name=f"no_such_task_{i % 50}")
                                  for i in range(1000)])
         proc = workers.start(config, "w", 20)
         await asyncio.sleep(3)  # start-up and the first hand-backs

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -40,7 +42,7 @@ def chord(unique: str, n: int, key: str, failing: set[int]) -> Chord:
     return Chord(Group(*members, group_uuid=f"group_{unique}_{n}"), callback)
 
 
-async def two_workers(config: Config, workers: Workers, raw: RedisClient, key: str) -> None:
+def two_workers(config: Config, workers: Workers) -> None:
     for tag in ("a", "b"):
         workers.start(config, tag, 8)
 
@@ -52,9 +54,9 @@ async def stop(workers: Workers) -> None:
         assert proc.wait(60) == 0, workers.log(tag)
 
 
-async def until(check: object, what: str, timeout: float = 120) -> None:
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while not await check():  # type: ignore[operator]
+    while not await check():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.05)
 
@@ -64,7 +66,7 @@ async def test_a_big_chord_on_two_workers_calls_back_once(
 ) -> None:
     server = Server(config)
     try:
-        await two_workers(config, workers, raw, unique)
+        two_workers(config, workers)
         for n in range(ROUNDS):
             key = f"{unique}:cb{n}"
             result = await server.send_chord(chord(unique, n, key, set()))
@@ -89,7 +91,7 @@ async def test_a_chord_with_failing_members_fails_its_callback_once(
     key = f"{unique}:cb"
     failing = {3, MEMBERS // 2, MEMBERS - 1}
     try:
-        await two_workers(config, workers, raw, unique)
+        two_workers(config, workers)
         result = await server.send_chord(chord(unique, 0, key, failing))
         with pytest.raises(TaskFailedError) as caught:
             await result.callback.get(timeout=120)
