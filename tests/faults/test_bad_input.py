@@ -81,18 +81,20 @@ def bad_messages(unique: str) -> st.SearchStrategy[bytes]:
     ).map(lambda t: json.dumps(body(UUID=f"task_{unique}_ba{t[1]}", Args=t[0])).encode())
     missing = st.sampled_from(["UUID", "Name"]).map(
         lambda f: json.dumps({k: v for k, v in body().items() if k != f}).encode())
+    uuid = f"task_{unique}_x".encode()
     nested = st.integers(130, 3000).map(
-        lambda depth: (b'{"UUID":"u","Name":"count","OnSuccess":[' * depth
+        lambda depth: (b'{"UUID":"' + uuid + b'","Name":"count","OnSuccess":[' * depth
                        + b'{"UUID":"u","Name":"count"}' + b"]}" * depth))
     wrong_shape = st.sampled_from([b"[]", b"null", b"42", b'"text"', b"{}", b"true"])
     return st.one_of(not_json, truncated, wrong_types, bad_args, missing, nested, wrong_shape)
 
 
-def huge_messages() -> list[bytes]:
+def huge_messages(unique: str) -> list[bytes]:
     """A few 1 MB messages: bounded traffic, so drawn by hand, not by hypothesis."""
-    return [b'{"UUID":"u","Name":"count","Args":"' + b"x" * 1_000_000 + b'"}',
+    uuid = f"task_{unique}_huge"
+    return [b'{"UUID":"' + uuid.encode() + b'","Name":"count","Args":"' + b"x" * 1_000_000 + b'"}',
             b"\x00" * 1_000_000,
-            json.dumps({"UUID": "u", "Name": "count", "Args": [
+            json.dumps({"UUID": uuid, "Name": "count", "Args": [
                 {"Type": "string", "Value": "y" * 500_000}] * 2}).encode()]
 
 
@@ -108,7 +110,7 @@ async def test_malformed_messages_are_dead_lettered_and_good_ones_run(
     config: Config, raw: RedisClient, unique: str, workers: Workers
 ) -> None:
     queue = config.default_queue
-    bad = generate(bad_messages(unique), BAD - 3) + huge_messages()
+    bad = generate(bad_messages(unique), BAD - 3) + huge_messages(unique)
     server = Server(config)
     key = f"{unique}:runs"
     good = [Signature(uuid=f"task_{unique}_good{i}", name="count",
