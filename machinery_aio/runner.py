@@ -187,6 +187,13 @@ class TaskRunner:
                         f"and was cancelled{kind}"
                     ) from None
                 raise
+            when = scope.when()
+            if when is not None and asyncio.get_running_loop().time() > when:
+                # The task blocked the event loop past its limit, so it could not be cancelled.
+                raise TaskTimeLimitExceeded(
+                    f"task {sig.name} exceeded its time limit of {limit:g} s "
+                    f"(it blocked the event loop, so it could not be cancelled)"
+                )
         if inspect.isawaitable(value):
             value = await value
         return value

@@ -336,6 +336,7 @@ class AMQPBroker(Broker):
             finally:
                 for message in held:
                     await message.nack(requeue=True)
+            await _wait_requeued(channel, layout.dead_letter_queue(queue), len(held))
         return letters
 
     # -- inspection ------------------------------------------------------------------
@@ -383,6 +384,17 @@ async def _message_count(channel: AbstractChannel, queue: str) -> int | None:
         return None
     result = declared.declaration_result
     return int(result.message_count or 0)
+
+
+async def _wait_requeued(channel: AbstractChannel, queue: str, count: int,
+                         timeout: float = 5.0) -> None:
+    """basic.nack has no reply: wait (briefly) until RabbitMQ shows ``count`` messages in
+    ``queue`` again, so that a listing right after this one sees them all."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await _message_count(channel, queue) or 0) >= count:
+            return
+        await asyncio.sleep(0.02)
 
 
 def _header(headers: dict[str, Any], name: str) -> Any:

@@ -95,10 +95,15 @@ class RedisConsumer(Consumer):
         return self._deliver([body])
 
     async def _claim(self, count: int) -> list[bytes]:
-        bodies: list[bytes] = await self.broker.batcher.script(
-            CLAIM, [self.queue, self.processing, self.keys.consumers],
-            [count, self.consumer_id, self.timeout_ms],
-        )
+        try:
+            bodies: list[bytes] = await self.broker.batcher.script(
+                CLAIM, [self.queue, self.processing, self.keys.consumers],
+                [count, self.consumer_id, self.timeout_ms],
+            )
+        except BaseException:
+            # As for BLMOVE: Redis may have run the claim and lost only the reply.
+            self._reconcile = True
+            raise
         return bodies
 
     def _deliver(self, bodies: list[bytes]) -> list[Delivery]:
@@ -260,7 +265,16 @@ class RedisConsumer(Consumer):
                 logger.warning("consumer %s of %r stopped sending heartbeats; returned its %d "
                                "unfinished messages to the queue", other, self.queue, count)
                 returned += count
+        await self._check_untracked()
         return returned
+
+    async def _check_untracked(self) -> None:
+        """redis-py re-sends a command after a dropped connection, so a claim Redis ran
+        whose reply was lost runs twice and leaves messages no delivery stands for:
+        when the processing list holds more than we track, the next fetch gives them back."""
+        claimed: int = await self.broker.client.llen(self.processing)
+        if claimed > len(self._held) + len(self._later) + len(self._unacked):
+            self._reconcile = True
 
     async def _heartbeat_loop(self) -> None:
         while True:
