@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -50,6 +51,11 @@ _STATE_KEY = b',"State":"'
 _CREATED_KEY = b',"CreatedAt":'
 _TTL_KEY = b',"TTL":'
 _GROUP_CACHE = 1024
+
+
+def chord_owner_key(group_uuid: str) -> str:
+    """Who triggered the chord, in the group key's slot (not a Go key; Go never reads it)."""
+    return f"{{{group_uuid}}}:chord_owner"
 
 
 class RedisBackend(ResultBackend):
@@ -177,12 +183,13 @@ class RedisBackend(ResultBackend):
 
     async def trigger_chord(self, group_uuid: str) -> bool:
         """Mark the chord triggered; True for exactly one caller, Go workers included."""
+        keys = [group_uuid, chord_owner_key(group_uuid)]
+        args: list[Any] = [self.expires_in, secrets.token_hex(8)]
         if self.config.go_compatible:
             async with RedsyncMutex(self.client, CHORD_MUTEX):
-                result = await run_script(self.client, TRIGGER_CHORD, [group_uuid],
-                                          [self.expires_in])
+                result = await run_script(self.client, TRIGGER_CHORD, keys, args)
         else:
-            result = await self.batcher.script(TRIGGER_CHORD, [group_uuid], [self.expires_in])
+            result = await self.batcher.script(TRIGGER_CHORD, keys, args)
         if result == -1:
             logger.error("chord of group %s cannot fire: its metadata is gone (expired or "
                          "purged)", group_uuid)
@@ -226,7 +233,7 @@ class RedisBackend(ResultBackend):
 
     async def purge_group_meta(self, group_uuid: str) -> None:
         self._members.pop(group_uuid, None)
-        await self.batcher.execute("DEL", group_uuid)
+        await self.batcher.execute("DEL", group_uuid, chord_owner_key(group_uuid))
 
 
 def _left(deadline: float | None, task_uuid: str, timeout: float | None) -> float | None:

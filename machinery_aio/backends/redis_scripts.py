@@ -46,17 +46,20 @@ return 1
 """)
 
 TRIGGER_CHORD = LuaScript(r"""
--- KEYS: group uuid; ARGV: expiry s. Sets ChordTriggered in the GroupMeta.
--- Returns 1 for the one caller that set it, 0 if it was set already, -1 if the
--- group has no metadata.
+-- KEYS: group uuid, {group uuid}:chord_owner. ARGV: expiry s, the caller's token.
+-- Sets ChordTriggered in the GroupMeta. Returns 1 for the one caller that set it (again
+-- for that caller if its command is re-sent after a lost reply: redis-py retries on
+-- connection errors), 0 if someone else set it, -1 if the group has no metadata.
 local meta = redis.call('GET', KEYS[1])
 if not meta then return -1 end
 local s, e = string.find(meta, '"ChordTriggered":false', 1, true)
 if s then
   meta = string.sub(meta, 1, s - 1) .. '"ChordTriggered":true' .. string.sub(meta, e + 1)
   redis.call('SET', KEYS[1], meta, 'EX', ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
   return 1
 end
+if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
 if string.find(meta, '"ChordTriggered":true', 1, true) then return 0 end
 local ok, doc = pcall(cjson.decode, meta)
 if not ok or type(doc) ~= 'table' then
@@ -65,6 +68,7 @@ end
 if doc['ChordTriggered'] then return 0 end
 doc['ChordTriggered'] = true
 redis.call('SET', KEYS[1], cjson.encode(doc), 'EX', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
 return 1
 """)
 
