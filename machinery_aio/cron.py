@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -126,22 +127,23 @@ def parse_go_duration(text: str) -> float:
     return -total if negative else total
 
 
-class Schedule:
+class Schedule(ABC):
     """When a periodic entry fires: ticks are aware UTC datetimes on whole seconds."""
 
     spec: str
     timezone: tzinfo
 
+    @abstractmethod
     def next_after(self, moment: datetime) -> datetime:
         """The first tick strictly after ``moment``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def latest_at_or_before(self, moment: datetime) -> datetime | None:
         """The last tick at or before ``moment`` (None if there is none)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """The spec in words, for ``inspect periodic``."""
 
 
 class CronSchedule(Schedule):
