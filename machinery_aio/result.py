@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncResult", "ChainAsyncResult", "ChordAsyncResult"]
 
 R = TypeVar("R")
-_PLAIN = (int, float, str, bool, bytes, type(None))
 
 
 class AsyncResult(Generic[R]):
@@ -37,13 +36,9 @@ class AsyncResult(Generic[R]):
     def task_uuid(self) -> str:
         return self.signature.uuid
 
-    def typed(self, hint: Any) -> AsyncResult[Any]:
-        """Convert the value returned by :meth:`get` to ``hint`` (e.g. a pydantic model)."""
-        if hint is not None and hint not in _PLAIN and hint is not Any:
-            try:
-                self._adapter = TypeAdapter(hint)
-            except Exception:
-                self._adapter = None
+    def typed(self, adapter: TypeAdapter[Any] | None) -> AsyncResult[Any]:
+        """Convert the value returned by :meth:`get` with ``adapter`` (e.g. to a pydantic model)."""
+        self._adapter = adapter
         return self
 
     async def get_state(self) -> TaskState:

@@ -26,6 +26,8 @@ R = TypeVar("R")
 
 _SIMPLE = (int, float, str, bool, bytes)
 _NO_HINT: Any = inspect.Parameter.empty
+_PLAIN_RESULTS = (int, float, str, bool, bytes, type(None), None)
+_UNSET = object()
 
 
 def _resolve_hints(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -85,6 +87,7 @@ class TaskFunction:
                 self._accepts_var = True
                 self._var_hint = hint
         self._adapters: dict[int, TypeAdapter[Any]] = {}
+        self._result_adapter: TypeAdapter[Any] | object | None = _UNSET
 
     # -- producer side -----------------------------------------------------------
 
@@ -157,6 +160,22 @@ class TaskFunction:
             raise gotypes.ArgTypeError(
                 f"task {self.name!r} arg {index + 1}: {first['msg']} (got {value!r:.60})"
             ) from None
+
+    def result_adapter(self) -> TypeAdapter[Any] | None:
+        """Converts a returned value back to the return annotation; None for plain types.
+
+        Built once per task, not per call: building a TypeAdapter is costly.
+        """
+        if self._result_adapter is _UNSET:
+            hint = self.return_hint
+            adapter: TypeAdapter[Any] | None = None
+            if hint not in _PLAIN_RESULTS and hint is not Any and hint is not _NO_HINT:
+                try:
+                    adapter = TypeAdapter(hint)
+                except Exception:
+                    adapter = None
+            self._result_adapter = adapter
+        return self._result_adapter  # type: ignore[return-value]
 
     def to_results(self, value: Any) -> list[TaskResult]:
         hint = None if self.return_hint is _NO_HINT else self.return_hint
@@ -248,7 +267,7 @@ class Task(Generic[P, R]):
     async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task and return its AsyncResult; ``await result.get()`` gives the value."""
         result = await self.server.send_task(self._build(args, kwargs))
-        return result.typed(self.function.return_hint)
+        return result.typed(self.function.result_adapter())
 
     async def apply_async(
         self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
@@ -256,7 +275,7 @@ class Task(Generic[P, R]):
         """Celery-style: ``apply_async((1, 2), countdown=5)``; options as :meth:`with_options`."""
         handle = self.with_options(**options) if options else self
         result = await self.server.send_task(handle._build(args, kwargs or {}))
-        return result.typed(self.function.return_hint)
+        return result.typed(self.function.result_adapter())
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
