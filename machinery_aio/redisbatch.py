@@ -18,12 +18,10 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from .config import Config
-from .log import get_logger
 from .redisconn import RedisClient, create_redis
 
 __all__ = ["CommandBatcher", "LuaScript", "run_script"]
 
-logger = get_logger("machinery_aio.redis")
 
 Key = str | bytes
 Value = str | bytes | int | float
@@ -213,10 +211,6 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
             future.set_exception(exc)
 
 
-DEFAULT_POOL = 64
-"""Connections per client when ``redis.max_active`` is 0."""
-
-
 class RedisHandle:
     """A Redis client and its command batcher for one URL, both made on first use."""
 
@@ -229,8 +223,7 @@ class RedisHandle:
     @property
     def client(self) -> RedisClient:
         if self._client is None:
-            pool = self.config.redis.max_active or DEFAULT_POOL
-            self._client = create_redis(self.url, self.config, max_connections=pool)
+            self._client = create_redis(self.url, self.config)
         return self._client
 
     @property

@@ -30,7 +30,7 @@ from ..locks.redis import RedsyncMutex
 from ..log import get_logger
 from ..redisbatch import CommandBatcher, RedisHandle, run_script
 from ..redisconn import RedisClient, is_cluster
-from ..state import GroupMeta, State, TaskState
+from ..state import GroupMeta, TaskState
 from .base import ResultBackend
 from .redis_notify import CHANNEL_PREFIX, ResultNotifier, Watch
 from .redis_scripts import COUNT_COMPLETED, SET_STATE, TRIGGER_CHORD
@@ -107,7 +107,7 @@ class RedisBackend(ResultBackend):
         data = state.to_json()
         keep_name = not state.task_name
         keep_created = state.created_at == ZERO_TIME
-        final = state.state in (State.SUCCESS, State.FAILURE)
+        final = state.is_completed()
         if not (keep_name or keep_created or final):
             return await self.batcher.execute("SET", state.task_uuid, data, "EX", self.expires_in)
         head, name, middle, created, tail = _split_state(data)

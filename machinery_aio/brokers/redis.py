@@ -136,13 +136,15 @@ class RedisBroker(Broker):
         """A consumer started: make sure this process moves due delayed tasks."""
         self._consumers += 1
         if self._mover is None:
-            poll = self.config.redis.delayed_tasks_poll_period or 500
-            self._mover = DelayedMover(
-                self.client, delayed_key=self.delayed_key,
-                default_queue=self.config.default_queue, poll_period=poll / 1000,
-                cluster=self.cluster, heartbeat_timeout=max(10.0, self.consumer_timeout),
-            )
+            self._mover = self._new_mover((self.config.redis.delayed_tasks_poll_period or 500) / 1000)
         self._mover.start()
+
+    def _new_mover(self, poll_period: float) -> DelayedMover:
+        return DelayedMover(
+            self.client, delayed_key=self.delayed_key, default_queue=self.config.default_queue,
+            poll_period=poll_period, cluster=self.cluster,
+            heartbeat_timeout=max(10.0, self.consumer_timeout),
+        )
 
     async def consumer_stopped(self) -> None:
         self._consumers -= 1
@@ -151,11 +153,7 @@ class RedisBroker(Broker):
 
     async def move_delayed(self) -> int:
         """Move every due delayed task to its queue now; returns how many were moved."""
-        mover = self._mover or DelayedMover(
-            self.client, delayed_key=self.delayed_key, default_queue=self.config.default_queue,
-            poll_period=0.5, cluster=self.cluster,
-            heartbeat_timeout=max(10.0, self.consumer_timeout),
-        )
+        mover = self._mover or self._new_mover(0.5)
         moved, _ = await mover.move_due()
         return moved
 

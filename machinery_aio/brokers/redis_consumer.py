@@ -57,11 +57,6 @@ class RedisConsumer(Consumer):
         self._heartbeat: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    @property
-    def held(self) -> int:
-        """Deliveries claimed and not yet acked, requeued, released or dead-lettered."""
-        return len(self._held)
-
     # -- fetching ----------------------------------------------------------------------
 
     async def fetch(self, max_count: int, timeout: float) -> list[Delivery]:

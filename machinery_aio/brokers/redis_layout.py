@@ -36,10 +36,9 @@ def slot_prefix(name: str) -> str:
 class QueueKeys:
     """The keys of one queue."""
 
-    __slots__ = ("_prefix", "consumers", "dead", "queue")
+    __slots__ = ("_prefix", "consumers", "dead")
 
     def __init__(self, queue: str) -> None:
-        self.queue = queue
         self._prefix = slot_prefix(queue)
         self.consumers = f"{self._prefix}:consumers"
         self.dead = f"{self._prefix}:dead"
