@@ -194,19 +194,22 @@ class AMQPBackend(ResultBackend):
                     raise
 
     async def set_state(self, state: TaskState) -> None:
-        await self.store(state.task_uuid, state.to_json())
+        await self._store_state(state)
+
+    async def _store_state(self, state: TaskState) -> bytes:
+        body = state.to_json()
+        await self.store(state.task_uuid, body)
         if state.is_completed():
             self._wake(state)
+        return body
 
     async def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
         state = TaskState.new(signature, State.SUCCESS, results=results)
-        await self.set_state(state)
-        await self.groups.member_done(signature, state)
+        await self.groups.member_done(signature, await self._store_state(state))
 
     async def set_state_failure(self, signature: Signature, error: str) -> None:
         state = TaskState.new(signature, State.FAILURE, error=error)
-        await self.set_state(state)
-        await self.groups.member_done(signature, state)
+        await self.groups.member_done(signature, await self._store_state(state))
 
     # -- reading ---------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from ..amqpconn import peek, retry_transient, scratch_channel
 from ..gotime import now
 from ..log import get_logger
 from ..signature import Signature
-from ..state import GroupMeta, TaskState
+from ..state import GroupMeta, TaskState, parse_state
 
 if TYPE_CHECKING:
     from .amqp import AMQPBackend
@@ -57,11 +57,11 @@ def lock_queue(group_uuid: str) -> str:
 
 
 def decode_state(body: bytes, where: str) -> TaskState | None:
-    try:
-        return TaskState.from_json(body)
-    except (ValidationError, ValueError):
+    """:func:`~machinery_aio.state.parse_state`, logging a message that is not a TaskState."""
+    state = parse_state(body)
+    if state is None:
         logger.error("result queue %r holds a message that is not a TaskState: %r", where, body[:200])
-        return None
+    return state
 
 
 class AMQPGroups:
@@ -77,10 +77,11 @@ class AMQPGroups:
         meta = GroupMeta(group_uuid=group_uuid, task_uuids=list(task_uuids), created_at=now())
         await self.backend.store(meta_queue(group_uuid), meta.to_json())
 
-    async def member_done(self, signature: Signature, state: TaskState) -> None:
-        """Go's ``markTaskCompleted``: a member's final state also goes to the group's queue."""
+    async def member_done(self, signature: Signature, body: bytes) -> None:
+        """Go's ``markTaskCompleted``: a member's final state (``body``) also goes to the
+        group's queue."""
         if signature.group_uuid and signature.group_task_count:
-            await self.backend.store(signature.group_uuid, state.to_json())
+            await self.backend.store(signature.group_uuid, body)
 
     async def meta(self, group_uuid: str) -> GroupMeta | None:
         for attempt in range(5):
