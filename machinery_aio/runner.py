@@ -1,6 +1,6 @@
 """Run one message as Go Machinery's ``Worker.Process`` does, and say what to do with it.
 
-decode -> registered? -> RECEIVED -> check args -> STARTED -> pre hook -> call
+decode -> registered? -> check args -> RECEIVED, STARTED (one round trip) -> pre hook -> call
 -> SUCCESS (OnSuccess callbacks, chord) | RETRY (re-publish, same UUID) |
 FAILURE (OnError callbacks, chord error) -> post hook. The caller acks only
 after this returns, so the final state is recorded before the message goes.
@@ -122,15 +122,16 @@ class TaskRunner:
         if sig.eta is not None and (early := (sig.eta - gotime.now()).total_seconds()) > 0:
             await asyncio.sleep(early)  # due within the tolerance: wait here rather than run early
         backend = self.server.backend
-        await backend.set_state(TaskState.new(sig, State.RECEIVED))
         try:
             args = function.convert_args(sig.python_args())
         except ArgTypeError as exc:
             reason = f"bad arguments for task {sig.name}: {exc}"
             logger.error("%s (%s)", reason, sig.uuid)
+            await backend.set_state(TaskState.new(sig, State.RECEIVED))
             await self._failed(sig, reason, exc)
             return Outcome(Action.DEAD_LETTER, reason, sig.name)
-        await backend.set_state(TaskState.new(sig, State.STARTED))
+        # Both in one round trip where the backend can (the order is kept).
+        await backend.set_states((TaskState.new(sig, State.RECEIVED), TaskState.new(sig, State.STARTED)))
         await self._run(function, sig, args)
         return _ACK
 

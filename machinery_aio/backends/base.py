@@ -51,8 +51,17 @@ class ResultBackend(ABC):
         """Store ``state`` under its task UUID, resetting the expiry."""
 
     async def set_states(self, states: Sequence[TaskState]) -> None:
-        """Store several states; backends that can batch override this."""
-        await asyncio.gather(*(self.set_state(s) for s in states))
+        """Store several states, one task's in the order given; backends that can batch
+        override this."""
+        by_task: dict[str, list[TaskState]] = {}
+        for state in states:
+            by_task.setdefault(state.task_uuid, []).append(state)
+
+        async def in_order(task_states: list[TaskState]) -> None:
+            for state in task_states:
+                await self.set_state(state)
+
+        await asyncio.gather(*(in_order(s) for s in by_task.values()))
 
     @abstractmethod
     async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:

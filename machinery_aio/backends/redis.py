@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from ..gotime import ZERO_TIME, now
 from ..locks.redis import RedsyncMutex
 from ..log import get_logger
-from ..redisbatch import CommandBatcher, RedisHandle, run_script
+from ..redisbatch import Command, CommandBatcher, RedisHandle, run_script
 from ..redisconn import RedisClient, is_cluster
 from ..state import GroupMeta, TaskState
 from .base import ResultBackend
@@ -98,20 +98,21 @@ class RedisBackend(ResultBackend):
     # -- writes ------------------------------------------------------------------------
 
     async def set_state(self, state: TaskState) -> None:
-        await self._write(state)
+        await self.batcher.run(self._write(state))
 
     async def set_states(self, states: Sequence[TaskState]) -> None:
-        await asyncio.gather(*(self._write(s) for s in states))
+        """One round trip, in order (a task's RECEIVED then STARTED, or many PENDINGs)."""
+        await self.batcher.execute_all([self._write(s) for s in states])
 
-    async def _write(self, state: TaskState) -> Any:
+    def _write(self, state: TaskState) -> Command:
         data = state.to_json()
         keep_name = not state.task_name
         keep_created = state.created_at == ZERO_TIME
         final = state.is_completed()
         if not (keep_name or keep_created or final):
-            return await self.batcher.execute("SET", state.task_uuid, data, "EX", self.expires_in)
+            return Command.of("SET", state.task_uuid, data, "EX", self.expires_in)
         head, name, middle, created, tail = _split_state(data)
-        return await self.batcher.script(SET_STATE, [state.task_uuid], [
+        return Command.lua(SET_STATE, [state.task_uuid], [
             self.expires_in, head, b"" if keep_name else name, middle,
             b"" if keep_created else created, tail,
             CHANNEL_PREFIX + state.task_uuid if final else "",
