@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid as _uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -13,7 +14,6 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     ValidationError,
-    model_validator,
 )
 
 from . import gotypes
@@ -60,41 +60,66 @@ class InvalidMessageError(ValueError):
         self.task_name = task_name
 
 
-def _go_keys(model: type[BaseModel]) -> tuple[frozenset[str], dict[str, str]]:
-    aliases = [f.alias or name for name, f in model.model_fields.items()]
-    return frozenset(aliases), {a.lower(): a for a in aliases}
-
-
 class _GoModel(BaseModel):
-    """Go's encoding/json: PascalCase keys, matched case-insensitively; unknown keys ignored."""
+    """Go's encoding/json: PascalCase keys, matched case-insensitively; unknown keys ignored.
+
+    The model itself takes exact keys (Go's or the snake_case names) and rejects
+    others, so the common case validates straight from JSON; :meth:`from_go_json`
+    falls back to Go's tolerant key matching when that fails.
+    """
 
     model_config = ConfigDict(
         validate_by_name=True,
         validate_by_alias=True,
         serialize_by_alias=True,
-        extra="ignore",
+        extra="forbid",
     )
 
-    @model_validator(mode="before")
     @classmethod
-    def _case_insensitive_keys(cls, data: Any) -> Any:
+    def from_go_json(cls, data: bytes | str) -> Self:
+        """Decode JSON as Go does; raises pydantic's ValidationError."""
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            try:
+                doc = pydantic_core.from_json(data)
+            except ValueError:
+                raise exc from None  # it says the JSON is invalid
+        return cls.model_validate_json(pydantic_core.to_json(cls.go_keys(doc)))
+
+    @classmethod
+    def go_keys(cls, data: Any) -> Any:
+        """``data`` with keys matched to this model's as Go matches them, unknown keys dropped."""
         if not isinstance(data, dict):
             return data
-        exact, lower = cls.__dict__.get("_keys") or _install_keys(cls)
-        if data.keys() <= exact:
-            return data
-        fields = cls.model_fields
+        names, lower = cls.__dict__.get("_keys") or _install_keys(cls)
         fixed: dict[str, Any] = {}
         for key, value in data.items():
-            if key in fields:
-                fixed[key] = value
-            elif isinstance(key, str) and key.lower() in lower:
-                fixed.setdefault(lower[key.lower()], value)
+            alias = names.get(key) or lower.get(key.lower())
+            if alias is not None:
+                fixed.setdefault(alias, value)
+        for alias, model in cls._nested_models().items():
+            value = fixed.get(alias)
+            if isinstance(value, list):
+                fixed[alias] = [model.go_keys(item) for item in value]
+            elif value is not None:
+                fixed[alias] = model.go_keys(value)
         return fixed
 
 
-def _install_keys(cls: type[BaseModel]) -> tuple[frozenset[str], dict[str, str]]:
-    keys = _go_keys(cls)
+    @classmethod
+    def _nested_models(cls) -> dict[str, type[_GoModel]]:
+        """Alias -> model, for the fields holding a nested model or a list of them."""
+        return {}
+
+
+def _install_keys(cls: type[BaseModel]) -> tuple[dict[str, str], dict[str, str]]:
+    """(exact key or field name -> Go key, lower-cased Go key -> Go key), cached on ``cls``."""
+    names: dict[str, str] = {}
+    for name, info in cls.model_fields.items():
+        alias = info.alias or name
+        names[name] = names[alias] = alias
+    keys = names, {alias.lower(): alias for alias in names.values()}
     type.__setattr__(cls, "_keys", keys)
     return keys
 
@@ -156,7 +181,7 @@ class Signature(_GoModel):
     def from_json(cls, data: bytes | str) -> Signature:
         """Decode a message body; raise :class:`InvalidMessageError` with a clear reason."""
         try:
-            sig = cls.model_validate_json(data)
+            sig = cls.from_go_json(data)
         except ValidationError as exc:
             raise _invalid(data, exc) from None
         if not sig.name:
@@ -164,6 +189,10 @@ class Signature(_GoModel):
         if not sig.uuid:
             raise InvalidMessageError("message has no task UUID", "", sig.name)
         return sig
+
+    @classmethod
+    def _nested_models(cls) -> dict[str, type[_GoModel]]:
+        return {"Args": Arg, "OnSuccess": Signature, "OnError": Signature, "ChordCallback": Signature}
 
     def copy_fresh(self) -> Signature:
         """A deep copy (nested callbacks included), as Go's ``CopySignature``."""

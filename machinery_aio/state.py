@@ -68,7 +68,11 @@ class TaskState(_GoModel):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> TaskState:
-        return cls.model_validate_json(data)
+        return cls.from_go_json(data)
+
+    @classmethod
+    def _nested_models(cls) -> dict[str, type[_GoModel]]:
+        return {"Results": TaskResult}
 
     @classmethod
     def new(
@@ -121,7 +125,7 @@ class GroupMeta(_GoModel):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> GroupMeta:
-        return cls.model_validate_json(data)
+        return cls.from_go_json(data)
 
 
 def value_to_results(value: Any, hint: Any = None) -> list[TaskResult]:
@@ -163,6 +167,6 @@ def parse_state(data: bytes | str | None) -> TaskState | None:
     if data is None:
         return None
     try:
-        return TaskState.model_validate_json(data)
+        return TaskState.from_go_json(data)
     except ValidationError:
         return None

@@ -77,6 +77,7 @@ class TaskFunction:
         self._var_hint: Any = None
         self._accepts_var = False
         self._required = 0
+        self._fast_bind = True  # a call giving every positional parameter needs no bind()
         for param in params:
             hint = hints.get(param.name, _NO_HINT)
             if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
@@ -86,6 +87,8 @@ class TaskFunction:
             elif param.kind is param.VAR_POSITIONAL:
                 self._accepts_var = True
                 self._var_hint = hint
+            elif param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+                self._fast_bind = False
         self._adapters: dict[int, TypeAdapter[Any]] = {}
         self._result_adapter: TypeAdapter[Any] | object | None = _UNSET
 
@@ -98,6 +101,9 @@ class TaskFunction:
 
     def build_args(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[Arg]:
         """Check a call against the function and type each value with Go's names."""
+        if self._fast_bind and not kwargs and len(args) == len(self._positional):
+            return [Arg.of(value, None if hint is _NO_HINT else hint)
+                    for value, (_, hint) in zip(args, self._positional, strict=True)]
         try:
             bound = self.call_signature.bind(*args, **kwargs)
         except TypeError as exc:

@@ -140,6 +140,15 @@ def test_keyword_only_parameters(server: Server) -> None:
         k.signature(1, verbose=True)
 
 
+def test_a_required_keyword_only_parameter_is_refused(server: Server) -> None:
+    @server.task("r")
+    async def r(a: int, *, mode: str) -> int:
+        return a
+
+    with pytest.raises(TypeError, match="task 'r': missing a required argument: 'mode'"):
+        r.signature(1)  # every positional parameter given: still checked
+
+
 def test_wrong_calls_are_refused_before_sending(server: Server) -> None:
     @server.task("add")
     async def add(a: int, b: int) -> int:

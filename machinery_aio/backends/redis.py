@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -98,25 +99,30 @@ class RedisBackend(ResultBackend):
     # -- writes ------------------------------------------------------------------------
 
     async def set_state(self, state: TaskState) -> None:
-        await self.batcher.run(self._write(state))
+        await self.batcher.run(self._write([state]))
 
     async def set_states(self, states: Sequence[TaskState]) -> None:
-        """One round trip, in order (a task's RECEIVED then STARTED, or many PENDINGs)."""
-        await self.batcher.execute_all([self._write(s) for s in states])
+        """One round trip, in order; a task's consecutive states (RECEIVED then STARTED)
+        go in one command."""
+        commands = [self._write(list(run)) for _, run in groupby(states, _task_uuid)]
+        if len(commands) == 1:
+            await self.batcher.run(commands[0])
+        else:
+            await self.batcher.execute_all(commands)
 
-    def _write(self, state: TaskState) -> Command:
-        data = state.to_json()
-        keep_name = not state.task_name
-        keep_created = state.created_at == ZERO_TIME
-        final = state.is_completed()
-        if not (keep_name or keep_created or final):
-            return Command.of("SET", state.task_uuid, data, "EX", self.expires_in)
-        head, name, middle, created, tail = _split_state(data)
-        return Command.lua(SET_STATE, [state.task_uuid], [
-            self.expires_in, head, b"" if keep_name else name, middle,
-            b"" if keep_created else created, tail,
-            CHANNEL_PREFIX + state.task_uuid if final else "",
-        ])
+    def _write(self, states: list[TaskState]) -> Command:
+        """The command storing one task's ``states`` in order."""
+        last = states[-1]
+        if len(states) == 1 and last.task_name and last.created_at != ZERO_TIME \
+                and not last.is_completed():
+            return Command.of("SET", last.task_uuid, last.to_json(), "EX", self.expires_in)
+        channel = CHANNEL_PREFIX + last.task_uuid if last.is_completed() else ""
+        args: list[Any] = [self.expires_in, channel]
+        for state in states:
+            head, name, middle, created, tail = _split_state(state.to_json())
+            args += [head, name if state.task_name else b"", middle,
+                     b"" if state.created_at == ZERO_TIME else created, tail]
+        return Command.lua(SET_STATE, [last.task_uuid], args)
 
     async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
         meta = GroupMeta(group_uuid=group_uuid, task_uuids=list(task_uuids), created_at=now())
@@ -235,6 +241,10 @@ class RedisBackend(ResultBackend):
     async def purge_group_meta(self, group_uuid: str) -> None:
         self._members.pop(group_uuid, None)
         await self.batcher.execute("DEL", group_uuid, chord_owner_key(group_uuid))
+
+
+def _task_uuid(state: TaskState) -> str:
+    return state.task_uuid
 
 
 def _left(deadline: float | None, task_uuid: str, timeout: float | None) -> float | None:

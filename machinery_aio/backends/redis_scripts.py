@@ -11,36 +11,39 @@ from ..redisbatch import LuaScript
 __all__ = ["COUNT_COMPLETED", "SET_STATE", "TRIGGER_CHORD"]
 
 SET_STATE = LuaScript(r"""
--- KEYS: task uuid. ARGV: expiry s, head, TaskName JSON or '' (keep the stored one),
--- middle, CreatedAt JSON or '' (keep the stored one), tail, channel or '' (no PUBLISH).
--- Stores head..',"TaskName":'..name..middle..',"CreatedAt":'..created..tail, as
--- Go's Redis backend does with a GET and a SET, in one atomic step.
-local name, created = ARGV[3], ARGV[5]
-if name == '' or created == '' then
-  local old = redis.call('GET', KEYS[1])
-  local old_name, old_created
-  if old then
-    old_name = string.match(old, '^{"TaskUUID":".-","TaskName":(".-"),"State":"')
-    old_created = string.match(old, ',"CreatedAt":("[^"]*"),"TTL":%-?%d+}$')
-    if old_name == nil or old_created == nil then
-      local ok, doc = pcall(cjson.decode, old)
-      if ok and type(doc) == 'table' then
-        if old_name == nil and type(doc['TaskName']) == 'string' then
-          old_name = cjson.encode(doc['TaskName'])
-        end
-        if old_created == nil and type(doc['CreatedAt']) == 'string' then
-          old_created = cjson.encode(doc['CreatedAt'])
-        end
+-- KEYS: task uuid. ARGV: expiry s, channel or '' (no PUBLISH), then for each state to
+-- store, in order: head, TaskName JSON or '' (keep the stored one), middle, CreatedAt JSON
+-- or '' (keep the stored one), tail. Stores each head..',"TaskName":'..name..middle..
+-- ',"CreatedAt":'..created..tail in turn (a task's RECEIVED then STARTED), as Go's Redis
+-- backend does with a GET and a SET per state, in one atomic step; PUBLISHes the last.
+local old_name, old_created
+local old = redis.call('GET', KEYS[1])
+if old then
+  old_name = string.match(old, '^{"TaskUUID":".-","TaskName":(".-"),"State":"')
+  old_created = string.match(old, ',"CreatedAt":("[^"]*"),"TTL":%-?%d+}$')
+  if old_name == nil or old_created == nil then
+    local ok, doc = pcall(cjson.decode, old)
+    if ok and type(doc) == 'table' then
+      if old_name == nil and type(doc['TaskName']) == 'string' then
+        old_name = cjson.encode(doc['TaskName'])
+      end
+      if old_created == nil and type(doc['CreatedAt']) == 'string' then
+        old_created = cjson.encode(doc['CreatedAt'])
       end
     end
   end
+end
+local data
+for i = 3, #ARGV, 5 do
+  local name, created = ARGV[i + 1], ARGV[i + 3]
   if name == '' then name = old_name or '""' end
   if created == '' then created = old_created or '"0001-01-01T00:00:00Z"' end
+  data = ARGV[i] .. ',"TaskName":' .. name .. ARGV[i + 2] .. ',"CreatedAt":' .. created .. ARGV[i + 4]
+  redis.call('SET', KEYS[1], data, 'EX', ARGV[1])
+  old_name, old_created = name, created
 end
-local data = ARGV[2] .. ',"TaskName":' .. name .. ARGV[4] .. ',"CreatedAt":' .. created .. ARGV[6]
-redis.call('SET', KEYS[1], data, 'EX', ARGV[1])
-if ARGV[7] ~= '' then
-  redis.call('PUBLISH', ARGV[7], data)
+if ARGV[2] ~= '' then
+  redis.call('PUBLISH', ARGV[2], data)
 end
 return 1
 """)

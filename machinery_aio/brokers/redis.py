@@ -16,14 +16,13 @@ The Redis page of the docs (``docs/redis.md``) describes the guarantees.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..gotime import unix_nanos
 from ..log import get_logger
-from ..redisbatch import CommandBatcher, RedisHandle, run_script
+from ..redisbatch import Command, CommandBatcher, RedisHandle, run_script
 from ..redisconn import RedisClient, is_cluster
 from ..signature import InvalidMessageError, Signature
 from .base import Broker, BrokerCapabilities, Consumer, DeadLetter
@@ -119,11 +118,13 @@ class RedisBroker(Broker):
                     earliest = due if earliest is None else min(earliest, due)
                     continue
             queues.setdefault(sig.routing_key, []).append(body)
-        batcher = self.batcher
-        pending = [batcher.execute("RPUSH", queue, *bodies) for queue, bodies in queues.items()]
+        commands = [Command.of("RPUSH", queue, *bodies) for queue, bodies in queues.items()]
         if delayed:
-            pending.append(batcher.execute("ZADD", self.delayed_key, *delayed))
-        await asyncio.gather(*pending)
+            commands.append(Command.of("ZADD", self.delayed_key, *delayed))
+        if len(commands) == 1:
+            await self.batcher.run(commands[0])
+        elif commands:
+            await self.batcher.execute_all(commands)
         if earliest is not None and self._mover is not None:
             self._mover.wake(earliest)
 
