@@ -335,7 +335,8 @@ class _DirectWire(_Wire):
     async def _exchange(self, conn: Any, batch: list[_Pending]) -> None:
         as_eval: list[tuple[_Pending, tuple[Any, ...]]] = []
         async with asyncio.timeout(self.timeout):
-            await conn.send_packed_command(conn.pack_commands([p.command.args for p in batch]))
+            # one write (one system call) for the whole batch
+            await conn.send_packed_command(b"".join(conn.pack_commands([p.command.args for p in batch])))
             for item in batch:
                 reply = await _read(conn)
                 fallback = item.command.fallback() if isinstance(reply, NoScriptError) else None
@@ -344,7 +345,7 @@ class _DirectWire(_Wire):
                 else:
                     as_eval.append((item, fallback))
             if as_eval:  # Redis lost its script cache (a restart, SCRIPT FLUSH): one more trip
-                await conn.send_packed_command(conn.pack_commands([args for _, args in as_eval]))
+                await conn.send_packed_command(b"".join(conn.pack_commands([a for _, a in as_eval])))
                 for item, _ in as_eval:
                     item.settle(await _read(conn))
 

@@ -86,10 +86,7 @@ class TaskState(_GoModel):
         """A state for ``signature``. Only PENDING stamps ``created_at``; backends carry it on."""
         if created_at is None:
             created_at = gotime.now() if state is State.PENDING else gotime.ZERO_TIME
-        # model_construct without its per-call overhead: this runs several times per task.
-        obj = cls.__new__(cls)
-        _set = object.__setattr__
-        _set(obj, "__dict__", {
+        return cls._trusted({
             "task_uuid": signature.uuid,
             "task_name": signature.name,
             "state": state,
@@ -98,16 +95,9 @@ class TaskState(_GoModel):
             "created_at": created_at,
             "ttl": 0,
         })
-        _set(obj, "__pydantic_fields_set__", set(_STATE_FIELDS))
-        _set(obj, "__pydantic_extra__", None)
-        _set(obj, "__pydantic_private__", None)
-        return obj
 
     def __repr__(self) -> str:
         return f"<TaskState {self.task_uuid} {self.state.value}>"
-
-
-_STATE_FIELDS = frozenset(TaskState.model_fields)
 
 
 class GroupMeta(_GoModel):
@@ -140,7 +130,7 @@ def value_to_results(value: Any, hint: Any = None) -> list[TaskResult]:
 
 def _one_result(value: Any, hint: Any) -> TaskResult:
     go_type, json_value = gotypes.encode(value, hint)
-    return TaskResult.model_construct(type=go_type, value=json_value)
+    return TaskResult._trusted({"type": go_type, "value": json_value})
 
 
 def _tuple_hints(hint: Any, size: int) -> list[Any]:

@@ -82,12 +82,20 @@ class Consumer(ABC):
 
     @abstractmethod
     async def ack(self, delivery: Delivery) -> None:
-        """The delivery is done with (its final state is recorded); forget it."""
+        """The delivery is done with (its final state is recorded); forget it.
+
+        May return before the broker has the ack (AMQP's basic.ack has no reply; Redis
+        sends acks in the background, together); until it does, a crash means the
+        message is delivered again, never that it is lost. :meth:`flush` waits.
+        """
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Ack several at once; brokers that can batch override this."""
         for delivery in deliveries:
             await self.ack(delivery)
+
+    async def flush(self) -> None:
+        """Wait until the broker has every ack given so far."""
 
     @abstractmethod
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:

@@ -26,7 +26,7 @@ from ..redisbatch import LuaScript, run_script
 from ..redisconn import cancel_and_wait
 from .base import Consumer, DeadLetter, Delivery
 from .redis_layout import QueueKeys
-from .redis_scripts import CLAIM, DEAD_LETTER, HEARTBEAT, RELEASE, REQUEUE, RETURN_ALL
+from .redis_scripts import ACK, CLAIM, DEAD_LETTER, HEARTBEAT, RELEASE, REQUEUE, RETURN_ALL
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
@@ -50,7 +50,8 @@ class RedisConsumer(Consumer):
         self.heartbeat_interval = timeout / 3
         self._held: dict[int, Delivery] = {}
         self._later: dict[int, tuple[Delivery, asyncio.TimerHandle]] = {}
-        self._unacked: list[Delivery] = []
+        self._unacked: list[Delivery] = []  # acked, not yet confirmed by Redis
+        self._acking: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
         self._reconcile = False
@@ -64,7 +65,7 @@ class RedisConsumer(Consumer):
             return []
         if not self._started:
             await self._start()
-        if self._unacked:
+        if self._unacked and self._acking is None:  # left over by a failed ack
             await self._retry_acks()
         if self._reconcile:
             await self._return_untracked()
@@ -112,22 +113,40 @@ class RedisConsumer(Consumer):
     # -- settling ----------------------------------------------------------------------
 
     async def ack(self, delivery: Delivery) -> None:
-        if id(delivery) not in self._held:
+        """Queue the removal of ``delivery``'s claim and return: the acks of one event-loop
+        iteration go to Redis together, in the background. Until Redis confirms, the claim
+        stays (a crash now means a redelivery, never a loss); a failed ack is retried at
+        the next fetch or heartbeat, and :meth:`close` waits for every ack."""
+        if self._held.pop(id(delivery), None) is None:
             return
+        self._unacked.append(delivery)
+        if self._acking is None:
+            self._acking = asyncio.get_running_loop().create_task(self._send_acks())
+
+    async def _send_acks(self) -> None:
         try:
-            await self.broker.batcher.execute("LREM", self.processing, 1, delivery.body)
-        except Exception:
-            # The task is done: remove the claim at the next fetch or heartbeat instead.
-            self._held.pop(id(delivery), None)
-            self._unacked.append(delivery)
-            raise
-        self._held.pop(id(delivery), None)
+            while self._unacked:
+                batch = list(self._unacked)
+                await self.broker.batcher.script(ACK, [self.processing], [d.body for d in batch])
+                del self._unacked[: len(batch)]
+        except Exception as exc:
+            logger.warning("acking %d messages of %r failed: %s; retrying at the next fetch",
+                           len(self._unacked), self.queue, exc)
+        finally:
+            self._acking = None
+
+    async def flush(self) -> None:
+        await self._retry_acks()
+        if self._unacked:
+            raise ConnectionError(f"{len(self._unacked)} acks could not be sent to Redis")
 
     async def _retry_acks(self) -> None:
-        while self._unacked:
-            delivery = self._unacked[0]
-            await self.broker.batcher.execute("LREM", self.processing, 1, delivery.body)
-            self._unacked.pop(0)
+        """Wait for the acks under way, then send any left over by a failure."""
+        if self._acking is not None:
+            await asyncio.shield(self._acking)
+        if self._unacked:
+            self._acking = asyncio.get_running_loop().create_task(self._send_acks())
+            await asyncio.shield(self._acking)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await asyncio.gather(*(self.ack(d) for d in deliveries))

@@ -48,6 +48,15 @@ end
 return 0
 """)
 
+ACK = LuaScript(r"""
+-- KEYS: processing list; ARGV: bodies of finished messages. Removes one claim of each.
+local n = 0
+for i = 1, #ARGV do
+  n = n + redis.call('LREM', KEYS[1], 1, ARGV[i])
+end
+return n
+""")
+
 RELEASE = LuaScript(r"""
 -- KEYS: processing list, queue; ARGV: bodies in delivery order. Back to the head, in order.
 local n = 0

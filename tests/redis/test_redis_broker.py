@@ -105,6 +105,7 @@ async def test_fetch_claims_a_batch_into_the_processing_list(
     assert await raw.lrange(consumer.processing, 0, -1) == [d.body for d in got]
     assert await raw.zscore(QueueKeys(queue).consumers, consumer.consumer_id) is not None
     await consumer.ack_many(got[:2])
+    await consumer.flush()
     assert await raw.lrange(consumer.processing, 0, -1) == [d.body for d in got[2:]]
     await consumer.close()
     # close hands back what it still held, at the head of the queue, in order
@@ -117,6 +118,54 @@ async def test_fetch_claims_a_batch_into_the_processing_list(
     await other.beat()
     assert await raw.zscore(QueueKeys(queue).consumers, consumer.consumer_id) is None
     await other.close()
+
+
+async def test_acks_go_in_the_background_and_close_waits_for_them(
+    broker: RedisBroker, raw: RedisClient, ids: Any
+) -> None:
+    queue = broker.config.default_queue
+    await broker.publish_many([sig(ids(i), "t", i) for i in range(20)])
+    consumer = consumer_of(broker)
+    got = await consumer.fetch(20, 1.0)
+    assert len(got) == 20
+    for delivery in got:
+        await consumer.ack(delivery)  # queued; the claims go in one command
+    await consumer.close()
+    assert not await raw.exists(consumer.processing)
+    assert await raw.llen(queue) == 0  # acked, so nothing was handed back
+
+
+async def test_a_failed_ack_keeps_the_claim_and_is_sent_again(
+    broker: RedisBroker, raw: RedisClient, ids: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from machinery_aio.brokers.redis_scripts import ACK
+
+    await broker.publish_many([sig(ids(i), "t", i) for i in range(3)])
+    consumer = consumer_of(broker)
+    got = await consumer.fetch(3, 1.0)
+    real = broker.batcher.script
+
+    async def broken(script: Any, keys: Any, args: Any = ()) -> Any:
+        if script is ACK:
+            raise RedisConnectionError("connection lost")
+        return await real(script, keys, args)
+
+    monkeypatch.setattr(broker.batcher, "script", broken)
+    await consumer.ack(got[0])
+    with pytest.raises(ConnectionError, match="1 acks could not be sent"):
+        await consumer.flush()
+    assert await raw.lrange(consumer.processing, 0, -1) == [d.body for d in got]  # still claimed
+    await consumer._check_untracked()
+    assert not consumer._reconcile  # a pending ack is not an untracked claim
+    monkeypatch.setattr(broker.batcher, "script", real)
+    assert await consumer.fetch(1, 0.1) == []  # the next fetch sends the ack again
+    await consumer.flush()
+    assert await raw.lrange(consumer.processing, 0, -1) == [d.body for d in got[1:]]
+    await consumer.ack_many(got[1:])
+    await consumer.close()
+    assert await raw.llen(broker.config.default_queue) == 0
 
 
 async def test_fetch_blocks_until_a_message_arrives(broker: RedisBroker, ids: Any) -> None:
