@@ -25,8 +25,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class NanoTime(datetime):
     """An aware datetime that remembers the nanoseconds below its microseconds."""
 
-    __slots__ = ("nanosecond",)
+    __slots__ = ("_text", "nanosecond")
     nanosecond: int
+    _text: str
+    """The formatted time, kept after the first format (a PENDING time is written often)."""
 
     def __new__(cls, *args: Any, nanosecond: int = 0, **kwargs: Any) -> NanoTime:
         self = super().__new__(cls, *args, **kwargs)
@@ -90,6 +92,16 @@ def format_time(value: datetime) -> str:
     """Format as Go's ``time.RFC3339Nano``: trimmed fraction, ``Z`` for UTC."""
     if value is ZERO_TIME:
         return _ZERO_TEXT
+    text: str | None = getattr(value, "_text", None)
+    if text is not None:
+        return text
+    text = _format(value)
+    if isinstance(value, NanoTime):
+        value._text = text
+    return text
+
+
+def _format(value: datetime) -> str:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("times on the wire must be timezone-aware")
     nanos = value.microsecond * 1000 + getattr(value, "nanosecond", 0)

@@ -203,6 +203,16 @@ class CommandBatcher:
         result: list[Any] = await future
         return result
 
+    def submit(self, command: Command) -> asyncio.Future[Any]:
+        """Queue ``command`` for the next pipeline and return its reply's future at once.
+
+        Commands queued in the same event-loop iteration go out together, in order.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(command, future))
+        self._schedule()
+        return future
+
     async def _submit(self, items: list[_Pending]) -> None:
         if self._in_flight == 0 and not self._pending:
             # Nothing else is on the wire: send at once, in the caller's task.

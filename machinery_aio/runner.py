@@ -130,12 +130,29 @@ class TaskRunner:
             await backend.set_state(TaskState.new(sig, State.RECEIVED))
             await self._failed(sig, reason, exc)
             return Outcome(Action.DEAD_LETTER, reason, sig.name)
-        # Both in one round trip where the backend can (the order is kept).
-        await backend.set_states((TaskState.new(sig, State.RECEIVED), TaskState.new(sig, State.STARTED)))
-        await self._run(function, sig, args)
+        states = (TaskState.new(sig, State.RECEIVED), TaskState.new(sig, State.STARTED))
+        started = backend.set_states_soon(states)  # the task need not wait for the write
+        if started is None:
+            await backend.set_states(states)
+        try:
+            await self._run(function, sig, args, started)
+        finally:
+            if started is not None:
+                await self._recorded(started, sig)
         return _ACK
 
-    async def _run(self, function: TaskFunction, sig: Signature, args: list[Any]) -> None:
+    @staticmethod
+    async def _recorded(started: Awaitable[Any], sig: Signature) -> None:
+        """Wait for the RECEIVED/STARTED write; its failure alone loses nothing."""
+        try:
+            await started
+        except Exception as exc:
+            logger.warning("could not record %s %s as STARTED: %s", sig.name, sig.uuid, exc)
+
+    async def _run(
+        self, function: TaskFunction, sig: Signature, args: list[Any],
+        started: Awaitable[Any] | None = None,
+    ) -> None:
         for hook in self.hooks.pre_task:
             try:
                 await _call_hook(hook, sig)
@@ -146,12 +163,14 @@ class TaskRunner:
                 value = await self._invoke(function, sig, args)
                 results = function.to_results(value)
             except RetryTaskLater as exc:
+                if started is not None:  # RETRY is not final: STARTED must not follow it
+                    await self._recorded(started, sig)
                 await self._retry_later(sig, exc)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                await self._errored(sig, exc)
-            except SystemExit as exc:  # a task's sys.exit() fails the task, not the worker
+            except (Exception, SystemExit) as exc:  # a task's sys.exit() fails only the task
+                if started is not None and sig.retry_count > 0:
+                    await self._recorded(started, sig)
                 await self._errored(sig, exc)
             else:
                 await self._succeeded(sig, results)

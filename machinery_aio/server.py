@@ -9,6 +9,7 @@ from datetime import tzinfo
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
+from . import gotime
 from .backends.base import ResultBackend
 from .brokers.base import Broker
 from .config import Config
@@ -203,9 +204,14 @@ class Server:
         """Record PENDING and publish; returns the AsyncResult (``signature.uuid`` is set)."""
         self._prepare(signature)
         await self.connect()
-        await self.backend.set_state(TaskState.new(signature, State.PENDING))
+        pending = TaskState.new(signature, State.PENDING)
+        written = self.backend.set_states_soon((pending,))  # with the publish, where safe
+        if written is None:
+            await self.backend.set_state(pending)
         await self._run_pre_publish(signature)
         await self.broker.publish(signature)
+        if written is not None:
+            await written
         return AsyncResult(signature, self.backend)
 
     async def send_tasks(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
@@ -214,7 +220,9 @@ class Server:
         for sig in sigs:
             self._prepare(sig)
         await self.connect()
-        await self.backend.set_states([TaskState.new(s, State.PENDING) for s in sigs])
+        created = gotime.now()  # one creation time for the batch
+        await self.backend.set_states([TaskState.new(s, State.PENDING, created_at=created)
+                                       for s in sigs])
         for sig in sigs:
             await self._run_pre_publish(sig)
         await self.broker.publish_many(sigs)

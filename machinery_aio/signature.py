@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid as _uuid
 from datetime import datetime
 from typing import Annotated, Any, Self
@@ -208,6 +209,12 @@ class Signature(_GoModel):
     def _nested_models(cls) -> dict[str, type[_GoModel]]:
         return {"Args": Arg, "OnSuccess": Signature, "OnError": Signature, "ChordCallback": Signature}
 
+    @classmethod
+    def for_call(cls, name: str, args: list[Arg]) -> Signature:
+        """A new Signature of ``name`` with ``args`` built by :meth:`Arg.of` (not validated
+        again); every other field has its default."""
+        return cls._trusted({**_signature_defaults(), "name": name, "args": args})
+
     def copy_fresh(self) -> Signature:
         """A deep copy (nested callbacks included), as Go's ``CopySignature``."""
         return Signature.model_validate_json(self.to_json())
@@ -218,6 +225,12 @@ class Signature(_GoModel):
 
     def __repr__(self) -> str:
         return f"<Signature {self.name} {self.uuid}>"
+
+
+@functools.cache
+def _signature_defaults() -> dict[str, Any]:
+    return {name: info.get_default(call_default_factory=True)
+            for name, info in Signature.model_fields.items()}
 
 
 def _invalid(data: bytes | str, exc: ValidationError) -> InvalidMessageError:

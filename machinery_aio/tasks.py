@@ -260,7 +260,7 @@ class Task(Generic[P, R]):
         return self._build(args, kwargs)
 
     def _build(self, args: Sequence[Any], kwargs: dict[str, Any]) -> Signature:
-        sig = Signature(name=self.name, args=self.function.build_args(args, kwargs))
+        sig = Signature.for_call(self.name, self.function.build_args(args, kwargs))
         for key, value in self.options.items():
             if key in _OPTION_FIELDS:
                 setattr(sig, key, value)

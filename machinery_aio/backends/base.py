@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..signature import Signature
 from ..state import GroupMeta, State, TaskResult, TaskState
@@ -62,6 +62,15 @@ class ResultBackend(ABC):
                 await self.set_state(state)
 
         await asyncio.gather(*(in_order(s) for s in by_task.values()))
+
+    def set_states_soon(self, states: Sequence[TaskState]) -> Awaitable[Any] | None:
+        """Start storing one task's PENDING, or its RECEIVED and STARTED, without waiting;
+        await the result for the outcome. Only a backend whose records cannot then go out
+        of order does this: a PENDING must not replace the worker's first state, RECEIVED
+        or STARTED must not replace SUCCESS or FAILURE. The others return None and the
+        caller awaits :meth:`set_states` instead.
+        """
+        return None
 
     @abstractmethod
     async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:

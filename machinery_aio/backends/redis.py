@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from contextlib import AsyncExitStack
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,7 @@ from ..locks.redis import RedsyncMutex
 from ..log import get_logger
 from ..redisbatch import Command, CommandBatcher, RedisHandle, run_script
 from ..redisconn import RedisClient, is_cluster
-from ..state import GroupMeta, TaskState
+from ..state import GroupMeta, State, TaskState
 from .base import ResultBackend
 from .redis_notify import CHANNEL_PREFIX, ResultNotifier, Watch
 from .redis_scripts import COUNT_COMPLETED, SET_STATE, TRIGGER_CHORD
@@ -110,14 +110,27 @@ class RedisBackend(ResultBackend):
         else:
             await self.batcher.execute_all(commands)
 
-    def _write(self, states: list[TaskState]) -> Command:
+    def set_states_soon(self, states: Sequence[TaskState]) -> Awaitable[Any] | None:
+        """Queue one task's states for the next pipeline. The script keeps them from
+        replacing what they must not: a PENDING never replaces the worker's first state,
+        RECEIVED or STARTED never replace SUCCESS or FAILURE."""
+        first = states[0]
+        if first.state is State.PENDING and len(states) == 1:
+            guard = "pending"
+        elif all(s.state in (State.RECEIVED, State.STARTED) for s in states):
+            guard = "started"
+        else:
+            return None
+        return self.batcher.submit(self._write(list(states), guard))
+
+    def _write(self, states: list[TaskState], guard: str = "") -> Command:
         """The command storing one task's ``states`` in order."""
         last = states[-1]
-        if len(states) == 1 and last.task_name and last.created_at != ZERO_TIME \
+        if not guard and len(states) == 1 and last.task_name and last.created_at != ZERO_TIME \
                 and not last.is_completed():
             return Command.of("SET", last.task_uuid, last.to_json(), "EX", self.expires_in)
         channel = CHANNEL_PREFIX + last.task_uuid if last.is_completed() else ""
-        args: list[Any] = [self.expires_in, channel]
+        args: list[Any] = [self.expires_in, channel, guard]
         for state in states:
             head, name, middle, created, tail = _split_state(state.to_json())
             args += [head, name if state.task_name else b"", middle,

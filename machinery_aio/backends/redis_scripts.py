@@ -11,11 +11,15 @@ from ..redisbatch import LuaScript
 __all__ = ["COUNT_COMPLETED", "SET_STATE", "TRIGGER_CHORD"]
 
 SET_STATE = LuaScript(r"""
--- KEYS: task uuid. ARGV: expiry s, channel or '' (no PUBLISH), then for each state to
--- store, in order: head, TaskName JSON or '' (keep the stored one), middle, CreatedAt JSON
--- or '' (keep the stored one), tail. Stores each head..',"TaskName":'..name..middle..
+-- KEYS: task uuid. ARGV: expiry s, channel or '' (no PUBLISH), guard, then for each state
+-- to store, in order: head, TaskName JSON or '' (keep the stored one), middle, CreatedAt
+-- JSON or '' (keep the stored one), tail. Stores each head..',"TaskName":'..name..middle..
 -- ',"CreatedAt":'..created..tail in turn (a task's RECEIVED then STARTED), as Go's Redis
 -- backend does with a GET and a SET per state, in one atomic step; PUBLISHes the last.
+-- guard 'started': written without waiting, so it must not replace SUCCESS or FAILURE.
+-- guard 'pending': a PENDING written alongside its publish; a state with no CreatedAt is
+-- the worker's, written first: it stays, and gets the PENDING's CreatedAt. Returns 1 if
+-- the states were stored, 0 if the guard kept the stored one.
 local old_name, old_created
 local old = redis.call('GET', KEYS[1])
 if old then
@@ -32,9 +36,23 @@ if old then
       end
     end
   end
+  local guard = ARGV[3]
+  if guard == 'started' and (string.find(old, '"State":"SUCCESS"', 1, true)
+                             or string.find(old, '"State":"FAILURE"', 1, true)) then
+    return 0
+  end
+  local zero = '"0001-01-01T00:00:00Z"'
+  if guard == 'pending' and old_created == zero then
+    local s, e = string.find(old, ',"CreatedAt":' .. zero, 1, true)
+    if s then
+      old = string.sub(old, 1, s - 1) .. ',"CreatedAt":' .. ARGV[7] .. string.sub(old, e + 1)
+      redis.call('SET', KEYS[1], old, 'EX', ARGV[1])
+    end
+    return 0
+  end
 end
 local data
-for i = 3, #ARGV, 5 do
+for i = 4, #ARGV, 5 do
   local name, created = ARGV[i + 1], ARGV[i + 3]
   if name == '' then name = old_name or '""' end
   if created == '' then created = old_created or '"0001-01-01T00:00:00Z"' end

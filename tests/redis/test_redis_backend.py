@@ -333,3 +333,72 @@ async def test_waiting_survives_a_dropped_notification_connection(
 async def _subscribed(backend: RedisBackend) -> bool:
     channels = backend.notifier._channels
     return bool(channels) and all(c.confirmed.done() for c in channels.values())
+
+
+# -- states written without waiting (set_states_soon) --------------------------------------
+
+
+async def test_started_written_late_never_replaces_a_final_state(
+    backend: RedisBackend, raw: RedisClient, ids: Any
+) -> None:
+    sig = signature(ids(1))
+    await backend.set_state(TaskState.new(sig, State.PENDING))
+    created = json.loads(await raw.get(ids(1)))["CreatedAt"]
+    await backend.set_state_success(sig, [TaskResult(type="int64", value=2)])
+    started = backend.set_states_soon(
+        [TaskState.new(sig, State.RECEIVED), TaskState.new(sig, State.STARTED)])
+    assert started is not None
+    assert await started == 0  # kept the SUCCESS
+    doc = json.loads(await raw.get(ids(1)))
+    assert (doc["State"], doc["Results"], doc["CreatedAt"]) == ("SUCCESS", [{"Type": "int64", "Value": 2}],
+                                                                created)
+
+
+async def test_started_written_in_order_carries_name_and_creation_time(
+    backend: RedisBackend, raw: RedisClient, ids: Any
+) -> None:
+    sig = signature(ids(1), name="mul")
+    await backend.set_state(TaskState.new(sig, State.PENDING))
+    created = json.loads(await raw.get(ids(1)))["CreatedAt"]
+    started = backend.set_states_soon(
+        [TaskState.new(Signature(uuid=ids(1), name=""), State.RECEIVED),
+         TaskState.new(Signature(uuid=ids(1), name=""), State.STARTED)])
+    assert started is not None
+    assert await started == 1
+    doc = json.loads(await raw.get(ids(1)))
+    assert (doc["State"], doc["TaskName"], doc["CreatedAt"]) == ("STARTED", "mul", created)
+
+
+async def test_a_pending_arriving_after_the_worker_keeps_the_workers_state(
+    backend: RedisBackend, raw: RedisClient, ids: Any
+) -> None:
+    """The PENDING of send_task travels beside the publish: if the worker's first state is
+    stored first, the PENDING only fills in CreatedAt."""
+    sig = signature(ids(1))
+    await backend.set_states([TaskState.new(sig, State.RECEIVED), TaskState.new(sig, State.STARTED)])
+    assert json.loads(await raw.get(ids(1)))["CreatedAt"] == "0001-01-01T00:00:00Z"
+    pending = TaskState.new(sig, State.PENDING)
+    written = backend.set_states_soon([pending])
+    assert written is not None
+    assert await written == 0
+    doc = json.loads(await raw.get(ids(1)))
+    assert doc["State"] == "STARTED"
+    assert doc["CreatedAt"] == json.loads(pending.to_json())["CreatedAt"]
+
+
+async def test_a_pending_for_a_resent_uuid_replaces_the_old_run(
+    backend: RedisBackend, raw: RedisClient, ids: Any
+) -> None:
+    sig = signature(ids(1))
+    await backend.set_state(TaskState.new(sig, State.PENDING))
+    await backend.set_state_failure(sig, "boom")
+    written = backend.set_states_soon([TaskState.new(sig, State.PENDING)])
+    assert written is not None
+    assert await written == 1
+    assert json.loads(await raw.get(ids(1)))["State"] == "PENDING"
+
+
+async def test_final_states_are_not_written_without_waiting(backend: RedisBackend, ids: Any) -> None:
+    sig = signature(ids(1))
+    assert backend.set_states_soon([TaskState.new(sig, State.SUCCESS)]) is None
+    assert backend.set_states_soon([TaskState.new(sig, State.RETRY)]) is None
