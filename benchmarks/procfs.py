@@ -35,6 +35,19 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def pids_named(name: str) -> list[int]:
+    """Every process whose command name is ``name`` (``beam.smp`` for RabbitMQ)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == name:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds used so far by ``pids`` (and their reaped children)."""
     total = 0

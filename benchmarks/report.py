@@ -25,6 +25,7 @@ METRICS = [
     Metric("p99_ms", "p99 ms", 2),
     Metric("rss_mib", "RSS MB", 1),
     Metric("cpu_us_per_task", "CPU µs/task", 0),
+    Metric("server_cpu_us_per_task", "server CPU µs/task", 0),
 ]
 
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -408,13 +409,36 @@ class _ClusterWire(_Wire):
 
 
 class RedisHandle:
-    """A Redis client and its command batcher for one URL, both made on first use."""
+    """A Redis client and its command batcher for one URL, both made on first use.
+
+    :meth:`shared` gives a Server's broker and backend on the same URL one handle,
+    so a task's state writes, publishes and acks share pipelines (fewer round trips
+    and system calls); it closes when the last of its owners closes it.
+    """
+
+    _registry: ClassVar[weakref.WeakValueDictionary[tuple[str, int], RedisHandle]] = (
+        weakref.WeakValueDictionary())
 
     def __init__(self, url: str, config: Config) -> None:
         self.url = url
         self.config = config
         self._client: RedisClient | None = None
         self._batcher: CommandBatcher | None = None
+        self._owners: set[int] = set()
+
+    @classmethod
+    def shared(cls, url: str, config: Config, owner: object) -> RedisHandle:
+        """The handle for ``url`` under this very ``config`` object, with ``owner`` added."""
+        key = (url, id(config))
+        handle = cls._registry.get(key)
+        if handle is None or handle.config is not config:
+            handle = cls._registry[key] = cls(url, config)
+        handle.attach(owner)
+        return handle
+
+    def attach(self, owner: object) -> None:
+        """``owner`` uses this handle (again): the connections stay until it closes."""
+        self._owners.add(id(owner))
 
     @property
     def client(self) -> RedisClient:
@@ -428,8 +452,14 @@ class RedisHandle:
             self._batcher = CommandBatcher(self.client)
         return self._batcher
 
-    async def close(self) -> None:
-        """Send what is batched, then close the connections."""
+    async def close(self, owner: object | None = None) -> None:
+        """Send what is batched; close the connections once no other owner uses them."""
+        if owner is not None:
+            self._owners.discard(id(owner))
+            if self._owners:
+                if self._batcher is not None:
+                    await self._batcher.drain()
+                return
         if self._batcher is not None:
             batcher, self._batcher = self._batcher, None
             await batcher.close()

@@ -48,12 +48,14 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
         assert memory["median"][key] > 0, key
     assert memory["median"]["cpu_us_per_task"] > 0
     assert memory["median"]["drain_2"] is None  # one process only: the queue lives in it
+    assert memory["median"]["server_cpu_us_per_task"] is None  # no server to measure
     redis = document["results"]["machinery-aio/redis"]
     if has_redis_driver:
         assert redis["status"] == "ok", redis
         for key in [*FIGURES, "drain_2"]:
             assert redis["median"][key] > 0, key
         assert redis["median"]["cpu_us_per_task"] >= 0
+        assert redis["median"]["server_cpu_us_per_task"] > 0  # redis-server did some work
     else:
         assert redis["status"].startswith("unavailable:"), redis
         assert "machinery-aio/redis: unavailable" in proc.stdout

@@ -67,7 +67,7 @@ class RedisBackend(ResultBackend):
     def __init__(self, config: Config, url: str | None = None) -> None:
         super().__init__(config, url)
         self.cluster = is_cluster(self.url, config)
-        self._redis = RedisHandle(self.url, config)
+        self._redis = RedisHandle.shared(self.url, config, self)
         self._notifier: ResultNotifier | None = None
         self._members: OrderedDict[str, list[str]] = OrderedDict()
 
@@ -88,13 +88,14 @@ class RedisBackend(ResultBackend):
         return self._notifier
 
     async def connect(self) -> None:
+        self._redis.attach(self)
         self.batcher  # noqa: B018 - creates the client; connections open on first use
 
     async def close(self) -> None:
         if self._notifier is not None:
             await self._notifier.close()
             self._notifier = None
-        await self._redis.close()
+        await self._redis.close(self)
 
     # -- writes ------------------------------------------------------------------------
 

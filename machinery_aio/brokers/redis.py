@@ -52,7 +52,7 @@ class RedisBroker(Broker):
     def __init__(self, config: Config, url: str | None = None) -> None:
         super().__init__(config, url)
         self.cluster = is_cluster(self.url, config)
-        self._redis = RedisHandle(self.url, config)
+        self._redis = RedisHandle.shared(self.url, config, self)
         self._mover: DelayedMover | None = None
         self._consumers = 0
 
@@ -67,13 +67,14 @@ class RedisBroker(Broker):
         return self._redis.batcher
 
     async def connect(self) -> None:
+        self._redis.attach(self)
         self.batcher  # noqa: B018 - creates the client; connections open on first use
 
     async def close(self) -> None:
         if self._mover is not None:
             await self._mover.stop()
             self._mover = None
-        await self._redis.close()
+        await self._redis.close(self)
 
     # -- settings ------------------------------------------------------------------------
 
