@@ -24,9 +24,10 @@ from contextlib import AsyncExitStack
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import to_json
 from redis.exceptions import RedisError
 
-from ..gotime import ZERO_TIME, now
+from ..gotime import ZERO_TIME, format_time, now
 from ..locks.redis import RedsyncMutex
 from ..log import get_logger
 from ..redisbatch import Command, CommandBatcher, RedisHandle, run_script
@@ -133,7 +134,7 @@ class RedisBackend(ResultBackend):
         channel = CHANNEL_PREFIX + last.task_uuid if last.is_completed() else ""
         args: list[Any] = [self.expires_in, channel, guard]
         for state in states:
-            head, name, middle, created, tail = _split_state(state.to_json())
+            head, name, middle, created, tail = _state_parts(state)
             args += [head, name if state.task_name else b"", middle,
                      b"" if state.created_at == ZERO_TIME else created, tail]
         return Command.lua(SET_STATE, [last.task_uuid], args)
@@ -268,6 +269,19 @@ def _left(deadline: float | None, task_uuid: str, timeout: float | None) -> floa
     if left <= 0:
         raise TimeoutError(f"task {task_uuid} did not complete within {timeout} s")
     return left
+
+
+_PLAIN_MIDDLE = {s: f',"State":"{s.value}","Results":null,"Error":""'.encode() for s in State}
+
+
+def _state_parts(state: TaskState) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """:func:`_split_state` of ``state.to_json()``; built directly for a state without
+    results or error (RECEIVED, STARTED: twice per task)."""
+    if state.results is None and not state.error and not state.ttl:
+        return (b'{"TaskUUID":' + to_json(state.task_uuid), to_json(state.task_name),
+                _PLAIN_MIDDLE[state.state], b'"' + format_time(state.created_at).encode() + b'"',
+                b',"TTL":0}')
+    return _split_state(state.to_json())
 
 
 def _split_state(data: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes]:

@@ -402,3 +402,14 @@ async def test_final_states_are_not_written_without_waiting(backend: RedisBacken
     sig = signature(ids(1))
     assert backend.set_states_soon([TaskState.new(sig, State.SUCCESS)]) is None
     assert backend.set_states_soon([TaskState.new(sig, State.RETRY)]) is None
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("name", ["add", "", 'q"uo\\te <b>&', "naïve ☃", "tab\tnl\n"])
+def test_state_parts_built_directly_match_the_serialized_record(state: State, name: str) -> None:
+    from machinery_aio.backends.redis import _split_state, _state_parts
+    from machinery_aio.gotime import now
+
+    for created in (None, now()):
+        record = TaskState.new(Signature(uuid="task_1", name=name), state, created_at=created)
+        assert _state_parts(record) == _split_state(record.to_json())
