@@ -337,3 +337,13 @@ def test_parse_state_tolerates_missing_and_garbage() -> None:
     state = parse_state(golden("11_task_state_success"))
     assert state is not None
     assert state.value == 2
+
+
+def test_a_misspelt_field_in_code_is_refused() -> None:
+    """Messages are read as Go reads them (unknown keys ignored); models built in code are not:
+    a misspelt option would otherwise vanish."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="retry_cuont"):
+        Signature(name="add", retry_cuont=3)  # type: ignore[call-arg]
+    assert Signature.from_json(b'{"UUID":"task_1","Name":"add","RetryCuont":3}').retry_count == 0
