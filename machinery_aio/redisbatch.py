@@ -92,66 +92,57 @@ class Command:
 class _Group:
     """Several commands sent back to back (never split across round trips), one waiter."""
 
-    __slots__ = ("future", "remaining", "replies")
+    __slots__ = ("remaining", "replies")
 
-    def __init__(self, future: asyncio.Future[Any], size: int) -> None:
-        self.future = future
+    def __init__(self, size: int) -> None:
         self.replies: list[Any] = [None] * size
         self.remaining = size
 
 
 class _Pending:
-    """A command waiting for its reply, with whoever waits for it."""
+    """A command waiting for its reply; ``waiter`` is its caller's future (its group's for
+    :meth:`CommandBatcher.execute_all`)."""
 
-    __slots__ = ("command", "done", "future", "group", "index")
+    __slots__ = ("command", "done", "group", "index", "waiter")
 
     def __init__(
-        self, command: Command, future: asyncio.Future[Any] | None = None,
+        self, command: Command, waiter: asyncio.Future[Any],
         group: _Group | None = None, index: int = 0,
     ) -> None:
         self.command = command
-        self.future = future
+        self.waiter = waiter
         self.group = group
         self.index = index
         self.done = False
-
-    def abandoned(self) -> bool:
-        """The waiter gave up (cancelled) before the command was sent."""
-        future = self.future if self.group is None else self.group.future
-        assert future is not None
-        return future.done()
 
     def settle(self, reply: Any) -> None:
         """Hand over the reply (an Exception instance for an error reply)."""
         self.done = True
         group = self.group
         if group is None:
-            future = self.future
-            assert future is not None
-            if not future.done():
-                if isinstance(reply, Exception):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+            _resolve(self.waiter, reply)
             return
         group.replies[self.index] = reply
         group.remaining -= 1
-        if group.remaining == 0 and not group.future.done():
+        if group.remaining == 0:
             errors = [r for r in group.replies if isinstance(r, Exception)]
-            if errors:
-                group.future.set_exception(errors[0])
-            else:
-                group.future.set_result(group.replies)
+            _resolve(self.waiter, errors[0] if errors else group.replies)
 
     def fail(self, exc: BaseException) -> None:
         self.done = True
-        future = self.future if self.group is None else self.group.future
-        assert future is not None
-        if not future.done():
+        if not self.waiter.done():
             if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
+                self.waiter.cancel()
             else:
-                future.set_exception(exc)
+                self.waiter.set_exception(exc)
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        if isinstance(value, Exception):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
 
 
 class CommandBatcher:
@@ -199,8 +190,8 @@ class CommandBatcher:
         if not commands:
             return []
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        group = _Group(future, len(commands))
-        await self._submit([_Pending(c, group=group, index=i) for i, c in enumerate(commands)])
+        group = _Group(len(commands))
+        await self._submit([_Pending(c, future, group, i) for i, c in enumerate(commands)])
         result: list[Any] = await future
         return result
 
@@ -257,7 +248,7 @@ class CommandBatcher:
             while (cut < len(pending) and pending[cut].group is not None
                    and pending[cut].group is pending[cut - 1].group):
                 cut += 1  # a group goes out whole
-            batch = [p for p in pending[:cut] if not p.abandoned()]
+            batch = [p for p in pending[:cut] if not p.waiter.done()]  # not given up on
             del pending[:cut]
             if not batch:
                 continue
@@ -381,18 +372,16 @@ class _ClusterWire(_Wire):
 
     async def send(self, batch: list[_Pending]) -> None:
         if len(batch) == 1:  # the client retries a lone command after a lost connection
-            item = batch[0]
+            command = batch[0].command
             try:
-                try:
-                    reply = await self.client.execute_command(*item.command.args)
-                except NoScriptError:
-                    fallback = item.command.fallback()
-                    if fallback is None:
-                        raise
-                    reply = await self.client.execute_command(*fallback)
+                if command.script is None:
+                    reply = await self.client.execute_command(*command.args)
+                else:
+                    reply = await run_script(self.client, command.script, command.keys,
+                                             command.script_args)
             except ResponseError as exc:
                 reply = exc
-            item.settle(reply)
+            batch[0].settle(reply)
             return
         pipe = self.client.pipeline(transaction=False)
         for item in batch:

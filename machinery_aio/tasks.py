@@ -102,8 +102,14 @@ class TaskFunction:
     def build_args(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[Arg]:
         """Check a call against the function and type each value with Go's names."""
         if self._fast_bind and not kwargs and len(args) == len(self._positional):
-            return [Arg.of(value, None if hint is _NO_HINT else hint)
-                    for value, (_, hint) in zip(args, self._positional, strict=True)]
+            values: Sequence[Any] = args  # every positional parameter given: nothing to bind
+        else:
+            values = self._bind(args, kwargs)
+        hints = (self.hint_for(index) for index in range(len(values)))
+        return [Arg.of(value, None if hint is _NO_HINT else hint)
+                for value, hint in zip(values, hints, strict=True)]
+
+    def _bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         try:
             bound = self.call_signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -115,11 +121,7 @@ class TaskFunction:
                 f"task {self.name!r}: keyword-only parameters cannot travel as Go Machinery "
                 f"args (positional only): {', '.join(extra)}"
             )
-        result = []
-        for index, value in enumerate(bound.args):
-            hint = self.hint_for(index)
-            result.append(Arg.of(value, None if hint is _NO_HINT else hint))
-        return result
+        return bound.args
 
     # -- worker side -------------------------------------------------------------
 

@@ -120,8 +120,13 @@ class RedisConsumer(Consumer):
         if self._held.pop(id(delivery), None) is None:
             return
         self._unacked.append(delivery)
+        self._start_acks()
+
+    def _start_acks(self) -> asyncio.Task[None]:
+        """The task sending the queued acks (started if none is under way)."""
         if self._acking is None:
             self._acking = asyncio.get_running_loop().create_task(self._send_acks())
+        return self._acking
 
     async def _send_acks(self) -> None:
         try:
@@ -145,8 +150,7 @@ class RedisConsumer(Consumer):
         if self._acking is not None:
             await asyncio.shield(self._acking)
         if self._unacked:
-            self._acking = asyncio.get_running_loop().create_task(self._send_acks())
-            await asyncio.shield(self._acking)
+            await asyncio.shield(self._start_acks())
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await asyncio.gather(*(self.ack(d) for d in deliveries))
