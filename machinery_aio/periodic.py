@@ -15,16 +15,18 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .cron import Schedule, parse_schedule, zone_name
 from .log import get_logger
 from .signature import Signature, new_chord_uuid, new_task_uuid
 from .urls import scheme_of
 from .workflow import Chain, Chord, Group
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .server import Server
@@ -366,25 +368,22 @@ class Scheduler:
 
     async def _acquire(self, entry: PeriodicEntry, tick: datetime, key: str, ttl: float,
                        deadline: datetime) -> bool:
-        delay = 0.2
-        while True:
-            try:
-                token = await self.server.lock.acquire(key, ttl, self.identity)
-            except Exception as exc:
-                if _now() + timedelta(seconds=delay) > deadline:
-                    logger.error("periodic %r: tick %s not sent: the lock %s failed: %s",
-                                 entry.name, format_tick(tick), self.server.lock.describe(), exc)
-                    return False
+        lock = self.server.lock
+
+        def failed(exc: Exception, delay: float | None) -> None:
+            if delay is None:
+                logger.error("periodic %r: tick %s not sent: the lock %s failed: %s",
+                             entry.name, format_tick(tick), lock.describe(), exc)
+            else:
                 logger.warning("periodic %r: the lock %s failed: %s; retrying in %.1f s",
-                               entry.name, self.server.lock.describe(), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if token is None:
-                logger.debug("periodic %r: tick %s is another scheduler's", entry.name,
-                             format_tick(tick))
-                return False
-            return True
+                               entry.name, lock.describe(), exc, delay)
+
+        ok, token = await _retry_until(deadline, 0.2, lambda: lock.acquire(key, ttl, self.identity),
+                                       failed)
+        if ok and token is None:
+            logger.debug("periodic %r: tick %s is another scheduler's", entry.name,
+                         format_tick(tick))
+        return ok and token is not None
 
     async def _take_go_lock(self, entry: PeriodicEntry, tick: datetime, next_tick: datetime) -> bool:
         """Take Go Machinery's lock for this period, so a Go scheduler of the same app stays out.
@@ -424,35 +423,34 @@ class Scheduler:
 
     async def _send(self, entry: PeriodicEntry, work: Work, tick: datetime,
                     deadline: datetime) -> bool:
-        server = self.server
-        delay = 0.5
-        while True:
-            try:
-                if isinstance(work, Signature):
-                    await server.send_task(work)
-                    sent = work.uuid
-                elif isinstance(work, Group):
-                    await server.send_group(work, entry.send_concurrency)
-                    sent = work.group_uuid
-                elif isinstance(work, Chord):
-                    await server.send_chord(work, entry.send_concurrency)
-                    sent = work.group.group_uuid
-                else:
-                    await server.send_chain(work)
-                    sent = work.tasks[0].uuid
-            except Exception as exc:
-                if _now() + timedelta(seconds=delay) > deadline:
-                    logger.error("periodic %r: tick %s not sent: %s", entry.name,
-                                 format_tick(tick), exc)
-                    return False
+        def failed(exc: Exception, delay: float | None) -> None:
+            if delay is None:
+                logger.error("periodic %r: tick %s not sent: %s", entry.name,
+                             format_tick(tick), exc)
+            else:
                 logger.warning("periodic %r: sending tick %s failed: %s; retrying in %.1f s",
                                entry.name, format_tick(tick), exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
+
+        ok, sent = await _retry_until(deadline, 0.5, lambda: self._send_once(entry, work), failed)
+        if ok:
             logger.info("periodic %r: sent %s %s for tick %s", entry.name, entry.kind, sent,
                         format_tick(tick))
-            return True
+        return ok
+
+    async def _send_once(self, entry: PeriodicEntry, work: Work) -> str:
+        """Send the tick's work; return the UUID it went out under."""
+        server = self.server
+        if isinstance(work, Signature):
+            await server.send_task(work)
+            return work.uuid
+        if isinstance(work, Group):
+            await server.send_group(work, entry.send_concurrency)
+            return work.group_uuid
+        if isinstance(work, Chord):
+            await server.send_chord(work, entry.send_concurrency)
+            return work.group.group_uuid
+        await server.send_chain(work)
+        return work.tasks[0].uuid
 
     # -- inspection ----------------------------------------------------------------
 
@@ -475,6 +473,26 @@ class Scheduler:
                 "lock_key": self.tick_key(entry, upcoming),
             })
         return rows
+
+
+async def _retry_until(
+    deadline: datetime, delay: float, attempt: Callable[[], Awaitable[T]],
+    failed: Callable[[Exception, float | None], None],
+) -> tuple[bool, T | None]:
+    """``(True, result)`` of the first ``attempt`` that does not raise, retried with a
+    doubling pause (up to 5 s) until the next retry would pass ``deadline``: then
+    ``(False, None)``. ``failed(exc, pause)`` reports each error; the pause is None for the
+    last one."""
+    while True:
+        try:
+            return True, await attempt()
+        except Exception as exc:
+            if _now() + timedelta(seconds=delay) > deadline:
+                failed(exc, None)
+                return False, None
+            failed(exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _now_ns() -> int:
