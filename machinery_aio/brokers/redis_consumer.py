@@ -184,20 +184,22 @@ class RedisConsumer(Consumer):
         self._later.pop(id(delivery), None)
 
     async def _requeue_now(self, delivery: Delivery) -> None:
-        await self._settle(delivery, REQUEUE, [self.processing, self.queue], [delivery.body])
+        await self._settle([delivery], REQUEUE, [self.processing, self.queue], [delivery.body])
 
     async def _settle(
-        self, delivery: Delivery, script: LuaScript, keys: list[str], args: list[bytes | str]
+        self, deliveries: Sequence[Delivery], script: LuaScript, keys: list[str],
+        args: list[bytes | str],
     ) -> None:
-        """Run a script that moves ``delivery`` out of the processing list. If it fails,
-        the next fetch returns the message to the queue (it is no longer tracked)."""
+        """Run a script that moves ``deliveries`` out of the processing list. If it fails,
+        the next fetch returns the messages to the queue (they are no longer tracked)."""
         try:
             await self.broker.batcher.script(script, keys, args)
         except Exception:
             self._reconcile = True
             raise
         finally:
-            self._held.pop(id(delivery), None)
+            for delivery in deliveries:
+                self._held.pop(id(delivery), None)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         if id(delivery) not in self._held:
@@ -208,23 +210,13 @@ class RedisConsumer(Consumer):
             body=delivery.body.decode("utf-8", "backslashreplace"),
             failed_at=format_time(now()),
         )
-        await self._settle(delivery, DEAD_LETTER, [self.processing, self.keys.dead],
+        await self._settle([delivery], DEAD_LETTER, [self.processing, self.keys.dead],
                            [delivery.body, letter.model_dump_json()])
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         mine = [d for d in deliveries if id(d) in self._held]
-        if not mine:
-            return
-        try:
-            await self.broker.batcher.script(
-                RELEASE, [self.processing, self.queue], [d.body for d in mine]
-            )
-        except Exception:
-            self._reconcile = True
-            raise
-        finally:
-            for delivery in mine:
-                self._held.pop(id(delivery), None)
+        if mine:
+            await self._settle(mine, RELEASE, [self.processing, self.queue], [d.body for d in mine])
 
     async def close(self) -> None:
         if self._closed:
