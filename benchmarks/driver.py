@@ -105,7 +105,11 @@ class Driver:
         sink = open(self.logs / f"{adapter.library}-{name}.log", "wb")  # noqa: SIM115
         try:
             proc = subprocess.Popen(
-                adapter.worker_command(), cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                adapter.worker_command(),
+                cwd=ROOT,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         finally:
@@ -137,18 +141,20 @@ class Driver:
     def _check_alive(self, procs: Sequence[subprocess.Popen[bytes]], adapter: Adapter) -> None:
         for proc in procs:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{adapter.library} worker exited with {proc.returncode}; see {self.logs}"
-                )
+                raise RuntimeError(f"{adapter.library} worker exited with {proc.returncode}; see {self.logs}")
 
     async def _wait_done(
-        self, adapter: Adapter, handle: Any, deadline: float,
+        self,
+        adapter: Adapter,
+        handle: Any,
+        deadline: float,
         procs: Sequence[subprocess.Popen[bytes]],
     ) -> None:
         while not await adapter.is_done(handle):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{adapter.library}: a task's result was not stored within "
-                                   f"{self.args.timeout:g} s")
+                raise TimeoutError(
+                    f"{adapter.library}: a task's result was not stored within {self.args.timeout:g} s"
+                )
             self._check_alive(procs, adapter)
             await asyncio.sleep(POLL)
 
@@ -178,8 +184,9 @@ class Driver:
                 handles.extend(await adapter.enqueue_batch(list(range(first, min(n, first + size)))))
             return handles, n / (time.perf_counter() - start)
         for first in range(0, n, 100):  # no bulk call: 100 single sends in flight
-            handles.extend(await asyncio.gather(
-                *(adapter.enqueue(x) for x in range(first, min(n, first + 100)))))
+            handles.extend(
+                await asyncio.gather(*(adapter.enqueue(x) for x in range(first, min(n, first + 100))))
+            )
         return handles, None
 
     async def drain(self, processes: int) -> dict[str, float | None]:
@@ -300,8 +307,11 @@ class Driver:
         out["latency_samples"] = self.latency_samples
 
     async def run(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"library": self.cls.library, "batch_api": self.cls.batch_api,
-                               "notes": self.cls.notes}
+        out: dict[str, Any] = {
+            "library": self.cls.library,
+            "batch_api": self.cls.batch_api,
+            "notes": self.cls.notes,
+        }
         try:
             out["version"] = self.cls(self.args.url, self.args.backend, "probe", 1).version()
             probe = self.adapter("probe")
@@ -338,8 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--latency", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--latency-budget", type=float, default=60.0,
-                        help="stop the round trips after this many seconds (slow pollers)")
+    parser.add_argument(
+        "--latency-budget",
+        type=float,
+        default=60.0,
+        help="stop the round trips after this many seconds (slow pollers)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--no-processes2", dest="processes2", action="store_false")
     parser.add_argument("--logs", default=str(ROOT / "benchmarks" / "results" / "logs"))

@@ -43,7 +43,9 @@ def interpreter(name: str, log: Path | None = None) -> str:
         venv.EnvBuilder(with_pip=True).create(home)
     proc = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(requirements)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if log is not None:
         log.write_text(proc.stdout + proc.stderr)

@@ -43,8 +43,12 @@ class Adapter(ABC):
         self.concurrency = concurrency
 
     def worker_env(self) -> dict[str, str]:
-        return {ENV_URL: self.url, ENV_BACKEND: self.backend, ENV_QUEUE: self.queue,
-                ENV_CONCURRENCY: str(self.concurrency)}
+        return {
+            ENV_URL: self.url,
+            ENV_BACKEND: self.backend,
+            ENV_QUEUE: self.queue,
+            ENV_CONCURRENCY: str(self.concurrency),
+        }
 
     @abstractmethod
     def version(self) -> str:

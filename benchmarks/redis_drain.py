@@ -20,8 +20,7 @@ from machinery_aio import Config, Server, Signature
 
 async def run(url: str, tasks: int, concurrency: int, samples: int) -> None:
     name = f"bench_{uuid.uuid4().hex[:8]}"
-    config = Config(broker=url, result_backend=url, default_queue=f"{name}_q",
-                    results_expire_in=300)
+    config = Config(broker=url, result_backend=url, default_queue=f"{name}_q", results_expire_in=300)
     config.redis.delayed_tasks_key = f"{name}_delayed"
     server = Server(config)
 
@@ -41,9 +40,11 @@ async def run(url: str, tasks: int, concurrency: int, samples: int) -> None:
                 await server.get_async_result(sig.uuid).get(timeout=600)
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - cpu
-        print(f"drain {tasks} at concurrency {concurrency}: {elapsed:.2f} s, "
-              f"{tasks / elapsed:.0f} tasks/s, {cpu / tasks * 1e6:.0f} us CPU per task "
-              "(producer waiting included)")
+        print(
+            f"drain {tasks} at concurrency {concurrency}: {elapsed:.2f} s, "
+            f"{tasks / elapsed:.0f} tasks/s, {cpu / tasks * 1e6:.0f} us CPU per task "
+            "(producer waiting included)"
+        )
 
         async with server.new_worker("latency", concurrency=10):
             latencies = []
@@ -54,8 +55,10 @@ async def run(url: str, tasks: int, concurrency: int, samples: int) -> None:
                 latencies.append((time.perf_counter() - started) * 1000)
         latencies.sort()
         pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
-        print(f"send -> result on an idle worker, ms: p50 {pick(0.5):.2f}  p90 {pick(0.9):.2f}"
-              f"  p99 {pick(0.99):.2f}")
+        print(
+            f"send -> result on an idle worker, ms: p50 {pick(0.5):.2f}  p90 {pick(0.9):.2f}"
+            f"  p99 {pick(0.99):.2f}"
+        )
     finally:
         client = getattr(server.broker, "client", None)
         if client is not None:

@@ -31,8 +31,13 @@ METRICS = [
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One target's runs -> status, version and the median of every figure."""
-    good = [r for r in runs if "unavailable" not in r and "error" not in r
-            and any(isinstance(r.get(m.key), int | float) for m in METRICS)]
+    good = [
+        r
+        for r in runs
+        if "unavailable" not in r
+        and "error" not in r
+        and any(isinstance(r.get(m.key), int | float) for m in METRICS)
+    ]
     first = runs[0] if runs else {}
     out: dict[str, Any] = {
         "version": next((r["version"] for r in runs if r.get("version")), ""),
@@ -43,13 +48,17 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if not good:
         reason = next((r.get("unavailable") for r in runs if r.get("unavailable")), None)
-        out["status"] = (f"unavailable: {reason}" if reason else
-                         f"error: {next((r.get('error') for r in runs if r.get('error')), 'no run')}")
+        out["status"] = (
+            f"unavailable: {reason}"
+            if reason
+            else f"error: {next((r.get('error') for r in runs if r.get('error')), 'no run')}"
+        )
         return out
     failures = sorted({f"{phase}: {msg}" for r in runs for phase, msg in r.get("errors", {}).items()})
     if failures or len(good) < len(runs):
-        out["status"] = (f"partial ({len(good)} of {len(runs)} runs measured); "
-                         + "; ".join(failures or ["a run failed"]))
+        out["status"] = f"partial ({len(good)} of {len(runs)} runs measured); " + "; ".join(
+            failures or ["a run failed"]
+        )
     else:
         out["status"] = "ok"
     out["failed"] = []
@@ -95,9 +104,18 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             rows.append([name, summary["version"] or "-", *(["-"] * len(METRICS))])
             continue
         ratios = summary.get("ratio_to_machinery", {})
-        rows.append([name, summary["version"], *(
-            _cell(summary["median"].get(m.key), ratios.get(m.key), m.digits, m.key in summary["failed"])
-            for m in METRICS)])
+        rows.append(
+            [
+                name,
+                summary["version"],
+                *(
+                    _cell(
+                        summary["median"].get(m.key), ratios.get(m.key), m.digits, m.key in summary["failed"]
+                    )
+                    for m in METRICS
+                ),
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
@@ -105,8 +123,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         return " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs)
 
     out = [line(headers), "-+-".join("-" * w for w in widths), *(line(r) for r in rows)]
-    out.append("(x) = the peer's figure divided by machinery-aio's on the same broker; "
-               "n/a = not offered by the library or the broker; failed: see the notes below")
+    out.append(
+        "(x) = the peer's figure divided by machinery-aio's on the same broker; "
+        "n/a = not offered by the library or the broker; failed: see the notes below"
+    )
     out.extend(notes)
     return "\n".join(out)
 
@@ -119,8 +139,10 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
         ratios = summary.get("ratio_to_machinery", {})
         if summary["median"]:
             failed = summary["failed"]
-            cells = [_cell(summary["median"].get(m.key), ratios.get(m.key), m.digits, m.key in failed)
-                     for m in METRICS]
+            cells = [
+                _cell(summary["median"].get(m.key), ratios.get(m.key), m.digits, m.key in failed)
+                for m in METRICS
+            ]
         else:
             cells = [summary["status"]] + [""] * (len(METRICS) - 1)
         out.append("| " + " | ".join([name, summary["version"] or "-", *cells]) + " |")

@@ -63,8 +63,7 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:
     """A client TLS context from ``Config.tls``, or None when nothing is configured."""
     if not (tls.ca_file or tls.cert_file or tls.key_file or tls.insecure_skip_verify):
         return None
-    for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file),
-                       ("key_file", tls.key_file)):
+    for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
         if path and not os.path.isfile(path):
             raise ConfigError(f"tls.{what} {path!r} does not exist or is not a file")
     if tls.key_file and not tls.cert_file:
@@ -133,8 +132,9 @@ def connection_name(role: str) -> str:
     return f"machinery-aio {role} {socket.gethostname()}:{os.getpid()}"
 
 
-async def connect(config: Config, urls: Sequence[str], name: str,
-                  timeout: float = 15.0) -> FailoverConnection:
+async def connect(
+    config: Config, urls: Sequence[str], name: str, timeout: float = 15.0
+) -> FailoverConnection:
     """Connect to the first of ``urls`` that answers; raise ConnectionError naming them (masked)."""
     parsed = [check_url(u) for u in urls]
     if not parsed:
@@ -143,7 +143,9 @@ async def connect(config: Config, urls: Sequence[str], name: str,
     errors: list[str] = []
     for index, url in enumerate(parsed):
         connection = FailoverConnection(
-            parsed, index, ssl_context=context if url.scheme == "amqps" else None,
+            parsed,
+            index,
+            ssl_context=context if url.scheme == "amqps" else None,
             client_properties={"connection_name": name},
         )
         try:
@@ -209,8 +211,9 @@ async def peek(channel: AbstractChannel, queue: str, limit: int) -> list[bytes]:
                     await message.nack(requeue=True)
 
 
-async def retry_transient(operation: Callable[[], Awaitable[T]], what: str,
-                          timeout: float = RECONNECT_WAIT) -> T:
+async def retry_transient(
+    operation: Callable[[], Awaitable[T]], what: str, timeout: float = RECONNECT_WAIT
+) -> T:
     """Run ``operation``; while the connection is down, retry with back-off for up to ``timeout`` s.
 
     A publish retried this way may reach RabbitMQ twice if the first one got
@@ -226,8 +229,9 @@ async def retry_transient(operation: Callable[[], Awaitable[T]], what: str,
             if time.monotonic() + pause > deadline:
                 raise
             if not warned:
-                logger.warning("%s failed (%s: %s); retrying while RabbitMQ reconnects",
-                               what, type(exc).__name__, exc)
+                logger.warning(
+                    "%s failed (%s: %s); retrying while RabbitMQ reconnects", what, type(exc).__name__, exc
+                )
                 warned = True
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)

@@ -135,8 +135,11 @@ def banner(server: Server, worker_tag: str, queue: str, concurrency: int) -> str
 async def _worker(args: argparse.Namespace) -> int:
     server = _server(args)
     worker = server.new_worker(
-        args.tag or f"{os.uname().nodename}-{os.getpid()}", args.concurrency, args.queue,
-        grace_period=args.grace_period, task_time_limit=args.time_limit,
+        args.tag or f"{os.uname().nodename}-{os.getpid()}",
+        args.concurrency,
+        args.queue,
+        grace_period=args.grace_period,
+        task_time_limit=args.time_limit,
         run_scheduler=not args.no_scheduler,
     )
     print(banner(server, worker.tag, worker.queue, worker.concurrency), file=sys.stderr)
@@ -154,11 +157,16 @@ async def _beat(args: argparse.Namespace) -> int:
     try:
         scheduler = server.scheduler_for_worker()
         if not isinstance(scheduler, Scheduler) or not scheduler.entries:
-            raise CLIError("no periodic tasks are registered on this server "
-                           "(server.register_periodic_task(...) in the --app module)")
+            raise CLIError(
+                "no periodic tasks are registered on this server "
+                "(server.register_periodic_task(...) in the --app module)"
+            )
         names = ", ".join(sorted(scheduler.entries))
-        print(f"machinery-aio {__version__} beat\n  locks:    {server.lock.describe()}\n"
-              f"  broker:   {mask_url(server.config.broker)}\n  periodic: {names}", file=sys.stderr)
+        print(
+            f"machinery-aio {__version__} beat\n  locks:    {server.lock.describe()}\n"
+            f"  broker:   {mask_url(server.config.broker)}\n  periodic: {names}",
+            file=sys.stderr,
+        )
         await run_beat(scheduler)
         return 0
     finally:
@@ -171,8 +179,10 @@ async def _send(args: argparse.Namespace) -> int:
     local = server.broker.scheme == "memory"
     try:
         if local and args.no_wait:
-            raise CLIError("--no-wait with the in-process memory:// broker would lose the task; "
-                           "configure a broker that other processes share")
+            raise CLIError(
+                "--no-wait with the in-process memory:// broker would lose the task; "
+                "configure a broker that other processes share"
+            )
         try:
             if server.is_task_registered(args.name) and not any(":" in a for a in args.args):
                 values = [json.loads(a) if _is_json(a) else a for a in args.args]
@@ -299,36 +309,64 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-A", "--app", help="module:attribute of your Server (e.g. myapp.tasks:server)")
     common.add_argument("--config", help="a Go Machinery config.yml (used when --app is not given)")
-    common.add_argument("--env-prefix", default="",
-                        help="prefix of the environment variables when --app is not given")
+    common.add_argument(
+        "--env-prefix", default="", help="prefix of the environment variables when --app is not given"
+    )
     common.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    worker = sub.add_parser("worker", parents=[common], help="run a worker",
-                            description="Consume a queue and run tasks until SIGTERM/SIGINT.")
-    worker.add_argument("-c", "--concurrency", type=int, default=10,
-                        help="tasks running at once (0: unlimited; 1: one by one). Default 10")
+    worker = sub.add_parser(
+        "worker",
+        parents=[common],
+        help="run a worker",
+        description="Consume a queue and run tasks until SIGTERM/SIGINT.",
+    )
+    worker.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=10,
+        help="tasks running at once (0: unlimited; 1: one by one). Default 10",
+    )
     worker.add_argument("-Q", "--queue", help="queue to consume (default: the config's default_queue)")
     worker.add_argument("-t", "--tag", help="consumer tag / worker name (default: host-pid)")
-    worker.add_argument("--grace-period", type=float, default=30.0,
-                        help="seconds to let running tasks finish on SIGTERM. Default 30")
-    worker.add_argument("--time-limit", type=float, default=None,
-                        help="default per-task time limit in seconds")
-    worker.add_argument("--no-scheduler", action="store_true",
-                        help="do not run periodic tasks in this worker")
-    worker.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=None,
-                        help="use uvloop (default: if installed)")
+    worker.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        help="seconds to let running tasks finish on SIGTERM. Default 30",
+    )
+    worker.add_argument(
+        "--time-limit", type=float, default=None, help="default per-task time limit in seconds"
+    )
+    worker.add_argument(
+        "--no-scheduler", action="store_true", help="do not run periodic tasks in this worker"
+    )
+    worker.add_argument(
+        "--uvloop",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use uvloop (default: if installed)",
+    )
     worker.set_defaults(func=_worker)
 
-    beat = sub.add_parser("beat", parents=[common], help="run only the periodic-task scheduler",
-                          description="Send periodic tasks on schedule until SIGTERM/SIGINT. Workers "
-                          "run the scheduler too (unless --no-scheduler); each tick is sent once "
-                          "however many run.")
+    beat = sub.add_parser(
+        "beat",
+        parents=[common],
+        help="run only the periodic-task scheduler",
+        description="Send periodic tasks on schedule until SIGTERM/SIGINT. Workers "
+        "run the scheduler too (unless --no-scheduler); each tick is sent once "
+        "however many run.",
+    )
     beat.set_defaults(func=_beat)
 
-    send = sub.add_parser("send", parents=[common], help="send a task and print its result",
-                          description="Send a task. ARGs are JSON (1, 2.5, \"x\", [1,2]) or "
-                          "TYPE:VALUE with a Go type name (int64:1, []string:[\"a\"], json:{...}).")
+    send = sub.add_parser(
+        "send",
+        parents=[common],
+        help="send a task and print its result",
+        description='Send a task. ARGs are JSON (1, 2.5, "x", [1,2]) or '
+        'TYPE:VALUE with a Go type name (int64:1, []string:["a"], json:{...}).',
+    )
     send.add_argument("name", help="task name")
     send.add_argument("args", nargs="*", metavar="ARG", help="task arguments")
     send.add_argument("-Q", "--queue", help="routing key / queue")
@@ -337,10 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--no-wait", action="store_true", help="print the task UUID and exit")
     send.set_defaults(func=_send)
 
-    inspect = sub.add_parser("inspect", parents=[common], help="show states, queues, dead letters",
-                             description="Inspect a task state or the broker.")
-    inspect.add_argument("what", choices=["state", "pending", "delayed", "dead", "registered",
-                                          "periodic"])
+    inspect = sub.add_parser(
+        "inspect",
+        parents=[common],
+        help="show states, queues, dead letters",
+        description="Inspect a task state or the broker.",
+    )
+    inspect.add_argument("what", choices=["state", "pending", "delayed", "dead", "registered", "periodic"])
     inspect.add_argument("uuid", nargs="?", help="task UUID (for state)")
     inspect.add_argument("-Q", "--queue", help="queue (default: the config's default_queue)")
     inspect.set_defaults(func=_inspect)
@@ -381,4 +422,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-

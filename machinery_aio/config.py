@@ -73,11 +73,15 @@ class SQSConfig(_Section):
     """SQS settings (Go's ``SQSConfig``), plus the AWS region and endpoint."""
 
     wait_time_seconds: int = Field(
-        20, ge=0, le=20,
+        20,
+        ge=0,
+        le=20,
         validation_alias=AliasChoices("wait_time_seconds", "receive_wait_time_seconds"),
     )
     visibility_timeout: int | None = Field(
-        None, ge=0, le=43200,
+        None,
+        ge=0,
+        le=43200,
         validation_alias=AliasChoices("visibility_timeout", "receive_visibility_timeout"),
     )
     visibility_heartbeat: bool = Field(
@@ -93,9 +97,7 @@ class RedisConfig(_Section):
     max_idle: int = Field(3, ge=0)
     max_active: int = Field(0, ge=0)
     """Connection pool size; 0 picks a size from the worker's concurrency."""
-    idle_timeout: int = Field(
-        240, ge=0, validation_alias=AliasChoices("idle_timeout", "max_idle_timeout")
-    )
+    idle_timeout: int = Field(240, ge=0, validation_alias=AliasChoices("idle_timeout", "max_idle_timeout"))
     wait: bool = True
     read_timeout: int = Field(15, ge=0)
     write_timeout: int = Field(15, ge=0)
@@ -174,9 +176,7 @@ class Config(BaseModel):
     # -- environment -------------------------------------------------------------
 
     @classmethod
-    def from_env(
-        cls, prefix: str = "", environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Config:
+    def from_env(cls, prefix: str = "", environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Read Go Machinery's environment variables (optionally ``prefix``-ed).
 
         Unset variables keep their defaults. ``overrides`` win over the environment.
@@ -264,9 +264,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         import yaml
     except ImportError:
-        raise ConfigError(
-            "loading YAML needs PyYAML: pip install 'machinery-aio[yaml]'"
-        ) from None
+        raise ConfigError("loading YAML needs PyYAML: pip install 'machinery-aio[yaml]'") from None
     try:
         text = path.read_text()
     except OSError as exc:
@@ -375,8 +373,10 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 # envconfig also reads a nested field under its struct's name first (AMQP_AMQP_EXCHANGE,
 # REDIS_REDIS_MAX_IDLE, SQS_SQS_WAIT_TIME_SECONDS); listed last, so that form wins, as in Go.
-_ENV_VARS.update({
-    f"{path.partition('.')[0].upper()}_{name}": (path, parse)
-    for name, (path, parse) in list(_ENV_VARS.items())
-    if path.partition(".")[0] in ("amqp", "sqs", "redis")
-})
+_ENV_VARS.update(
+    {
+        f"{path.partition('.')[0].upper()}_{name}": (path, parse)
+        for name, (path, parse) in list(_ENV_VARS.items())
+        if path.partition(".")[0] in ("amqp", "sqs", "redis")
+    }
+)

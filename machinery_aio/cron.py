@@ -72,7 +72,14 @@ _FIELDS_6 = (_SECOND, *_FIELDS_5)
 _TOKEN = re.compile(r"^(?P<range>[^/]+)(?:/(?P<step>[^/]*))?$")
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _DURATION_UNITS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
 }
 
 
@@ -94,8 +101,9 @@ def resolve_timezone(zone: str | tzinfo | None) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidScheduleError(f"unknown timezone {name!r} (use an IANA name such as "
-                                   "'Europe/Paris' or 'UTC')") from None
+        raise InvalidScheduleError(
+            f"unknown timezone {name!r} (use an IANA name such as 'Europe/Paris' or 'UTC')"
+        ) from None
 
 
 def zone_name(zone: tzinfo) -> str:
@@ -161,8 +169,9 @@ class CronSchedule(Schedule):
         self.timezone = zone
 
     def _iter(self, start: datetime) -> croniter:
-        return croniter(self.expression, start.astimezone(self.timezone),
-                        second_at_beginning=self.with_seconds)
+        return croniter(
+            self.expression, start.astimezone(self.timezone), second_at_beginning=self.with_seconds
+        )
 
     def next_after(self, moment: datetime) -> datetime:
         tick: datetime = self._iter(moment).get_next(datetime)
@@ -229,8 +238,7 @@ def _parse(spec: str, timezone: str | tzinfo | None) -> Schedule:
         prefix, _, text = text.partition(" ")
         prefixed = resolve_timezone(prefix.split("=", 1)[1])
         if timezone is not None and zone_name(prefixed) != zone_name(zone):
-            raise InvalidScheduleError(
-                f"the spec says {prefix} but timezone={zone_name(zone)!r} was given")
+            raise InvalidScheduleError(f"the spec says {prefix} but timezone={zone_name(zone)!r} was given")
         zone = prefixed
         text = text.strip()
         if not text:
@@ -246,7 +254,8 @@ def _parse(spec: str, timezone: str | tzinfo | None) -> Schedule:
     else:
         raise InvalidScheduleError(
             f"expected 5 fields (minute hour day-of-month month day-of-week) or 6 "
-            f"(seconds first), got {len(fields)}")
+            f"(seconds first), got {len(fields)}"
+        )
     normalized = [_check_field(value, field) for value, field in zip(fields, layout, strict=True)]
     return _cron(spec, " ".join(normalized), len(fields) == 6, zone)
 
@@ -291,12 +300,12 @@ def _value(text: str, field: _Field) -> int:
         return field.names.index(lowered) + field.names_start
     if not text.isdigit():
         hint = " (Go's robfig/cron has no L, W, # or H)" if re.search(r"[LWH#]", text.upper()) else ""
-        raise InvalidScheduleError(f"{field.name} field: {text!r} is not a number"
-                                   + (" or a name" if field.names else "") + hint)
+        raise InvalidScheduleError(
+            f"{field.name} field: {text!r} is not a number" + (" or a name" if field.names else "") + hint
+        )
     number = int(text)
     if number < field.low or number > field.high:
-        raise InvalidScheduleError(
-            f"{field.name} field: {number} is outside {field.low}-{field.high}")
+        raise InvalidScheduleError(f"{field.name} field: {number} is outside {field.low}-{field.high}")
     return number
 
 
@@ -310,8 +319,7 @@ def _check_field(value: str, field: _Field) -> str:
             raise InvalidScheduleError(f"{field.name} field: {token!r} is not valid")
         part, step = match.group("range"), match.group("step")
         if step is not None and (not step.isdigit() or int(step) < 1):
-            raise InvalidScheduleError(
-                f"{field.name} field: the step in {token!r} must be a positive number")
+            raise InvalidScheduleError(f"{field.name} field: the step in {token!r} must be a positive number")
         if part in ("*", "?"):
             # robfig marks a plain star (a star with step 1 too) as "any", which
             # decides how day-of-month and day-of-week combine; croniter reads '*' so.
@@ -322,8 +330,7 @@ def _check_field(value: str, field: _Field) -> str:
         if dash:
             last = _value(high, field)
             if first > last:
-                raise InvalidScheduleError(
-                    f"{field.name} field: the range {part!r} starts after it ends")
+                raise InvalidScheduleError(f"{field.name} field: the range {part!r} starts after it ends")
     if any_value:
         return "*"
     return ",".join(token.replace("?", "*") for token in tokens)

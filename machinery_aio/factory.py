@@ -42,10 +42,7 @@ _BACKENDS: dict[str, _Driver] = {
     "memory": _Driver("machinery_aio.backends.memory", "MemoryBackend"),
     "eager": _Driver("machinery_aio.backends.memory", "MemoryBackend"),
     "null": _Driver("machinery_aio.backends.null", "NullBackend"),
-    **{
-        s: _Driver("machinery_aio.backends.redis", "RedisBackend", "redis", "redis")
-        for s in _REDIS
-    },
+    **{s: _Driver("machinery_aio.backends.redis", "RedisBackend", "redis", "redis") for s in _REDIS},
     "amqp": _Driver("machinery_aio.backends.amqp", "AMQPBackend", "aio_pika", "amqp"),
     "amqps": _Driver("machinery_aio.backends.amqp", "AMQPBackend", "aio_pika", "amqp"),
     "memcache": _Driver("machinery_aio.backends.memcache", "MemcacheBackend", "aiomcache", "memcache"),
@@ -81,8 +78,7 @@ def _load(table: dict[str, _Driver], url: str, kind: str) -> Any:
     if driver is None:
         known = ", ".join(sorted(f"{s}://" for s in table))
         raise ConfigError(
-            f"unknown {kind} URL scheme {scheme or '(none)'!r} in {mask_url(url)!r}; "
-            f"known schemes: {known}"
+            f"unknown {kind} URL scheme {scheme or '(none)'!r} in {mask_url(url)!r}; known schemes: {known}"
         )
     if driver.package and importlib.util.find_spec(driver.package) is None:
         raise MissingExtraError(

@@ -64,8 +64,15 @@ def now() -> NanoTime:
     micro, nano = divmod(rest, 1000)
     base = datetime.fromtimestamp(secs, UTC)
     return NanoTime(
-        base.year, base.month, base.day, base.hour, base.minute, base.second, micro,
-        tzinfo=UTC, nanosecond=nano,
+        base.year,
+        base.month,
+        base.day,
+        base.hour,
+        base.minute,
+        base.second,
+        micro,
+        tzinfo=UTC,
+        nanosecond=nano,
     )
 
 
@@ -83,8 +90,15 @@ def parse_time(text: str) -> NanoTime:
         offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
         tz = UTC if not offset else timezone(sign * offset)
     return NanoTime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second),
-        int(digits[:6]), tzinfo=tz, nanosecond=int(digits[6:]),
+        int(year),
+        int(month),
+        int(day),
+        int(hour),
+        int(minute),
+        int(second),
+        int(digits[:6]),
+        tzinfo=tz,
+        nanosecond=int(digits[6:]),
     )
 
 
@@ -134,8 +148,14 @@ def coerce_time(value: Any) -> NanoTime:
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("ETA and other times must be timezone-aware datetimes")
         return NanoTime(
-            value.year, value.month, value.day, value.hour, value.minute, value.second,
-            value.microsecond, tzinfo=value.tzinfo,
+            value.year,
+            value.month,
+            value.day,
+            value.hour,
+            value.minute,
+            value.second,
+            value.microsecond,
+            tzinfo=value.tzinfo,
         )
     if isinstance(value, str):
         return parse_time(value)

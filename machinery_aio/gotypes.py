@@ -180,9 +180,7 @@ def encode(value: Any, hint: Any = None) -> tuple[str, Any]:
     try:
         return PY_JSON, to_jsonable_python(value)
     except Exception as exc:
-        raise ArgTypeError(
-            f"{type(value).__name__} value cannot be sent as JSON: {exc}"
-        ) from exc
+        raise ArgTypeError(f"{type(value).__name__} value cannot be sent as JSON: {exc}") from exc
 
 
 def _encode_as(go_type: str, value: Any) -> Any:

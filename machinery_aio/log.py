@@ -23,9 +23,7 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     """Log to stderr with the masking filter on the handler (for the CLI)."""
     handler = logging.StreamHandler()
     handler.addFilter(_FILTER)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -82,8 +82,10 @@ def _signatures(items: tuple[Any, ...], what: str) -> list[Signature]:
         items = tuple(items[0])
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool):
-            raise TypeError(f"{what} takes Signatures, got the number {item}; unlike Go, "
-                            "send_concurrency is a keyword argument here (send_concurrency=...)")
+            raise TypeError(
+                f"{what} takes Signatures, got the number {item}; unlike Go, "
+                "send_concurrency is a keyword argument here (send_concurrency=...)"
+            )
         if not isinstance(item, Signature):
             raise TypeError(f"{what} takes Signatures, got {type(item).__name__}")
         if not item.name:
@@ -108,9 +110,16 @@ class PeriodicEntry:
 
     @classmethod
     def create(
-        cls, kind: Kind, spec: str, name: str, tasks: tuple[Any, ...], *,
-        callback: Signature | None = None, send_concurrency: int = 0,
-        timezone: str | tzinfo | None = None, missed: MissedPolicy = "skip",
+        cls,
+        kind: Kind,
+        spec: str,
+        name: str,
+        tasks: tuple[Any, ...],
+        *,
+        callback: Signature | None = None,
+        send_concurrency: int = 0,
+        timezone: str | tzinfo | None = None,
+        missed: MissedPolicy = "skip",
     ) -> PeriodicEntry:
         """Validate everything now, so a bad registration fails at once and clearly."""
         what = f"register_periodic_{kind}"
@@ -119,16 +128,20 @@ class PeriodicEntry:
         schedule = parse_schedule(spec, timezone)
         if missed not in ("skip", "once"):
             raise ValueError(f"{what} {name!r}: missed must be 'skip' or 'once', got {missed!r}")
-        if (not isinstance(send_concurrency, int) or isinstance(send_concurrency, bool)
-                or send_concurrency < 0):
+        if (
+            not isinstance(send_concurrency, int)
+            or isinstance(send_concurrency, bool)
+            or send_concurrency < 0
+        ):
             raise ValueError(f"{what} {name!r}: send_concurrency must be 0 (unlimited) or more")
         sigs = _signatures(tasks, f"{what} {name!r}")
         if kind == "task" and len(sigs) != 1:
             raise ValueError(f"{what} {name!r} takes one Signature, got {len(sigs)}")
         if kind == "chord":
             if not isinstance(callback, Signature):
-                raise TypeError(f"{what} {name!r}: the callback must be a Signature, "
-                                f"got {type(callback).__name__}")
+                raise TypeError(
+                    f"{what} {name!r}: the callback must be a Signature, got {type(callback).__name__}"
+                )
             if not callback.name:
                 raise ValueError(f"{what} {name!r}: the callback needs a task name")
             callback = callback.copy_fresh()
@@ -173,7 +186,11 @@ class Scheduler:
     """
 
     def __init__(
-        self, server: Server, *, clock_skew: float = 5.0, misfire_grace: float = 10.0,
+        self,
+        server: Server,
+        *,
+        clock_skew: float = 5.0,
+        misfire_grace: float = 10.0,
         stop_timeout: float = 10.0,
     ) -> None:
         if clock_skew < 0 or misfire_grace < 0 or stop_timeout < 0:
@@ -239,13 +256,19 @@ class Scheduler:
             for entry in list(self.entries.values()):
                 self._start(entry, now)
             if self.entries:
-                logger.info("scheduler running %d periodic entries (locks in %s)",
-                            len(self.entries), lock.describe())
+                logger.info(
+                    "scheduler running %d periodic entries (locks in %s)", len(self.entries), lock.describe()
+                )
                 if lock.scheme == "memory" and scheme_of(self.server.broker.url) not in (
-                        "", "memory", "eager"):
-                    logger.warning("periodic tasks use the in-memory lock, which keeps ticks single "
-                                   "only within this process; with several worker or beat "
-                                   "processes set the lock to a Redis URL (config.lock)")
+                    "",
+                    "memory",
+                    "eager",
+                ):
+                    logger.warning(
+                        "periodic tasks use the in-memory lock, which keeps ticks single "
+                        "only within this process; with several worker or beat "
+                        "processes set the lock to a Redis URL (config.lock)"
+                    )
             self.started.set()
             await asyncio.get_running_loop().create_future()
         finally:
@@ -266,8 +289,9 @@ class Scheduler:
     async def _finish_sends(self) -> None:
         if not self._sending:
             return
-        logger.info("waiting up to %g s for %d periodic sends in progress",
-                    self.stop_timeout, len(self._sending))
+        logger.info(
+            "waiting up to %g s for %d periodic sends in progress", self.stop_timeout, len(self._sending)
+        )
         _, pending = await asyncio.wait(set(self._sending), timeout=self.stop_timeout)
         for task in pending:
             task.cancel()
@@ -282,8 +306,7 @@ class Scheduler:
         latest = entry.schedule.latest_at_or_before(now)
         if latest is not None:
             self._consider(entry, latest, now, starting=True)
-        self._loops[entry.name] = asyncio.create_task(
-            self._loop(entry, now), name=f"periodic-{entry.name}")
+        self._loops[entry.name] = asyncio.create_task(self._loop(entry, now), name=f"periodic-{entry.name}")
 
     async def _loop(self, entry: PeriodicEntry, start: datetime) -> None:
         schedule = entry.schedule
@@ -295,14 +318,20 @@ class Scheduler:
                 now = _now()
                 latest = max(tick, schedule.latest_at_or_before(now) or tick)
                 if latest > tick:
-                    logger.warning("periodic %r: the scheduler woke up at %s, after more than one "
-                                   "tick; ticks from %s to before %s were not sent", entry.name,
-                                   format_tick(now), format_tick(tick), format_tick(latest))
+                    logger.warning(
+                        "periodic %r: the scheduler woke up at %s, after more than one "
+                        "tick; ticks from %s to before %s were not sent",
+                        entry.name,
+                        format_tick(now),
+                        format_tick(tick),
+                        format_tick(latest),
+                    )
                 self._consider(entry, latest, now)
                 moment = latest
             except Exception:
-                logger.exception("periodic %r: scheduling failed; trying again in %g s",
-                                 entry.name, MAX_SLEEP)
+                logger.exception(
+                    "periodic %r: scheduling failed; trying again in %g s", entry.name, MAX_SLEEP
+                )
                 await asyncio.sleep(MAX_SLEEP)
                 moment = _now()
 
@@ -319,21 +348,34 @@ class Scheduler:
             return now + timedelta(seconds=self.misfire_grace)
         return None
 
-    def _consider(self, entry: PeriodicEntry, tick: datetime, now: datetime, *,
-                  starting: bool = False) -> None:
+    def _consider(
+        self, entry: PeriodicEntry, tick: datetime, now: datetime, *, starting: bool = False
+    ) -> None:
         deadline = self.due(entry, tick, now)
         late = (now - tick).total_seconds()
         if deadline is None:
             if starting:
-                logger.debug("periodic %r: not sending %s, missed before the scheduler started",
-                             entry.name, format_tick(tick))
+                logger.debug(
+                    "periodic %r: not sending %s, missed before the scheduler started",
+                    entry.name,
+                    format_tick(tick),
+                )
             else:
-                logger.warning("periodic %r: tick %s missed (%.0f s late, misfire_grace is %g s)",
-                               entry.name, format_tick(tick), late, self.misfire_grace)
+                logger.warning(
+                    "periodic %r: tick %s missed (%.0f s late, misfire_grace is %g s)",
+                    entry.name,
+                    format_tick(tick),
+                    late,
+                    self.misfire_grace,
+                )
             return
         if late > self.misfire_grace:
-            logger.info("periodic %r: sending the missed tick %s once (%.0f s late)",
-                        entry.name, format_tick(tick), late)
+            logger.info(
+                "periodic %r: sending the missed tick %s once (%.0f s late)",
+                entry.name,
+                format_tick(tick),
+                late,
+            )
         task = asyncio.create_task(self._fire_logged(entry, tick, deadline))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
@@ -347,8 +389,7 @@ class Scheduler:
             logger.exception("periodic %r: tick %s not sent", entry.name, format_tick(tick))
             return False
 
-    async def fire(self, entry: PeriodicEntry, tick: datetime, *,
-                   deadline: datetime | None = None) -> bool:
+    async def fire(self, entry: PeriodicEntry, tick: datetime, *, deadline: datetime | None = None) -> bool:
         """Send ``entry`` for ``tick`` unless another scheduler has; True if this one sent it.
 
         Lock and broker errors are retried until ``deadline`` (default: the tick
@@ -366,23 +407,32 @@ class Scheduler:
             return False
         return await self._send(entry, entry.build(tick), tick, deadline)
 
-    async def _acquire(self, entry: PeriodicEntry, tick: datetime, key: str, ttl: float,
-                       deadline: datetime) -> bool:
+    async def _acquire(
+        self, entry: PeriodicEntry, tick: datetime, key: str, ttl: float, deadline: datetime
+    ) -> bool:
         lock = self.server.lock
 
         def failed(exc: Exception, delay: float | None) -> None:
             if delay is None:
-                logger.error("periodic %r: tick %s not sent: the lock %s failed: %s",
-                             entry.name, format_tick(tick), lock.describe(), exc)
+                logger.error(
+                    "periodic %r: tick %s not sent: the lock %s failed: %s",
+                    entry.name,
+                    format_tick(tick),
+                    lock.describe(),
+                    exc,
+                )
             else:
-                logger.warning("periodic %r: the lock %s failed: %s; retrying in %.1f s",
-                               entry.name, lock.describe(), exc, delay)
+                logger.warning(
+                    "periodic %r: the lock %s failed: %s; retrying in %.1f s",
+                    entry.name,
+                    lock.describe(),
+                    exc,
+                    delay,
+                )
 
-        ok, token = await _retry_until(deadline, 0.2, lambda: lock.acquire(key, ttl, self.identity),
-                                       failed)
+        ok, token = await _retry_until(deadline, 0.2, lambda: lock.acquire(key, ttl, self.identity), failed)
         if ok and token is None:
-            logger.debug("periodic %r: tick %s is another scheduler's", entry.name,
-                         format_tick(tick))
+            logger.debug("periodic %r: tick %s is another scheduler's", entry.name, format_tick(tick))
         return ok and token is not None
 
     async def _take_go_lock(self, entry: PeriodicEntry, tick: datetime, next_tick: datetime) -> bool:
@@ -401,8 +451,11 @@ class Scheduler:
         while True:
             ttl = (next_ns - _now_ns()) / 1e9
             if ttl <= 0:
-                logger.warning("periodic %r: tick %s not sent: its period ended before Go's lock "
-                               "could be taken", entry.name, format_tick(tick))
+                logger.warning(
+                    "periodic %r: tick %s not sent: its period ended before Go's lock could be taken",
+                    entry.name,
+                    format_tick(tick),
+                )
                 return False
             try:
                 if await self.server.lock.acquire(key, ttl, str(next_ns - 1)) is not None:
@@ -412,29 +465,42 @@ class Scheduler:
                 failure = f"the lock failed: {exc}"
                 if _now() >= give_up:
                     # Our own tick lock is held, so no Python scheduler sends it twice.
-                    logger.error("periodic %r: could not take Go's lock %r (%s); sending anyway",
-                                 entry.name, key, failure)
+                    logger.error(
+                        "periodic %r: could not take Go's lock %r (%s); sending anyway",
+                        entry.name,
+                        key,
+                        failure,
+                    )
                     return True
             if _now() >= give_up:
-                logger.info("periodic %r: tick %s not sent: Go's lock %r: %s", entry.name,
-                            format_tick(tick), key, failure)
+                logger.info(
+                    "periodic %r: tick %s not sent: Go's lock %r: %s",
+                    entry.name,
+                    format_tick(tick),
+                    key,
+                    failure,
+                )
                 return False
             await asyncio.sleep(GO_LOCK_RETRY_INTERVAL)
 
-    async def _send(self, entry: PeriodicEntry, work: Work, tick: datetime,
-                    deadline: datetime) -> bool:
+    async def _send(self, entry: PeriodicEntry, work: Work, tick: datetime, deadline: datetime) -> bool:
         def failed(exc: Exception, delay: float | None) -> None:
             if delay is None:
-                logger.error("periodic %r: tick %s not sent: %s", entry.name,
-                             format_tick(tick), exc)
+                logger.error("periodic %r: tick %s not sent: %s", entry.name, format_tick(tick), exc)
             else:
-                logger.warning("periodic %r: sending tick %s failed: %s; retrying in %.1f s",
-                               entry.name, format_tick(tick), exc, delay)
+                logger.warning(
+                    "periodic %r: sending tick %s failed: %s; retrying in %.1f s",
+                    entry.name,
+                    format_tick(tick),
+                    exc,
+                    delay,
+                )
 
         ok, sent = await _retry_until(deadline, 0.5, lambda: self._send_once(entry, work), failed)
         if ok:
-            logger.info("periodic %r: sent %s %s for tick %s", entry.name, entry.kind, sent,
-                        format_tick(tick))
+            logger.info(
+                "periodic %r: sent %s %s for tick %s", entry.name, entry.kind, sent, format_tick(tick)
+            )
         return ok
 
     async def _send_once(self, entry: PeriodicEntry, work: Work) -> str:
@@ -461,22 +527,26 @@ class Scheduler:
         for entry in sorted(self.entries.values(), key=lambda e: e.name):
             zone = entry.schedule.timezone
             upcoming = entry.schedule.next_after(now)
-            rows.append({
-                "name": entry.name,
-                "type": entry.kind,
-                "spec": entry.spec,
-                "timezone": zone_name(zone),
-                "next_run": upcoming.astimezone(zone).isoformat(),
-                "next_run_utc": format_tick(upcoming),
-                "tasks": entry.task_names(),
-                "missed": entry.missed,
-                "lock_key": self.tick_key(entry, upcoming),
-            })
+            rows.append(
+                {
+                    "name": entry.name,
+                    "type": entry.kind,
+                    "spec": entry.spec,
+                    "timezone": zone_name(zone),
+                    "next_run": upcoming.astimezone(zone).isoformat(),
+                    "next_run_utc": format_tick(upcoming),
+                    "tasks": entry.task_names(),
+                    "missed": entry.missed,
+                    "lock_key": self.tick_key(entry, upcoming),
+                }
+            )
         return rows
 
 
 async def _retry_until(
-    deadline: datetime, delay: float, attempt: Callable[[], Awaitable[T]],
+    deadline: datetime,
+    delay: float,
+    attempt: Callable[[], Awaitable[T]],
     failed: Callable[[Exception, float | None], None],
 ) -> tuple[bool, T | None]:
     """``(True, result)`` of the first ``attempt`` that does not raise, retried with a

@@ -106,8 +106,11 @@ class _Pending:
     __slots__ = ("command", "done", "group", "index", "waiter")
 
     def __init__(
-        self, command: Command, waiter: asyncio.Future[Any],
-        group: _Group | None = None, index: int = 0,
+        self,
+        command: Command,
+        waiter: asyncio.Future[Any],
+        group: _Group | None = None,
+        index: int = 0,
     ) -> None:
         self.command = command
         self.waiter = waiter
@@ -155,14 +158,11 @@ class CommandBatcher:
     retry policy allows (redis-py itself would re-send the whole pipeline).
     """
 
-    def __init__(
-        self, client: RedisClient, *, max_in_flight: int = 4, max_batch: int = 1000
-    ) -> None:
+    def __init__(self, client: RedisClient, *, max_in_flight: int = 4, max_batch: int = 1000) -> None:
         self.client = client
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
-        self._wire: _Wire = (
-            _ClusterWire(client) if isinstance(client, RedisCluster) else _DirectWire(client))
+        self._wire: _Wire = _ClusterWire(client) if isinstance(client, RedisCluster) else _DirectWire(client)
         self._pending: list[_Pending] = []
         self._in_flight = 0
         self._scheduled = False
@@ -172,9 +172,7 @@ class CommandBatcher:
         """Send one command and return its reply; raises its error."""
         return await self.run(Command(args))
 
-    async def script(
-        self, script: LuaScript, keys: Sequence[Key], args: Sequence[Value] = ()
-    ) -> Any:
+    async def script(self, script: LuaScript, keys: Sequence[Key], args: Sequence[Value] = ()) -> Any:
         """Run one Lua script and return its reply; raises its error."""
         return await self.run(Command.lua(script, keys, args))
 
@@ -245,8 +243,11 @@ class CommandBatcher:
         while self._pending and self._in_flight < self.max_in_flight:
             pending = self._pending
             cut = min(self.max_batch, len(pending))
-            while (cut < len(pending) and pending[cut].group is not None
-                   and pending[cut].group is pending[cut - 1].group):
+            while (
+                cut < len(pending)
+                and pending[cut].group is not None
+                and pending[cut].group is pending[cut - 1].group
+            ):
                 cut += 1  # a group goes out whole
             batch = [p for p in pending[:cut] if not p.waiter.done()]  # not given up on
             del pending[:cut]
@@ -377,8 +378,7 @@ class _ClusterWire(_Wire):
                 if command.script is None:
                     reply = await self.client.execute_command(*command.args)
                 else:
-                    reply = await run_script(self.client, command.script, command.keys,
-                                             command.script_args)
+                    reply = await run_script(self.client, command.script, command.keys, command.script_args)
             except ResponseError as exc:
                 reply = exc
             batch[0].settle(reply)
@@ -406,7 +406,8 @@ class RedisHandle:
     """
 
     _registry: ClassVar[weakref.WeakValueDictionary[tuple[str, int], RedisHandle]] = (
-        weakref.WeakValueDictionary())
+        weakref.WeakValueDictionary()
+    )
 
     def __init__(self, url: str, config: Config) -> None:
         self.url = url

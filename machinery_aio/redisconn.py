@@ -130,9 +130,7 @@ def is_cluster(url: str, config: Config) -> bool:
     settings = parse_redis_url(url)
     if _master_name(settings, config):
         return False
-    return settings.socket_path is None and (
-        config.redis.cluster_enabled or len(settings.hosts) > 1
-    )
+    return settings.socket_path is None and (config.redis.cluster_enabled or len(settings.hosts) > 1)
 
 
 def _master_name(settings: RedisSettings, config: Config) -> str:
@@ -183,8 +181,10 @@ def create_redis(url: str, config: Config, *, max_connections: int | None = None
     }
     tls = _ssl_options(settings, config)
     if settings.socket_path is not None:
-        return _pooled(Redis(unix_socket_path=settings.socket_path, db=settings.db,
-                              max_connections=pool_size, **common), config)
+        return _pooled(
+            Redis(unix_socket_path=settings.socket_path, db=settings.db, max_connections=pool_size, **common),
+            config,
+        )
     master_name = _master_name(settings, config)
     if master_name:
         sentinel_kwargs: dict[str, Any] = {
@@ -194,9 +194,14 @@ def create_redis(url: str, config: Config, *, max_connections: int | None = None
             **tls,
         }
         sentinel = Sentinel(settings.hosts, sentinel_kwargs=sentinel_kwargs, **tls)  # type: ignore[no-untyped-call]
-        master: Any = sentinel.master_for(master_name, redis_class=_sentinel_master_class(),
-                                          db=settings.db, max_connections=pool_size, **common,
-                                          **tls)
+        master: Any = sentinel.master_for(
+            master_name,
+            redis_class=_sentinel_master_class(),
+            db=settings.db,
+            max_connections=pool_size,
+            **common,
+            **tls,
+        )
         master.sentinel_clients = list(sentinel.sentinels)
         client: Redis = master
         return client
@@ -205,14 +210,14 @@ def create_redis(url: str, config: Config, *, max_connections: int | None = None
             raise ConfigError("a Redis Cluster has only database 0")
         common.pop("health_check_interval")
         nodes = [ClusterNode(host, port) for host, port in settings.hosts]
-        cluster = _cluster_class()(startup_nodes=nodes, max_connections=pool_size, **common,
-                                   **tls)
+        cluster = _cluster_class()(startup_nodes=nodes, max_connections=pool_size, **common, **tls)
         cluster.wait_for_connection = rc.wait  # type: ignore[attr-defined]
         cluster.connection_wait_timeout = rc.connect_timeout or None  # type: ignore[attr-defined]
         return cluster
     host, port = settings.hosts[0]
-    return _pooled(Redis(host=host, port=port, db=settings.db, max_connections=pool_size,
-                          **common, **tls), config)
+    return _pooled(
+        Redis(host=host, port=port, db=settings.db, max_connections=pool_size, **common, **tls), config
+    )
 
 
 @functools.cache

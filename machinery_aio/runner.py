@@ -111,8 +111,9 @@ class TaskRunner:
         function = self.server.registry.get(sig.name)
         if function is None:
             if sig.ignore_when_task_not_registered:
-                logger.warning("dropping %s %s: not registered (IgnoreWhenTaskNotRegistered)",
-                               sig.name, sig.uuid)
+                logger.warning(
+                    "dropping %s %s: not registered (IgnoreWhenTaskNotRegistered)", sig.name, sig.uuid
+                )
                 return _ACK
             return Outcome(Action.UNREGISTERED, task_name=sig.name)
         if sig.eta is not None and sig.eta > gotime.now() + ETA_TOLERANCE:
@@ -150,7 +151,10 @@ class TaskRunner:
             logger.warning("could not record %s %s as STARTED: %s", sig.name, sig.uuid, exc)
 
     async def _run(
-        self, function: TaskFunction, sig: Signature, args: list[Any],
+        self,
+        function: TaskFunction,
+        sig: Signature,
+        args: list[Any],
         started: Awaitable[Any] | None = None,
     ) -> None:
         for hook in self.hooks.pre_task:
@@ -183,8 +187,9 @@ class TaskRunner:
 
     async def _invoke(self, function: TaskFunction, sig: Signature, args: list[Any]) -> Any:
         if function.takes_context:
-            ctx = TaskContext(sig, self.tag, logging.LoggerAdapter(
-                logger, {"task_name": sig.name, "task_uuid": sig.uuid}))
+            ctx = TaskContext(
+                sig, self.tag, logging.LoggerAdapter(logger, {"task_name": sig.name, "task_uuid": sig.uuid})
+            )
             args = [ctx, *args]
         limit = function.time_limit or self.time_limit
         if function.is_async:
@@ -203,8 +208,7 @@ class TaskRunner:
                 if scope.expired():
                     kind = "" if function.is_async else " (its thread cannot be stopped)"
                     raise TaskTimeLimitExceeded(
-                        f"task {sig.name} exceeded its time limit of {limit:g} s "
-                        f"and was cancelled{kind}"
+                        f"task {sig.name} exceeded its time limit of {limit:g} s and was cancelled{kind}"
                     ) from None
                 raise
             when = scope.when()
@@ -244,12 +248,23 @@ class TaskRunner:
             sig.retry_count -= 1
             sig.retry_timeout = fibonacci_next(sig.retry_timeout)
             sig.eta = gotime.now() + timedelta(seconds=sig.retry_timeout)
-            logger.warning("task %s %s failed: %s; retrying in %d s (%d retries left)",
-                           sig.name, sig.uuid, text, sig.retry_timeout, sig.retry_count)
+            logger.warning(
+                "task %s %s failed: %s; retrying in %d s (%d retries left)",
+                sig.name,
+                sig.uuid,
+                text,
+                sig.retry_timeout,
+                sig.retry_count,
+            )
             await self.server.republish(sig)
             return
-        logger.error("task %s %s failed: %s", sig.name, sig.uuid, text,
-                     exc_info=not isinstance(exc, TaskTimeLimitExceeded))
+        logger.error(
+            "task %s %s failed: %s",
+            sig.name,
+            sig.uuid,
+            text,
+            exc_info=not isinstance(exc, TaskTimeLimitExceeded),
+        )
         await self._failed(sig, text, exc)
 
     async def _failed(self, sig: Signature, text: str, exc: BaseException) -> None:
@@ -283,8 +298,14 @@ class TaskRunner:
             missing = ""
         failed = [s for s in states if not s.is_success()]
         if failed or missing:
-            text = (f"chord {sig.group_uuid}: {len(failed)} of {len(states)} members failed; "
-                    f"first {failed[0].task_uuid}: {failed[0].error}") if failed else missing
+            text = (
+                (
+                    f"chord {sig.group_uuid}: {len(failed)} of {len(states)} members failed; "
+                    f"first {failed[0].task_uuid}: {failed[0].error}"
+                )
+                if failed
+                else missing
+            )
             logger.error("%s; callback %s not sent", text, callback.name)
             if callback.uuid:
                 await backend.set_state(TaskState.new(callback, State.FAILURE, error=text))
@@ -300,7 +321,8 @@ class TaskRunner:
     async def _invalid_message(self, exc: InvalidMessageError) -> Outcome:
         logger.error("invalid message set aside: %s", exc.reason)
         if exc.task_uuid:
-            state = TaskState(task_uuid=exc.task_uuid, task_name=exc.task_name,
-                              state=State.FAILURE, error=exc.reason)
+            state = TaskState(
+                task_uuid=exc.task_uuid, task_name=exc.task_name, state=State.FAILURE, error=exc.reason
+            )
             await self.server.backend.set_state(state)
         return Outcome(Action.DEAD_LETTER, exc.reason, exc.task_name)

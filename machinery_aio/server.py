@@ -45,19 +45,13 @@ class TaskDecorator(Protocol):
     """What ``@server.task(name)`` returns: turns a function into a :class:`Task`."""
 
     @overload
-    def __call__(
-        self, fn: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, R]]
-    ) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, R]]) -> Task[P, R]: ...
 
     @overload
-    def __call__(
-        self, fn: Callable[P, Coroutine[Any, Any, R]]
-    ) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
 
     @overload
-    def __call__(
-        self, fn: Callable[Concatenate[TaskContext, P], R]
-    ) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[Concatenate[TaskContext, P], R]) -> Task[P, R]: ...
 
     @overload
     def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
@@ -123,7 +117,9 @@ class Server:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.close()
@@ -221,8 +217,7 @@ class Server:
             self._prepare(sig)
         await self.connect()
         created = gotime.now()  # one creation time for the batch
-        await self.backend.set_states([TaskState.new(s, State.PENDING, created_at=created)
-                                       for s in sigs])
+        await self.backend.set_states([TaskState.new(s, State.PENDING, created_at=created) for s in sigs])
         for sig in sigs:
             await self._run_pre_publish(sig)
         await self.broker.publish_many(sigs)
@@ -233,9 +228,7 @@ class Server:
         await self._run_pre_publish(signature)
         await self.broker.publish(signature)
 
-    async def send_group(
-        self, group: Group, send_concurrency: int = 0
-    ) -> list[AsyncResult[Any]]:
+    async def send_group(self, group: Group, send_concurrency: int = 0) -> list[AsyncResult[Any]]:
         """Write the GroupMeta and PENDING states, then publish every member.
 
         ``send_concurrency`` caps publishes in flight (0: all at once, batched).
@@ -291,9 +284,7 @@ class Server:
         """A worker for ``queue`` (default queue if None); see :class:`Worker` for options."""
         return Worker(self, tag, concurrency, queue, **options)
 
-    def new_custom_queue_worker(
-        self, tag: str, concurrency: int, queue: str, **options: Any
-    ) -> Worker:
+    def new_custom_queue_worker(self, tag: str, concurrency: int, queue: str, **options: Any) -> Worker:
         """Go's ``NewCustomQueueWorker``."""
         return Worker(self, tag, concurrency, queue, **options)
 
@@ -307,8 +298,13 @@ class Server:
         return self._scheduler
 
     def register_periodic_task(
-        self, spec: str, name: str, signature: Signature, *,
-        timezone: str | tzinfo | None = None, missed: MissedPolicy = "skip",
+        self,
+        spec: str,
+        name: str,
+        signature: Signature,
+        *,
+        timezone: str | tzinfo | None = None,
+        missed: MissedPolicy = "skip",
     ) -> PeriodicEntry:
         """Send a fresh copy of ``signature`` (new UUID) on every tick of ``spec``.
 
@@ -317,38 +313,71 @@ class Server:
         Each tick is sent once however many workers run; ``missed`` says what
         happens to a tick no scheduler could send in time (docs/periodic.md).
         """
-        return self.scheduler.register(PeriodicEntry.create(
-            "task", spec, name, (signature,), timezone=timezone, missed=missed))
+        return self.scheduler.register(
+            PeriodicEntry.create("task", spec, name, (signature,), timezone=timezone, missed=missed)
+        )
 
     def register_periodic_group(
-        self, spec: str, name: str, *signatures: Signature, send_concurrency: int = 0,
-        timezone: str | tzinfo | None = None, missed: MissedPolicy = "skip",
+        self,
+        spec: str,
+        name: str,
+        *signatures: Signature,
+        send_concurrency: int = 0,
+        timezone: str | tzinfo | None = None,
+        missed: MissedPolicy = "skip",
     ) -> PeriodicEntry:
         """Send a fresh group of copies of ``signatures`` on every tick of ``spec``."""
-        return self.scheduler.register(PeriodicEntry.create(
-            "group", spec, name, signatures, send_concurrency=send_concurrency,
-            timezone=timezone, missed=missed))
+        return self.scheduler.register(
+            PeriodicEntry.create(
+                "group",
+                spec,
+                name,
+                signatures,
+                send_concurrency=send_concurrency,
+                timezone=timezone,
+                missed=missed,
+            )
+        )
 
     def register_periodic_chain(
-        self, spec: str, name: str, *signatures: Signature,
-        timezone: str | tzinfo | None = None, missed: MissedPolicy = "skip",
+        self,
+        spec: str,
+        name: str,
+        *signatures: Signature,
+        timezone: str | tzinfo | None = None,
+        missed: MissedPolicy = "skip",
     ) -> PeriodicEntry:
         """Send a fresh chain of copies of ``signatures`` on every tick of ``spec``."""
-        return self.scheduler.register(PeriodicEntry.create(
-            "chain", spec, name, signatures, timezone=timezone, missed=missed))
+        return self.scheduler.register(
+            PeriodicEntry.create("chain", spec, name, signatures, timezone=timezone, missed=missed)
+        )
 
     def register_periodic_chord(
-        self, spec: str, name: str, callback: Signature, *signatures: Signature,
-        send_concurrency: int = 0, timezone: str | tzinfo | None = None,
+        self,
+        spec: str,
+        name: str,
+        callback: Signature,
+        *signatures: Signature,
+        send_concurrency: int = 0,
+        timezone: str | tzinfo | None = None,
         missed: MissedPolicy = "skip",
     ) -> PeriodicEntry:
         """Send a fresh chord (``signatures``, then ``callback``) on every tick of ``spec``.
 
         The callback comes first, as in Go's ``RegisterPeriodicChord``.
         """
-        return self.scheduler.register(PeriodicEntry.create(
-            "chord", spec, name, signatures, callback=callback,
-            send_concurrency=send_concurrency, timezone=timezone, missed=missed))
+        return self.scheduler.register(
+            PeriodicEntry.create(
+                "chord",
+                spec,
+                name,
+                signatures,
+                callback=callback,
+                send_concurrency=send_concurrency,
+                timezone=timezone,
+                missed=missed,
+            )
+        )
 
     async def describe_periodic(self) -> list[dict[str, Any]]:
         """The registered schedules and their next run times."""

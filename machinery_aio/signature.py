@@ -107,7 +107,6 @@ class _GoModel(BaseModel):
                 fixed[alias] = model.go_keys(value)
         return fixed
 
-
     @classmethod
     def _nested_models(cls) -> dict[str, type[_GoModel]]:
         """Alias -> model, for the fields holding a nested model or a list of them."""
@@ -229,8 +228,9 @@ class Signature(_GoModel):
 
 @functools.cache
 def _signature_defaults() -> dict[str, Any]:
-    return {name: info.get_default(call_default_factory=True)
-            for name, info in Signature.model_fields.items()}
+    return {
+        name: info.get_default(call_default_factory=True) for name, info in Signature.model_fields.items()
+    }
 
 
 def _invalid(data: bytes | str, exc: ValidationError) -> InvalidMessageError:

@@ -86,15 +86,17 @@ class TaskState(_GoModel):
         """A state for ``signature``. Only PENDING stamps ``created_at``; backends carry it on."""
         if created_at is None:
             created_at = gotime.now() if state is State.PENDING else gotime.ZERO_TIME
-        return cls._trusted({
-            "task_uuid": signature.uuid,
-            "task_name": signature.name,
-            "state": state,
-            "results": results,
-            "error": error,
-            "created_at": created_at,
-            "ttl": 0,
-        })
+        return cls._trusted(
+            {
+                "task_uuid": signature.uuid,
+                "task_name": signature.name,
+                "state": state,
+                "results": results,
+                "error": error,
+                "created_at": created_at,
+                "ttl": 0,
+            }
+        )
 
     def __repr__(self) -> str:
         return f"<TaskState {self.task_uuid} {self.state.value}>"

@@ -47,9 +47,7 @@ def _is_context(param: inspect.Parameter, hints: dict[str, Any]) -> bool:
 class TaskFunction:
     """A function registered under a task name, with what is needed to call it."""
 
-    def __init__(
-        self, name: str, fn: Callable[..., Any], *, time_limit: float | None = None
-    ) -> None:
+    def __init__(self, name: str, fn: Callable[..., Any], *, time_limit: float | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"task {name!r} must be callable, got {type(fn).__name__}")
         if not name:
@@ -106,8 +104,10 @@ class TaskFunction:
         else:
             values = self._bind(args, kwargs)
         hints = (self.hint_for(index) for index in range(len(values)))
-        return [Arg.of(value, None if hint is _NO_HINT else hint)
-                for value, hint in zip(values, hints, strict=True)]
+        return [
+            Arg.of(value, None if hint is _NO_HINT else hint)
+            for value, hint in zip(values, hints, strict=True)
+        ]
 
     def _bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         try:
@@ -137,9 +137,7 @@ class TaskFunction:
             )
         if count < self._required:
             missing = [name for name, _ in self._positional[count : self._required]]
-            raise gotypes.ArgTypeError(
-                f"task {self.name!r} got {count} args; missing {', '.join(missing)}"
-            )
+            raise gotypes.ArgTypeError(f"task {self.name!r} got {count} args; missing {', '.join(missing)}")
         return [self._convert(i, value) for i, value in enumerate(values)]
 
     def _convert(self, index: int, value: Any) -> Any:
@@ -193,11 +191,19 @@ class TaskFunction:
         return f"<TaskFunction {self.name} {getattr(self.fn, '__qualname__', self.fn)!s}>"
 
 
-_OPTION_FIELDS = frozenset({
-    "routing_key", "retry_count", "retry_timeout", "priority", "immutable", "headers",
-    "ignore_when_task_not_registered", "broker_message_group_id",
-    "stop_task_deletion_on_error",
-})
+_OPTION_FIELDS = frozenset(
+    {
+        "routing_key",
+        "retry_count",
+        "retry_timeout",
+        "priority",
+        "immutable",
+        "headers",
+        "ignore_when_task_not_registered",
+        "broker_message_group_id",
+        "stop_task_deletion_on_error",
+    }
+)
 
 
 class Task(Generic[P, R]):
@@ -208,9 +214,7 @@ class Task(Generic[P, R]):
     is the plain function.
     """
 
-    def __init__(
-        self, server: Server, function: TaskFunction, options: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, server: Server, function: TaskFunction, options: dict[str, Any] | None = None) -> None:
         self.server = server
         self.function = function
         self.options: dict[str, Any] = dict(options or {})

@@ -1,10 +1,10 @@
 """Helpers for testing applications that use machinery-aio.
 
-    server = testing.memory_server()          # isolated memory:// broker and backend
-    async with testing.running_worker(server) as worker:
-        result = await add.delay(1, 2)
-        assert await result.get(timeout=5) == 3
-        await testing.wait_idle(worker)      # every fetched task finished
+server = testing.memory_server()          # isolated memory:// broker and backend
+async with testing.running_worker(server) as worker:
+    result = await add.delay(1, 2)
+    assert await result.get(timeout=5) == 3
+    await testing.wait_idle(worker)      # every fetched task finished
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ def memory_server(name: str | None = None, **config: Any) -> Server:
 
 
 @asynccontextmanager
-async def running_worker(
-    server: Server, concurrency: int = 10, **options: Any
-) -> AsyncIterator[Worker]:
+async def running_worker(server: Server, concurrency: int = 10, **options: Any) -> AsyncIterator[Worker]:
     """Run a worker for the duration of the block; it is stopped (gracefully) afterwards."""
     options.setdefault("fetch_timeout", 0.1)
     async with server.new_worker("test-worker", concurrency, **options) as worker:

@@ -9,9 +9,7 @@ __all__ = ["MaskSecretsFilter", "mask_secrets", "mask_url", "scheme_of"]
 
 MASK = "****"
 _REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "redis+sentinel", "rediss+sentinel")
-_URL = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*)://(?P<userinfo>[^/\s?#'\"]*)@"
-)
+_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*)://(?P<userinfo>[^/\s?#'\"]*)@")
 _SECRET_PARAM = re.compile(
     r"(?i)([?&;](?:[a-z_\-]*pass(?:word)?|[a-z_\-]*secret[a-z_\-]*|[a-z_\-]*token|"
     r"aws_secret_access_key|access_key)=)([^&\s'\"]+)"

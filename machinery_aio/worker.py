@@ -157,7 +157,10 @@ class Worker:
                 max_workers=min(self._in_flight, 64), thread_name_prefix=f"{self.tag}-task"
             )
         self.runner = TaskRunner(
-            server, tag=self.tag, hooks=self.hooks, executor=self._executor,
+            server,
+            tag=self.tag,
+            hooks=self.hooks,
+            executor=self._executor,
             time_limit=self._task_time_limit,
         )
         self._consumer = server.broker.consumer(self.queue, prefetch=self._in_flight, tag=self.tag)
@@ -168,9 +171,14 @@ class Worker:
             scheduler = server.scheduler_for_worker()
             if scheduler is not None:
                 self._background.append(asyncio.create_task(scheduler.run()))
-        logger.info("worker %s consuming %r on %s (concurrency %s), results in %s",
-                    self.tag, self.queue, server.broker.describe(),
-                    self.concurrency or "unlimited", server.backend.describe())
+        logger.info(
+            "worker %s consuming %r on %s (concurrency %s), results in %s",
+            self.tag,
+            self.queue,
+            server.broker.describe(),
+            self.concurrency or "unlimited",
+            server.backend.describe(),
+        )
 
     async def launch(self) -> None:
         """Run until :meth:`quit` or SIGTERM/SIGINT; the second signal stops at once."""
@@ -192,8 +200,7 @@ class Worker:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stopping:
-            logger.warning("second %s: stopping at once; unfinished tasks will be redelivered",
-                           sig.name)
+            logger.warning("second %s: stopping at once; unfinished tasks will be redelivered", sig.name)
             self.abort()
         else:
             logger.info("%s: stopping gracefully (send it again to stop at once)", sig.name)
@@ -226,8 +233,7 @@ class Worker:
             logger.info("waiting up to %g s for %d running tasks", grace, len(self._running))
             await asyncio.wait(set(self._running), timeout=grace)
         if self._running:
-            logger.warning("cancelling %d unfinished tasks; they will be redelivered",
-                           len(self._running))
+            logger.warning("cancelling %d unfinished tasks; they will be redelivered", len(self._running))
             await _cancel_all(list(self._running))
         await _cancel_all(self._background)
         if self._consumer is not None:
@@ -248,7 +254,9 @@ class Worker:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
@@ -287,8 +295,12 @@ class Worker:
             except Exception as exc:
                 self._unreserve(reserved)
                 delay = backoff.next()
-                logger.error("fetching from %s failed: %s; retrying in %.1f s",
-                             self.server.broker.describe(), exc, delay)
+                logger.error(
+                    "fetching from %s failed: %s; retrying in %.1f s",
+                    self.server.broker.describe(),
+                    exc,
+                    delay,
+                )
                 await self._report(exc)
                 await asyncio.sleep(delay)
                 continue
@@ -312,8 +324,12 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.error("could not process a message from %r: %s; handing it back",
-                             delivery.queue, exc, exc_info=True)
+                logger.error(
+                    "could not process a message from %r: %s; handing it back",
+                    delivery.queue,
+                    exc,
+                    exc_info=True,
+                )
                 await self._report(exc)
                 await self._safely(consumer.requeue(delivery, 1.0))
                 return
@@ -339,9 +355,13 @@ class Worker:
         delay, last_log = self._unregistered.get(name, (base, 0.0))
         now = time.monotonic()
         if now - last_log > 60:
-            logger.warning("task %r is not registered on worker %s; handing it back "
-                           "(next in %.1f s; IgnoreWhenTaskNotRegistered drops such tasks)",
-                           name, self.tag, delay)
+            logger.warning(
+                "task %r is not registered on worker %s; handing it back "
+                "(next in %.1f s; IgnoreWhenTaskNotRegistered drops such tasks)",
+                name,
+                self.tag,
+                delay,
+            )
             last_log = now
         self._unregistered[name] = (min(cap, delay * 2), last_log)
         if self._stopping:
@@ -371,4 +391,3 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker {self.tag} queue={self.queue!r} concurrency={self.concurrency}>"
-

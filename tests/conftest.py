@@ -42,8 +42,9 @@ def unique() -> str:
 
 @pytest.fixture
 def memory_config(unique: str) -> Config:
-    return Config(broker=f"memory://{unique}", result_backend=f"memory://{unique}",
-                  default_queue=f"{unique}_tasks")
+    return Config(
+        broker=f"memory://{unique}", result_backend=f"memory://{unique}", default_queue=f"{unique}_tasks"
+    )
 
 
 @pytest.fixture

@@ -31,10 +31,16 @@ async def _push(url: str, key: str, record: dict[str, Any]) -> None:
 
 def register_tasks(server: Server, record_url: str, prefix: str) -> None:
     async def ptest_record(ctx: TaskContext, *results: int) -> int:
-        await _push(record_url, f"{prefix}:ran", {
-            "tick": ctx.headers.get(PERIODIC_TICK_HEADER), "uuid": ctx.task_uuid,
-            "results": list(results), "pid": os.getpid(),
-        })
+        await _push(
+            record_url,
+            f"{prefix}:ran",
+            {
+                "tick": ctx.headers.get(PERIODIC_TICK_HEADER),
+                "uuid": ctx.task_uuid,
+                "results": list(results),
+                "pid": os.getpid(),
+            },
+        )
         return len(results)
 
     async def ptest_add(a: int, b: int) -> int:
@@ -66,16 +72,21 @@ def make_server() -> Server:
         headers = sig.headers or {}
         if headers.get(PERIODIC_NAME_HEADER) != name or sig.name != scheduled:
             return
-        await _push(record_url, f"{prefix}:sent", {
-            "tick": headers.get(PERIODIC_TICK_HEADER), "uuid": sig.uuid,
-            "group": sig.group_uuid, "pid": os.getpid(),
-        })
+        await _push(
+            record_url,
+            f"{prefix}:sent",
+            {
+                "tick": headers.get(PERIODIC_TICK_HEADER),
+                "uuid": sig.uuid,
+                "group": sig.group_uuid,
+                "pid": os.getpid(),
+            },
+        )
 
     server.set_pre_publish_handler(record_send)
     add = Signature(name="ptest_add", args=[Arg(type="int64", value=1), Arg(type="int64", value=2)])
     if chord:
-        server.register_periodic_chord(env["PTEST_SPEC"], name, Signature(name="ptest_record"),
-                                       add, add)
+        server.register_periodic_chord(env["PTEST_SPEC"], name, Signature(name="ptest_record"), add, add)
     else:
         server.register_periodic_task(env["PTEST_SPEC"], name, Signature(name="ptest_record"))
     with redis.Redis.from_url(record_url) as client:
@@ -91,8 +102,10 @@ def empty_server() -> Server:
 def inspect_server() -> Server:
     """A server with a few schedules, for ``inspect periodic``."""
     server = Server(Config())
-    server.register_periodic_task("0 9 * * mon-fri", "morning-report", Signature(name="report"),
-                                  timezone="Europe/Paris")
-    server.register_periodic_chord("@every 30s", "rollup", Signature(name="sum"),
-                                   Signature(name="count"), Signature(name="count"))
+    server.register_periodic_task(
+        "0 9 * * mon-fri", "morning-report", Signature(name="report"), timezone="Europe/Paris"
+    )
+    server.register_periodic_chord(
+        "@every 30s", "rollup", Signature(name="sum"), Signature(name="count"), Signature(name="count")
+    )
     return server

@@ -32,8 +32,9 @@ def assert_each_tick_once(ticks: list[str], at_least: int) -> None:
     assert set(gaps) == {1.0}, f"ticks missing between {moments[0]} and {moments[-1]}: {gaps}"
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0,
-             logs: Callable[[], str] = lambda: "") -> None:
+def wait_for(
+    check: Callable[[], bool], what: str, timeout: float = 60.0, logs: Callable[[], str] = lambda: ""
+) -> None:
     """Hang guard only: poll ``check`` until true, or fail saying what did not happen."""
     deadline = time.monotonic() + timeout
     while not check():
@@ -70,8 +71,13 @@ class Processes:
     def start(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         log = self.logdir / f"{name}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "machinery_aio", *args], cwd=ROOT,
-                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "machinery_aio", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.running.append((proc, log))
         return proc
 
@@ -105,16 +111,18 @@ class Processes:
 def app_env(unique: str, **settings: str) -> dict[str, str]:
     """Environment for ``tests.periodic_app`` (see its docstring)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTEST_")}
-    env.update({
-        "PTEST_APP_NAME": unique,
-        "PTEST_DEFAULT_QUEUE": f"{unique}_tasks",
-        "PTEST_REDIS_DELAYED_TASKS_KEY": f"{unique}_delayed",
-        "PTEST_NAME": f"{unique}-job",
-        "PTEST_SPEC": "* * * * * *",
-        "PTEST_KIND": "task",
-        "PTEST_RECORD": REDIS_URL,
-        "PTEST_PREFIX": f"ptest:{unique}",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "PTEST_APP_NAME": unique,
+            "PTEST_DEFAULT_QUEUE": f"{unique}_tasks",
+            "PTEST_REDIS_DELAYED_TASKS_KEY": f"{unique}_delayed",
+            "PTEST_NAME": f"{unique}-job",
+            "PTEST_SPEC": "* * * * * *",
+            "PTEST_KIND": "task",
+            "PTEST_RECORD": REDIS_URL,
+            "PTEST_PREFIX": f"ptest:{unique}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update({f"PTEST_{k.upper()}": v for k, v in settings.items()})
     return env

@@ -52,12 +52,14 @@ def apt_install(*packages: str) -> None:
         _log(f"cannot install {' '.join(packages)}: not root or no apt-get")
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    result = subprocess.run(["apt-get", "install", "-y", "-q", *packages], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["apt-get", "install", "-y", "-q", *packages], env=env, capture_output=True, text=True
+    )
     if result.returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", *packages], env=env, check=False,
-                       capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", *packages], env=env, check=False, capture_output=True
+        )
 
 
 def ensure_binary(name: str, package: str) -> str | None:
@@ -72,9 +74,24 @@ def ensure_binary(name: str, package: str) -> str | None:
 def redis_server_cmd(port: int, workdir: Path, *extra: str) -> list[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     return [
-        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-        "--appendonly", "no", "--daemonize", "yes", "--dir", str(workdir),
-        "--logfile", str(workdir / "redis.log"), "--pidfile", str(workdir / "redis.pid"), *extra,
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "yes",
+        "--dir",
+        str(workdir),
+        "--logfile",
+        str(workdir / "redis.log"),
+        "--pidfile",
+        str(workdir / "redis.pid"),
+        *extra,
     ]
 
 
@@ -95,8 +112,7 @@ def ensure_rabbitmq() -> bool:
         return False
     _log("starting rabbitmq-server (takes 10-20 s)")
     subprocess.run(["rabbitmq-server", "-detached"], check=False, capture_output=True)
-    subprocess.run(["rabbitmqctl", "await_startup", "--timeout", "60"], check=False,
-                   capture_output=True)
+    subprocess.run(["rabbitmqctl", "await_startup", "--timeout", "60"], check=False, capture_output=True)
     return wait_open(*RABBITMQ, 60)
 
 
@@ -109,21 +125,32 @@ def ensure_redis_cluster() -> bool:
     base = STATE / "redis-cluster"
     for port in REDIS_CLUSTER_PORTS:
         if is_open("127.0.0.1", port):
-            subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"],
-                           check=False, capture_output=True)
+            subprocess.run(
+                ["redis-cli", "-p", str(port), "shutdown", "nosave"], check=False, capture_output=True
+            )
         workdir = base / str(port)
         shutil.rmtree(workdir, ignore_errors=True)
-        cmd = redis_server_cmd(port, workdir, "--cluster-enabled", "yes",
-                               "--cluster-config-file", str(workdir / "nodes.conf"),
-                               "--cluster-node-timeout", "2000")
+        cmd = redis_server_cmd(
+            port,
+            workdir,
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(workdir / "nodes.conf"),
+            "--cluster-node-timeout",
+            "2000",
+        )
         subprocess.run(cmd, check=False)
     for port in REDIS_CLUSTER_PORTS:
         if not wait_open("127.0.0.1", port, 10):
             return False
     _log("creating the Redis Cluster on 7000-7002")
     nodes = [f"127.0.0.1:{p}" for p in REDIS_CLUSTER_PORTS]
-    subprocess.run(["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0",
-                    "--cluster-yes"], check=False, capture_output=True)
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+        check=False,
+        capture_output=True,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if _cluster_ok():
@@ -133,8 +160,12 @@ def ensure_redis_cluster() -> bool:
 
 
 def _cluster_ok() -> bool:
-    result = subprocess.run(["redis-cli", "-p", str(REDIS_CLUSTER_PORTS[0]), "cluster", "info"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["redis-cli", "-p", str(REDIS_CLUSTER_PORTS[0]), "cluster", "info"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return "cluster_state:ok" in result.stdout
 
 

@@ -25,8 +25,12 @@ FIGURES = ["enqueue_one", "enqueue_batch", "drain_1", "p50_ms", "p99_ms", "rss_m
 
 def run_suite(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "benchmarks", "run", *args], cwd=ROOT, capture_output=True,
-        text=True, timeout=240, check=False,
+        [sys.executable, "-m", "benchmarks", "run", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
 
 
@@ -35,8 +39,9 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     if has_redis_driver:
         require_server("127.0.0.1", 6379, "Redis")
     out = tmp_path / "smoke.json"
-    proc = run_suite("--smoke", "--broker", REDIS, "--json", str(out),
-                     "--only", "machinery-aio/memory,machinery-aio/redis")
+    proc = run_suite(
+        "--smoke", "--broker", REDIS, "--json", str(out), "--only", "machinery-aio/memory,machinery-aio/redis"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "drain 1 proc/s" in proc.stdout
     assert "machinery-aio/memory" in proc.stdout

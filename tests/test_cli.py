@@ -48,16 +48,33 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_help_lists_commands_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for word in ("worker", "send", "inspect", "purge", "examples:",
-                 "machinery-aio worker -A myapp.tasks:server --concurrency 50", "BROKER"):
+    for word in (
+        "worker",
+        "send",
+        "inspect",
+        "purge",
+        "examples:",
+        "machinery-aio worker -A myapp.tasks:server --concurrency 50",
+        "BROKER",
+    ):
         assert word in out
 
 
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        ("worker", ["-A APP, --app APP", "--concurrency", "-Q QUEUE, --queue QUEUE", "-t TAG, --tag TAG",
-                    "--grace-period", "--time-limit", "0: unlimited"]),
+        (
+            "worker",
+            [
+                "-A APP, --app APP",
+                "--concurrency",
+                "-Q QUEUE, --queue QUEUE",
+                "-t TAG, --tag TAG",
+                "--grace-period",
+                "--time-limit",
+                "0: unlimited",
+            ],
+        ),
         ("send", ["int64:1", "--countdown", "--timeout", "--no-wait", "ARG"]),
         ("inspect", ["state", "pending", "delayed", "dead", "registered", "uuid"]),
         ("purge", ["--yes", "--queue"]),
@@ -74,8 +91,24 @@ def test_each_command_has_helpful_help(
 
 def test_worker_options_long_and_short() -> None:
     parser = build_parser()
-    long = parser.parse_args(["worker", "--app", APP, "--concurrency", "50", "--queue", "Q", "--tag", "T",
-                              "--grace-period", "5", "--time-limit", "2.5", "--no-scheduler"])
+    long = parser.parse_args(
+        [
+            "worker",
+            "--app",
+            APP,
+            "--concurrency",
+            "50",
+            "--queue",
+            "Q",
+            "--tag",
+            "T",
+            "--grace-period",
+            "5",
+            "--time-limit",
+            "2.5",
+            "--no-scheduler",
+        ]
+    )
     short = parser.parse_args(["worker", "-A", APP, "-c", "50", "-Q", "Q", "-t", "T"])
     for args in (long, short):
         assert (args.app, args.concurrency, args.queue, args.tag) == (APP, 50, "Q", "T")
@@ -90,8 +123,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "machinery-aio"
-    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0
     assert "usage: machinery-aio" in proc.stdout
 
@@ -122,8 +154,14 @@ def test_send_reports_a_failed_task(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_send_through_the_console_script() -> None:
     script = Path(sys.executable).parent / "machinery-aio"
-    proc = subprocess.run([str(script), "send", "-A", APP, "add", "2", "3", "--loglevel", "ERROR"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [str(script), "send", "-A", APP, "add", "2", "3", "--loglevel", "ERROR"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "5"
 
@@ -146,10 +184,11 @@ def test_send_with_an_app_factory(capsys: pytest.CaptureFixture[str]) -> None:
         (["send", "-A", APP, "add", "[]int64:[1,"], "'[1,' is not JSON for []int64"),
         (["send", "-A", APP, "add", "1", "--no-wait"], "--no-wait with the in-process memory://"),
         (["send", "-A", "no_such_module_here:server", "add"], "cannot import 'no_such_module_here'"),
-        (["send", "-A", "tests.apps.memory_app:missing", "add"],
-         "module 'tests.apps.memory_app' has no attribute 'missing'"),
-        (["send", "-A", "tests.apps.memory_app:not_a_server", "add"],
-         "is a str, not a machinery_aio.Server"),
+        (
+            ["send", "-A", "tests.apps.memory_app:missing", "add"],
+            "module 'tests.apps.memory_app' has no attribute 'missing'",
+        ),
+        (["send", "-A", "tests.apps.memory_app:not_a_server", "add"], "is a str, not a machinery_aio.Server"),
         (["inspect", "-A", APP, "state"], "inspect state needs a task UUID"),
         (["purge", "-A", APP], "add --yes to confirm"),
         (["send", "--config", "/nonexistent/config.yml", "add"], "cannot read configuration file"),
@@ -270,8 +309,13 @@ def test_banner_shows_the_settings_with_passwords_masked() -> None:
     assert "hunter2" not in text
     assert f"amqp://guest:{MASK}@rabbit.example:5672/" in text
     assert f"redis://:{MASK}@redis.example:6379/6" in text
-    for line in ("worker:      w1", "queue:       memory_app_secret", "concurrency: 50",
-                 "results:     expire in 3600 s", "tasks:       add"):
+    for line in (
+        "worker:      w1",
+        "queue:       memory_app_secret",
+        "concurrency: 50",
+        "results:     expire in 3600 s",
+        "tasks:       add",
+    ):
         assert line in text
     unlimited = banner(Server(Config()), "w2", "q", 0)
     assert "concurrency: unlimited" in unlimited
@@ -279,8 +323,19 @@ def test_banner_shows_the_settings_with_passwords_masked() -> None:
 
 
 def test_worker_process_never_prints_a_password(cli_process: StartCLI) -> None:
-    process = cli_process("worker", "-A", "tests.apps.memory_app:secret", "-c", "50", "-Q", "jobs",
-                          "-t", "banner-test", "--loglevel", "DEBUG")
+    process = cli_process(
+        "worker",
+        "-A",
+        "tests.apps.memory_app:secret",
+        "-c",
+        "50",
+        "-Q",
+        "jobs",
+        "-t",
+        "banner-test",
+        "--loglevel",
+        "DEBUG",
+    )
     process.wait_for("consuming 'jobs'")
     process.proc.send_signal(signal.SIGTERM)
     assert process.finish() == 0

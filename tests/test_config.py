@@ -121,11 +121,16 @@ def test_go_environment_variables_load() -> None:
 
 
 def test_envconfig_struct_prefixed_names_win_as_in_go() -> None:
-    config = Config.from_env(environ={
-        "AMQP_EXCHANGE": "plain", "AMQP_AMQP_EXCHANGE": "prefixed",
-        "REDIS_REDIS_MAX_IDLE": "9", "SQS_SQS_WAIT_TIME_SECONDS": "7",
-        "TASK_STATES_TABLE": "plain", "DYNAMODB_TASK_STATES_TABLE": "prefixed",
-    })
+    config = Config.from_env(
+        environ={
+            "AMQP_EXCHANGE": "plain",
+            "AMQP_AMQP_EXCHANGE": "prefixed",
+            "REDIS_REDIS_MAX_IDLE": "9",
+            "SQS_SQS_WAIT_TIME_SECONDS": "7",
+            "TASK_STATES_TABLE": "plain",
+            "DYNAMODB_TASK_STATES_TABLE": "prefixed",
+        }
+    )
     assert config.amqp.exchange == "prefixed"
     assert config.redis.max_idle == 9
     assert config.sqs.wait_time_seconds == 7
@@ -175,11 +180,15 @@ def test_prefixed_bad_value_names_the_prefixed_variable() -> None:
 
 
 def test_map_values_keep_colons_and_types() -> None:
-    config = Config.from_env(environ={
-        "AMQP_QUEUE_DECLARE_ARGS": "x-dead-letter-exchange:amq.direct:x, x-message-ttl:60000,flag:true",
-    })
+    config = Config.from_env(
+        environ={
+            "AMQP_QUEUE_DECLARE_ARGS": "x-dead-letter-exchange:amq.direct:x, x-message-ttl:60000,flag:true",
+        }
+    )
     assert config.amqp.queue_declare_args == {
-        "x-dead-letter-exchange": "amq.direct:x", "x-message-ttl": 60000, "flag": True,
+        "x-dead-letter-exchange": "amq.direct:x",
+        "x-message-ttl": 60000,
+        "flag": True,
     }
 
 
@@ -197,7 +206,10 @@ def test_go_config_yml_loads_unchanged_beyond_1000_bytes(caplog: pytest.LogCaptu
     assert config.results_expire_in == 7200
     amqp = config.amqp
     assert (amqp.exchange, amqp.exchange_type, amqp.binding_key) == (
-        "machinery_exchange", "direct", "machinery_tasks")
+        "machinery_exchange",
+        "direct",
+        "machinery_tasks",
+    )
     assert (amqp.prefetch_count, amqp.auto_delete, amqp.delayed_queue) == (7, True, "delay_queue")
     assert amqp.queue_declare_args == {"x-max-priority": 10, "x-queue-mode": "lazy"}
     assert amqp.queue_binding_args == {"image-type": "png", "x-match": "any"}
@@ -240,8 +252,10 @@ def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:
     [
         ("results_expire_in: soon\n", "results_expire_in"),
         ("redis:\n  max_idle: -1\n", "redis.max_idle"),
-        ("sqs:\n  receive_wait_time_seconds: 99\n",
-         "sqs.receive_wait_time_seconds: Input should be less than or equal to 20"),
+        (
+            "sqs:\n  receive_wait_time_seconds: 99\n",
+            "sqs.receive_wait_time_seconds: Input should be less than or equal to 20",
+        ),
         ("- just\n- a list\n", "must hold a mapping of settings, not list"),
         ("broker: [unclosed\n", "is not valid YAML"),
         ("amqp: 5\n", "amqp"),
@@ -270,8 +284,9 @@ def test_reload_updates_the_same_object_in_place(tmp_path: Path) -> None:
     redis = config.redis
     assert config.reloads
     assert config.reload() is False  # nothing changed
-    path.write_text(GO_YAML.read_text().replace("normal_tasks_poll_period: 900",
-                                                 "normal_tasks_poll_period: 300"))
+    path.write_text(
+        GO_YAML.read_text().replace("normal_tasks_poll_period: 900", "normal_tasks_poll_period: 300")
+    )
     assert config.reload() is True
     assert config.redis.normal_tasks_poll_period == 300
     assert config.default_queue == "machinery_tasks"
@@ -315,7 +330,8 @@ def test_yaml_without_pyyaml_names_the_extra() -> None:
         f"try:\n    Config.from_yaml({str(GO_YAML)!r})\n"
         "except ConfigError as exc:\n    print(exc)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert "loading YAML needs PyYAML: pip install 'machinery-aio[yaml]'" in proc.stdout

@@ -34,32 +34,35 @@ def ticks(spec: str, start: datetime, count: int, tz: str | None = None) -> list
 START = utc(2025, 1, 1, 0, 0, 5)  # a Wednesday
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("*/5 * * * *", [utc(2025, 1, 1, 0, 5), utc(2025, 1, 1, 0, 10)]),
-    ("0 * * * *", [utc(2025, 1, 1, 1), utc(2025, 1, 1, 2)]),
-    ("30 9 * * mon-fri", [utc(2025, 1, 1, 9, 30), utc(2025, 1, 2, 9, 30)]),
-    ("0 0 1 JAN *", [utc(2026, 1, 1), utc(2027, 1, 1)]),
-    ("5/20 * * * *", [utc(2025, 1, 1, 0, 5), utc(2025, 1, 1, 0, 25), utc(2025, 1, 1, 0, 45)]),
-    ("0 12 * * ?", [utc(2025, 1, 1, 12), utc(2025, 1, 2, 12)]),
-    ("1-5/2 0 * * *", [utc(2025, 1, 1, 0, 1), utc(2025, 1, 1, 0, 3)]),
-    # six fields: seconds first, as robfig's WithSeconds
-    ("*/10 * * * * *", [utc(2025, 1, 1, 0, 0, 10), utc(2025, 1, 1, 0, 0, 20)]),
-    ("30 15 10 * * *", [utc(2025, 1, 1, 10, 15, 30), utc(2025, 1, 2, 10, 15, 30)]),
-    ("* * * * * *", [utc(2025, 1, 1, 0, 0, 6), utc(2025, 1, 1, 0, 0, 7)]),
-    # descriptors
-    ("@hourly", [utc(2025, 1, 1, 1), utc(2025, 1, 1, 2)]),
-    ("@daily", [utc(2025, 1, 2), utc(2025, 1, 3)]),
-    ("@midnight", [utc(2025, 1, 2), utc(2025, 1, 3)]),
-    ("@weekly", [utc(2025, 1, 5), utc(2025, 1, 12)]),
-    ("@monthly", [utc(2025, 2, 1), utc(2025, 3, 1)]),
-    ("@yearly", [utc(2026, 1, 1), utc(2027, 1, 1)]),
-    ("@annually", [utc(2026, 1, 1), utc(2027, 1, 1)]),
-    ("  @HOURLY  ", [utc(2025, 1, 1, 1), utc(2025, 1, 1, 2)]),
-    # @every is aligned to the Unix epoch, so every scheduler agrees on the ticks
-    ("@every 30s", [utc(2025, 1, 1, 0, 0, 30), utc(2025, 1, 1, 0, 1)]),
-    ("@every 1h30m", [utc(2025, 1, 1, 1, 30), utc(2025, 1, 1, 3)]),
-    ("@every 1s", [utc(2025, 1, 1, 0, 0, 6), utc(2025, 1, 1, 0, 0, 7)]),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("*/5 * * * *", [utc(2025, 1, 1, 0, 5), utc(2025, 1, 1, 0, 10)]),
+        ("0 * * * *", [utc(2025, 1, 1, 1), utc(2025, 1, 1, 2)]),
+        ("30 9 * * mon-fri", [utc(2025, 1, 1, 9, 30), utc(2025, 1, 2, 9, 30)]),
+        ("0 0 1 JAN *", [utc(2026, 1, 1), utc(2027, 1, 1)]),
+        ("5/20 * * * *", [utc(2025, 1, 1, 0, 5), utc(2025, 1, 1, 0, 25), utc(2025, 1, 1, 0, 45)]),
+        ("0 12 * * ?", [utc(2025, 1, 1, 12), utc(2025, 1, 2, 12)]),
+        ("1-5/2 0 * * *", [utc(2025, 1, 1, 0, 1), utc(2025, 1, 1, 0, 3)]),
+        # six fields: seconds first, as robfig's WithSeconds
+        ("*/10 * * * * *", [utc(2025, 1, 1, 0, 0, 10), utc(2025, 1, 1, 0, 0, 20)]),
+        ("30 15 10 * * *", [utc(2025, 1, 1, 10, 15, 30), utc(2025, 1, 2, 10, 15, 30)]),
+        ("* * * * * *", [utc(2025, 1, 1, 0, 0, 6), utc(2025, 1, 1, 0, 0, 7)]),
+        # descriptors
+        ("@hourly", [utc(2025, 1, 1, 1), utc(2025, 1, 1, 2)]),
+        ("@daily", [utc(2025, 1, 2), utc(2025, 1, 3)]),
+        ("@midnight", [utc(2025, 1, 2), utc(2025, 1, 3)]),
+        ("@weekly", [utc(2025, 1, 5), utc(2025, 1, 12)]),
+        ("@monthly", [utc(2025, 2, 1), utc(2025, 3, 1)]),
+        ("@yearly", [utc(2026, 1, 1), utc(2027, 1, 1)]),
+        ("@annually", [utc(2026, 1, 1), utc(2027, 1, 1)]),
+        ("  @HOURLY  ", [utc(2025, 1, 1, 1), utc(2025, 1, 1, 2)]),
+        # @every is aligned to the Unix epoch, so every scheduler agrees on the ticks
+        ("@every 30s", [utc(2025, 1, 1, 0, 0, 30), utc(2025, 1, 1, 0, 1)]),
+        ("@every 1h30m", [utc(2025, 1, 1, 1, 30), utc(2025, 1, 1, 3)]),
+        ("@every 1s", [utc(2025, 1, 1, 0, 0, 6), utc(2025, 1, 1, 0, 0, 7)]),
+    ],
+)
 def test_next_ticks(spec: str, expected: list[datetime]) -> None:
     assert ticks(spec, START, len(expected)) == expected
 
@@ -90,11 +93,23 @@ def test_every_rounds_like_robfig() -> None:
         assert schedule.interval == interval
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("1h30m", 5400.0), ("30s", 30.0), ("1.5h", 5400.0), ("300ms", 0.3), ("2h45m30.5s", 9930.5),
-    ("+5s", 5.0), ("0", 0.0), ("1us", 1e-6), ("1µs", 1e-6), ("10ns", 1e-8), ("-2m", -120.0),
-    (".5s", 0.5),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1h30m", 5400.0),
+        ("30s", 30.0),
+        ("1.5h", 5400.0),
+        ("300ms", 0.3),
+        ("2h45m30.5s", 9930.5),
+        ("+5s", 5.0),
+        ("0", 0.0),
+        ("1us", 1e-6),
+        ("1µs", 1e-6),
+        ("10ns", 1e-8),
+        ("-2m", -120.0),
+        (".5s", 0.5),
+    ],
+)
 def test_go_durations(text: str, seconds: float) -> None:
     assert parse_go_duration(text) == pytest.approx(seconds)
 
@@ -165,37 +180,40 @@ def test_schedule_kinds() -> None:
     assert parse_schedule("0 0 */1 * 1").describe() == "0 0 * * 1"
 
 
-@pytest.mark.parametrize(("spec", "problem"), [
-    ("", "empty"),
-    ("   ", "empty"),
-    ("* * * *", "expected 5 fields"),
-    ("* * * * * * *", "got 7"),
-    ("61 * * * *", "minute field: 61 is outside 0-59"),
-    ("* 24 * * *", "hour field: 24 is outside 0-23"),
-    ("* * 0 * *", "day-of-month field: 0 is outside 1-31"),
-    ("* * * 13 *", "month field: 13 is outside 1-12"),
-    ("0 0 * * 7", "day-of-week field: 7 is outside 0-6"),
-    ("60 * * * * *", "second field: 60"),
-    ("*/0 * * * *", "step in '\\*/0' must be a positive number"),
-    ("*/x * * * *", "must be a positive number"),
-    ("5-1 * * * *", "starts after it ends"),
-    ("1,,2 * * * *", "is not valid"),
-    ("a * * * *", "minute field: 'a' is not a number"),
-    ("* * * foo *", "month field: 'foo' is not a number or a name"),
-    ("0 0 L * *", "robfig/cron has no L"),
-    ("0 0 1W * *", "robfig/cron has no L, W"),
-    ("0 0 * * 5#2", "robfig/cron has no"),
-    ("H * * * *", "robfig/cron has no"),
-    ("0 0 31 2 *", "never matches"),
-    ("@reboot", "unknown descriptor '@reboot'"),
-    ("@hourly 5", "takes no fields"),
-    ("@every", "needs a duration"),
-    ("@every 0s", "positive duration"),
-    ("@every -5s", "positive duration"),
-    ("@every 5 minutes", "not a Go duration"),
-    ("CRON_TZ=Mars/Base 0 * * * *", "unknown timezone 'Mars/Base'"),
-    ("CRON_TZ=UTC", "nothing follows"),
-])
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("* * * *", "expected 5 fields"),
+        ("* * * * * * *", "got 7"),
+        ("61 * * * *", "minute field: 61 is outside 0-59"),
+        ("* 24 * * *", "hour field: 24 is outside 0-23"),
+        ("* * 0 * *", "day-of-month field: 0 is outside 1-31"),
+        ("* * * 13 *", "month field: 13 is outside 1-12"),
+        ("0 0 * * 7", "day-of-week field: 7 is outside 0-6"),
+        ("60 * * * * *", "second field: 60"),
+        ("*/0 * * * *", "step in '\\*/0' must be a positive number"),
+        ("*/x * * * *", "must be a positive number"),
+        ("5-1 * * * *", "starts after it ends"),
+        ("1,,2 * * * *", "is not valid"),
+        ("a * * * *", "minute field: 'a' is not a number"),
+        ("* * * foo *", "month field: 'foo' is not a number or a name"),
+        ("0 0 L * *", "robfig/cron has no L"),
+        ("0 0 1W * *", "robfig/cron has no L, W"),
+        ("0 0 * * 5#2", "robfig/cron has no"),
+        ("H * * * *", "robfig/cron has no"),
+        ("0 0 31 2 *", "never matches"),
+        ("@reboot", "unknown descriptor '@reboot'"),
+        ("@hourly 5", "takes no fields"),
+        ("@every", "needs a duration"),
+        ("@every 0s", "positive duration"),
+        ("@every -5s", "positive duration"),
+        ("@every 5 minutes", "not a Go duration"),
+        ("CRON_TZ=Mars/Base 0 * * * *", "unknown timezone 'Mars/Base'"),
+        ("CRON_TZ=UTC", "nothing follows"),
+    ],
+)
 def test_bad_specs_fail_clearly(spec: str, problem: str) -> None:
     with pytest.raises(InvalidScheduleError, match=problem) as info:
         parse_schedule(spec)

@@ -176,8 +176,7 @@ def test_missing_extra_names_the_extra_to_install() -> None:
 def test_memory_and_null_need_no_extra() -> None:
     """With every optional driver blocked, the core still builds its embedded implementations."""
     blocked = ["redis", "aio_pika", "aiobotocore", "aiomcache", "pymongo", "yaml", "uvloop"]
-    cases = [("broker", "memory://"), ("backend", "memory://"), ("backend", "null://"),
-             ("lock", "memory://")]
+    cases = [("broker", "memory://"), ("backend", "memory://"), ("backend", "null://"), ("lock", "memory://")]
     script = _BLOCKED_SCRIPT.format(blocked=blocked, cases=cases)
     proc = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False

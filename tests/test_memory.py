@@ -22,8 +22,12 @@ CLOCK_SLACK = 0.001
 
 @pytest.fixture
 def config(unique: str) -> Config:
-    return Config(broker=f"memory://{unique}", result_backend=f"memory://{unique}",
-                  lock=f"memory://{unique}", default_queue=f"{unique}_q")
+    return Config(
+        broker=f"memory://{unique}",
+        result_backend=f"memory://{unique}",
+        lock=f"memory://{unique}",
+        default_queue=f"{unique}_q",
+    )
 
 
 @pytest.fixture
@@ -37,8 +41,12 @@ def backend(config: Config) -> MemoryBackend:
 
 
 def sig(name: str = "add", *values: int, **fields: object) -> Signature:
-    return Signature(uuid=f"task_{name}_{'_'.join(map(str, values))}", name=name,
-                     args=[Arg(type="int64", value=v) for v in values], **fields)
+    return Signature(
+        uuid=f"task_{name}_{'_'.join(map(str, values))}",
+        name=name,
+        args=[Arg(type="int64", value=v) for v in values],
+        **fields,
+    )
 
 
 # -- broker ---------------------------------------------------------------------------------

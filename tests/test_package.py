@@ -22,8 +22,14 @@ def test_core_depends_only_on_pydantic_and_croniter() -> None:
 
 def test_every_driver_is_an_extra() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
-    for extra, package in [("redis", "redis"), ("amqp", "aio-pika"), ("sqs", "aiobotocore"),
-                           ("memcache", "aiomcache"), ("mongo", "pymongo"), ("yaml", "PyYAML")]:
+    for extra, package in [
+        ("redis", "redis"),
+        ("amqp", "aio-pika"),
+        ("sqs", "aiobotocore"),
+        ("memcache", "aiomcache"),
+        ("mongo", "pymongo"),
+        ("yaml", "PyYAML"),
+    ]:
         assert any(dep.startswith(package) for dep in extras[extra]), extra
     for extra in ("redis", "amqp", "sqs", "memcache", "mongo"):
         assert extra in extras["all"][0]
@@ -37,10 +43,31 @@ def test_console_script_and_typed_marker() -> None:
 
 
 def test_public_api_names() -> None:
-    for name in ["Server", "Config", "Signature", "Arg", "Group", "Chain", "Chord", "RetryTaskLater",
-                 "TaskFailedError", "TaskState", "State", "TaskResult", "GroupMeta", "AsyncResult",
-                 "ChainAsyncResult", "ChordAsyncResult", "TaskContext", "Worker", "ConfigError",
-                 "MissingExtraError", "InvalidMessageError", "TaskTimeLimitExceeded", "Task"]:
+    for name in [
+        "Server",
+        "Config",
+        "Signature",
+        "Arg",
+        "Group",
+        "Chain",
+        "Chord",
+        "RetryTaskLater",
+        "TaskFailedError",
+        "TaskState",
+        "State",
+        "TaskResult",
+        "GroupMeta",
+        "AsyncResult",
+        "ChainAsyncResult",
+        "ChordAsyncResult",
+        "TaskContext",
+        "Worker",
+        "ConfigError",
+        "MissingExtraError",
+        "InvalidMessageError",
+        "TaskTimeLimitExceeded",
+        "Task",
+    ]:
         assert name in machinery_aio.__all__, name
         assert getattr(machinery_aio, name) is not None
     assert machinery_aio.__version__ == PYPROJECT["project"]["version"]

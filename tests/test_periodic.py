@@ -29,8 +29,11 @@ MakeServer = Callable[[Config], Server]
 
 def config_for(unique: str, **extra: object) -> Config:
     settings: dict[str, object] = {
-        "broker": f"memory://{unique}", "result_backend": f"memory://{unique}",
-        "lock": f"memory://{unique}", "default_queue": f"{unique}_tasks", "app_name": unique,
+        "broker": f"memory://{unique}",
+        "result_backend": f"memory://{unique}",
+        "lock": f"memory://{unique}",
+        "default_queue": f"{unique}_tasks",
+        "app_name": unique,
     }
     return Config.model_validate({**settings, **extra})
 
@@ -41,6 +44,7 @@ def add_sig(a: int = 1, b: int = 2) -> Signature:
 
 async def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
     """Hang guard only: poll ``check`` until true."""
+
     async def poll() -> None:
         while not check():
             await asyncio.sleep(0.02)
@@ -173,8 +177,11 @@ async def test_each_tick_sends_a_fresh_task(memory_server: Server) -> None:
     assert first.on_success
     assert second.on_success
     assert len({first.on_success[0].uuid, second.on_success[0].uuid, "task_cb"}) == 3
-    assert first.headers == {"trace": "x", PERIODIC_NAME_HEADER: "x",
-                             PERIODIC_TICK_HEADER: "2025-01-01T12:00:00Z"}
+    assert first.headers == {
+        "trace": "x",
+        PERIODIC_NAME_HEADER: "x",
+        PERIODIC_TICK_HEADER: "2025-01-01T12:00:00Z",
+    }
     assert template.headers == {"trace": "x"}
 
 
@@ -191,8 +198,9 @@ async def test_each_tick_sends_a_fresh_group(memory_server: Server) -> None:
 
 
 async def test_each_tick_sends_a_fresh_chain(memory_server: Server) -> None:
-    entry = memory_server.register_periodic_chain("@hourly", "c", add_sig(), Signature(name="b"),
-                                                  Signature(name="c"))
+    entry = memory_server.register_periodic_chain(
+        "@hourly", "c", add_sig(), Signature(name="b"), Signature(name="c")
+    )
     first, second = entry.build(TICK), entry.build(TICK)
     assert isinstance(first, Chain)
     assert isinstance(second, Chain)
@@ -206,8 +214,9 @@ async def test_each_tick_sends_a_fresh_chain(memory_server: Server) -> None:
 
 
 async def test_each_tick_sends_a_fresh_chord(memory_server: Server) -> None:
-    entry = memory_server.register_periodic_chord("@hourly", "ch", Signature(name="sum"),
-                                                  add_sig(), add_sig())
+    entry = memory_server.register_periodic_chord(
+        "@hourly", "ch", Signature(name="sum"), add_sig(), add_sig()
+    )
     first, second = entry.build(TICK), entry.build(TICK)
     assert isinstance(first, Chord)
     assert isinstance(second, Chord)
@@ -233,16 +242,13 @@ async def test_fire_sends_each_tick_once_across_schedulers(unique: str, make_ser
         server.register_periodic_task("* * * * * *", "job", add_sig())
     tick = datetime.now(UTC).replace(microsecond=0)
     for moment in (tick, tick + timedelta(seconds=1)):
-        won = await asyncio.gather(*(s.scheduler.fire(s.scheduler.entries["job"], moment)
-                                     for s in servers))
+        won = await asyncio.gather(*(s.scheduler.fire(s.scheduler.entries["job"], moment) for s in servers))
         assert won.count(True) == 1
     assert [t for t, _, _ in sent] == [format_tick(tick), format_tick(tick + timedelta(seconds=1))]
     assert len(await servers[0].broker.get_pending_tasks()) == 2
 
 
-async def test_schedulers_in_one_process_send_each_tick_once(
-    unique: str, make_server: MakeServer
-) -> None:
+async def test_schedulers_in_one_process_send_each_tick_once(unique: str, make_server: MakeServer) -> None:
     servers = [make_server(config_for(unique)) for _ in range(3)]
     sent: list[tuple[str, str, Signature]] = []
     for i, server in enumerate(servers):
@@ -279,8 +285,9 @@ async def test_periodic_chord_in_three_workers_calls_back_once_per_tick(
     servers = [setup(make_server(config_for(unique))) for _ in range(3)]
     for server in servers:
         record_sends(server, sent)
-        server.register_periodic_chord("* * * * * *", "rollup", Signature(name="sum"),
-                                       add_sig(), add_sig(3, 4))
+        server.register_periodic_chord(
+            "* * * * * *", "rollup", Signature(name="sum"), add_sig(), add_sig(3, 4)
+        )
     workers = [s.new_worker(f"w{i}", concurrency=4) for i, s in enumerate(servers)]
     for worker in workers:
         await worker.start()
@@ -430,7 +437,8 @@ async def test_app_name_defaults_to_argv0_in_the_go_key(memory_server: Server) -
 
     entry = memory_server.register_periodic_task("*/5 * * * *", "report", add_sig())
     assert memory_server.scheduler.go_key(entry) == (
-        f"machinery_lock_{os.path.basename(sys.argv[0])}report*/5 * * * *")
+        f"machinery_lock_{os.path.basename(sys.argv[0])}report*/5 * * * *"
+    )
     tick_key = memory_server.scheduler.tick_key(entry, TICK)
     assert tick_key == f"machinery_periodic:report:{int(TICK.timestamp())}"
 
@@ -485,8 +493,9 @@ async def test_send_gives_up_at_the_deadline(
     server.set_pre_publish_handler(broken)
     entry = server.register_periodic_task("@every 1h", "job", add_sig())
     with caplog.at_level(logging.ERROR, "machinery_aio.periodic"):
-        assert not await server.scheduler.fire(entry, latest_tick(entry),
-                                               deadline=datetime.now(UTC) + timedelta(seconds=0.2))
+        assert not await server.scheduler.fire(
+            entry, latest_tick(entry), deadline=datetime.now(UTC) + timedelta(seconds=0.2)
+        )
     assert "not sent: broker is down" in caplog.text
 
 
@@ -556,9 +565,14 @@ async def test_describe_shows_next_runs_in_the_entry_timezone(memory_server: Ser
     assert isinstance(entry, PeriodicEntry)
     [row] = memory_server.scheduler.describe(datetime(2025, 1, 15, tzinfo=UTC))
     assert row == {
-        "name": "x", "type": "task", "spec": "0 9 * * *", "timezone": "Europe/Paris",
-        "next_run": "2025-01-15T09:00:00+01:00", "next_run_utc": "2025-01-15T08:00:00Z",
-        "tasks": ["add"], "missed": "skip",
+        "name": "x",
+        "type": "task",
+        "spec": "0 9 * * *",
+        "timezone": "Europe/Paris",
+        "next_run": "2025-01-15T09:00:00+01:00",
+        "next_run_utc": "2025-01-15T08:00:00Z",
+        "tasks": ["add"],
+        "missed": "skip",
         "lock_key": f"machinery_periodic:x:{int(datetime(2025, 1, 15, 8, tzinfo=UTC).timestamp())}",
     }
 
@@ -570,7 +584,9 @@ def test_cli_inspect_periodic(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", "periodic", "-A", "tests.periodic_app:inspect_server"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["type"], r["timezone"]) for r in rows] == [
-        ("morning-report", "task", "Europe/Paris"), ("rollup", "chord", "UTC")]
+        ("morning-report", "task", "Europe/Paris"),
+        ("rollup", "chord", "UTC"),
+    ]
     for row in rows:
         assert datetime.fromisoformat(row["next_run"]) > datetime.now(UTC)
 
@@ -580,14 +596,15 @@ def test_cli_beat_without_periodic_tasks_fails_clearly(capsys: pytest.CaptureFix
     assert "no periodic tasks are registered" in capsys.readouterr().err
 
 
-
 async def test_a_lock_url_that_cannot_work_stops_the_scheduler_loudly(
     unique: str, make_server: MakeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = make_server(config_for(unique, lock="zookeeper://127.0.0.1/"))
     server.register_periodic_task("@daily", "job", add_sig())
-    with caplog.at_level(logging.ERROR, "machinery_aio.periodic"), \
-            pytest.raises(ValueError, match="unknown lock URL scheme 'zookeeper'"):
+    with (
+        caplog.at_level(logging.ERROR, "machinery_aio.periodic"),
+        pytest.raises(ValueError, match="unknown lock URL scheme 'zookeeper'"),
+    ):
         await server.scheduler.run()
     assert "periodic tasks cannot run" in caplog.text
 
@@ -596,7 +613,6 @@ def test_scheduler_settings_must_not_be_negative(memory_server: Server) -> None:
     for setting in ("clock_skew", "misfire_grace", "stop_timeout"):
         with pytest.raises(ValueError, match="must not be negative"):
             Scheduler(memory_server, **{setting: -1.0})  # type: ignore[arg-type]
-
 
 
 async def test_beat_stops_on_a_signal_and_at_once_on_a_second(unique: str, make_server: MakeServer) -> None:

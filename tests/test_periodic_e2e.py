@@ -88,13 +88,19 @@ def test_three_workers_send_each_tick_once(
 ) -> None:
     env = app_env(unique, broker=REDIS_URL, result_backend=REDIS_URL, kind=kind)
     for i in range(3):
-        processes.start(["worker", "-A", "tests.periodic_app:make_server", "-c", "4",
-                         "-t", f"{unique}-w{i}"], env, f"worker{i}")
+        processes.start(
+            ["worker", "-A", "tests.periodic_app:make_server", "-c", "4", "-t", f"{unique}-w{i}"],
+            env,
+            f"worker{i}",
+        )
     up, sent, ran = f"ptest:{unique}:up", f"ptest:{unique}:sent", f"ptest:{unique}:ran"
     wait_for(lambda: redis5.scard(up) == 3, "three workers", logs=processes.logs)
     seen = len({r["tick"] for r in records(redis5, sent)})
-    wait_for(lambda: len({r["tick"] for r in records(redis5, sent)}) >= seen + 5,
-             "five more ticks", logs=processes.logs)
+    wait_for(
+        lambda: len({r["tick"] for r in records(redis5, sent)}) >= seen + 5,
+        "five more ticks",
+        logs=processes.logs,
+    )
     processes.stop_all()
 
     sends = records(redis5, sent)
@@ -118,8 +124,15 @@ def test_three_workers_send_each_tick_once(
 
 async def test_memory_lock_with_a_shared_broker_warns(unique: str, caplog: pytest.LogCaptureFixture) -> None:
     require_redis_broker()
-    server = Server(Config(broker=REDIS_URL, result_backend=f"memory://{unique}",
-                           lock=f"memory://{unique}", default_queue=f"{unique}_tasks", app_name=unique))
+    server = Server(
+        Config(
+            broker=REDIS_URL,
+            result_backend=f"memory://{unique}",
+            lock=f"memory://{unique}",
+            default_queue=f"{unique}_tasks",
+            app_name=unique,
+        )
+    )
     server.register_periodic_task("@daily", "job", Signature(name="ptest_record"))
     try:
         with caplog.at_level(logging.WARNING, "machinery_aio.periodic"):

@@ -53,8 +53,14 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 def redis_locked(unique: str, go_compatible: bool = True) -> Config:
-    return Config(broker=f"memory://{unique}", result_backend=f"memory://{unique}", lock=REDIS_URL,
-                  default_queue=f"{unique}_tasks", app_name=unique, go_compatible=go_compatible)
+    return Config(
+        broker=f"memory://{unique}",
+        result_backend=f"memory://{unique}",
+        lock=REDIS_URL,
+        default_queue=f"{unique}_tasks",
+        app_name=unique,
+        go_compatible=go_compatible,
+    )
 
 
 def add_sig() -> Signature:
@@ -72,8 +78,7 @@ async def test_redis_lock_sends_each_tick_once_across_servers(
         server.register_periodic_task("* * * * * *", "job", add_sig())
     tick = datetime.now(UTC).replace(microsecond=0)
     for moment in (tick, tick + timedelta(seconds=1)):
-        won = await asyncio.gather(*(s.scheduler.fire(s.scheduler.entries["job"], moment)
-                                     for s in servers))
+        won = await asyncio.gather(*(s.scheduler.fire(s.scheduler.entries["job"], moment) for s in servers))
         assert won.count(True) == 1
     assert len(sent) == 2
     scheduler = servers[0].scheduler
@@ -120,8 +125,12 @@ async def test_a_go_scheduler_holding_its_key_keeps_python_out(
     next_tick = tick + timedelta(hours=1)
     next_ns = int(next_tick.timestamp()) * 1_000_000_000
     # What Go's redis Lock does at the tick: SET key <next ns - 1> NX PX <until then>.
-    assert await aredis5.set(f"machinery_lock_{unique}report@every 1h", str(next_ns - 1), nx=True,
-                             px=(next_ns - time.time_ns()) // 1_000_000)
+    assert await aredis5.set(
+        f"machinery_lock_{unique}report@every 1h",
+        str(next_ns - 1),
+        nx=True,
+        px=(next_ns - time.time_ns()) // 1_000_000,
+    )
     assert not await server.scheduler.fire(entry, tick)
     assert sent == []
 
@@ -137,8 +146,11 @@ def test_three_beat_processes_send_each_tick_once(
     up, sent = f"ptest:{unique}:up", f"ptest:{unique}:sent"
     wait_for(lambda: redis5.scard(up) == 3, "three beat processes", logs=processes.logs)
     seen = len({r["tick"] for r in records(redis5, sent)})
-    wait_for(lambda: len({r["tick"] for r in records(redis5, sent)}) >= seen + 5,
-             "five more ticks", logs=processes.logs)
+    wait_for(
+        lambda: len({r["tick"] for r in records(redis5, sent)}) >= seen + 5,
+        "five more ticks",
+        logs=processes.logs,
+    )
     processes.stop_all()
     sends = records(redis5, sent)
     assert_each_tick_once([r["tick"] for r in sends], at_least=5)
@@ -159,4 +171,3 @@ def test_beat_runs_until_sigterm_and_exits_cleanly(
     assert "stopping the scheduler" in log
     assert "scheduler stopped" in log
     assert all(r["tick"] for r in records(redis5, sent))
-

@@ -35,8 +35,9 @@ from .recording import RecordingBackend, RecordingBroker
 
 @pytest.fixture
 async def server(unique: str) -> AsyncIterator[Server]:
-    config = Config(broker=f"memory://{unique}", result_backend=f"memory://{unique}",
-                    default_queue=f"{unique}_q")
+    config = Config(
+        broker=f"memory://{unique}", result_backend=f"memory://{unique}", default_queue=f"{unique}_q"
+    )
     srv = Server(config, broker=RecordingBroker(config), backend=RecordingBackend(config))
     yield srv
     await srv.close()
@@ -107,14 +108,20 @@ def test_task_decorator_returns_a_typed_handle(server: Server) -> None:
 
 def test_signature_infers_go_types_from_annotations(server: Server) -> None:
     @server.task("mixed")
-    async def mixed(ctx: TaskContext, a: int, b: float, c: str, d: list[str], e: bytes,
-                    f: dict[str, int], g: bool = False) -> None:
+    async def mixed(
+        ctx: TaskContext, a: int, b: float, c: str, d: list[str], e: bytes, f: dict[str, int], g: bool = False
+    ) -> None:
         return None
 
     sig = mixed.signature(1, 2, "x", [], b"\x01", {"k": 1})
     assert [(a.type, a.value) for a in sig.args or ()] == [
-        ("int64", 1), ("float64", 2.0), ("string", "x"), ("[]string", []),
-        ("[]byte", "AQ=="), ("json", {"k": 1}), ("bool", False),
+        ("int64", 1),
+        ("float64", 2.0),
+        ("string", "x"),
+        ("[]string", []),
+        ("[]byte", "AQ=="),
+        ("json", {"k": 1}),
+        ("bool", False),
     ]
     assert sig.name == "mixed"
     assert sig.uuid == ""
@@ -171,9 +178,15 @@ def test_with_options_sets_signature_fields(server: Server) -> None:
 
     assert add.signature(1, 2).retry_count == 1
     handle = add.with_options(
-        routing_key="special", retry_count=3, retry_timeout=2, priority=5, immutable=True,
-        headers={"h": "v"}, ignore_when_task_not_registered=True,
-        broker_message_group_id="g", stop_task_deletion_on_error=True,
+        routing_key="special",
+        retry_count=3,
+        retry_timeout=2,
+        priority=5,
+        immutable=True,
+        headers={"h": "v"},
+        ignore_when_task_not_registered=True,
+        broker_message_group_id="g",
+        stop_task_deletion_on_error=True,
     )
     sig = handle.signature(1, 2)
     assert (sig.routing_key, sig.retry_count, sig.retry_timeout, sig.priority) == ("special", 3, 2, 5)
@@ -226,7 +239,8 @@ async def test_delay_records_pending_and_publishes_gos_json(server: Server) -> N
     assert doc["RoutingKey"] == server.config.default_queue
     assert doc["Headers"] == {}
     assert doc["Args"] == [
-        {"Name": "", "Type": "int64", "Value": 1}, {"Name": "", "Type": "int64", "Value": 2},
+        {"Name": "", "Type": "int64", "Value": 1},
+        {"Name": "", "Type": "int64", "Value": 2},
     ]
     state = await result.get_state()
     assert state.state is State.PENDING
@@ -327,15 +341,17 @@ async def test_send_group_concurrency_caps_publishes_in_flight(unique: str) -> N
 async def test_send_chord_sends_only_the_group(server: Server) -> None:
     broker, _ = recorded(server)
     callback = Signature(name="sum")
-    chord = Chord(Group(Signature(name="t", args=int_args(1)), Signature(name="t", args=int_args(2))),
-                  callback)
+    chord = Chord(
+        Group(Signature(name="t", args=int_args(1)), Signature(name="t", args=int_args(2))), callback
+    )
     result = await server.send_chord(chord)
     assert isinstance(result, ChordAsyncResult)
     assert [r.task_uuid for r in result.group_results] == chord.group.task_uuids()
     assert result.callback.task_uuid == callback.uuid
     assert [s.name for s in broker.published()] == ["t", "t"]
-    assert all(s.chord_callback is not None and s.chord_callback.uuid == callback.uuid
-               for s in broker.published())
+    assert all(
+        s.chord_callback is not None and s.chord_callback.uuid == callback.uuid for s in broker.published()
+    )
     assert (await result.callback.get_state()).state is State.PENDING  # nothing stored yet
     with pytest.raises(TypeError, match="expected a Chord"):
         await server.send_chord(chord.group)  # type: ignore[arg-type]
@@ -375,8 +391,9 @@ async def test_pre_publish_hooks_run_before_every_publish(server: Server) -> Non
     await server.send_tasks([Signature(name="two")])
     await server.send_group(Group(Signature(name="three")))
     await server.republish(Signature(uuid="task_x", name="four", headers={}))
-    assert seen == [f"{kind}:{name}" for name in ("one", "two", "three", "four")
-                    for kind in ("sync", "async")]
+    assert seen == [
+        f"{kind}:{name}" for name in ("one", "two", "three", "four") for kind in ("sync", "async")
+    ]
     assert all(sig.headers == {"trace": "abc"} for sig in broker.published())
 
 
@@ -397,8 +414,9 @@ async def test_async_result_reads_states_written_by_anyone(server: Server) -> No
     assert await result.touch() is None
     await server.backend.set_state_started(sig)
     assert await result.touch() is None
-    await server.backend.set_state_success(sig, [TaskResult(type="int64", value=3),
-                                                 TaskResult(type="string", value="x")])
+    await server.backend.set_state_success(
+        sig, [TaskResult(type="int64", value=3), TaskResult(type="string", value="x")]
+    )
     assert await result.touch() == (3, "x")
     assert await result.get(timeout=5) == (3, "x")
     same = server.get_async_result(sig.uuid)
@@ -453,8 +471,9 @@ async def test_chain_and_chord_results_time_out_clearly(server: Server) -> None:
 
 
 async def test_server_context_and_workers(unique: str) -> None:
-    config = Config(broker=f"memory://{unique}", result_backend=f"memory://{unique}",
-                    default_queue=f"{unique}_q")
+    config = Config(
+        broker=f"memory://{unique}", result_backend=f"memory://{unique}", default_queue=f"{unique}_q"
+    )
     async with Server(config) as server:
         assert "memory://" in repr(server)
         worker = server.new_worker("w1", concurrency=5)

@@ -26,9 +26,24 @@ from machinery_aio.state import parse_state, results_to_value, value_to_results
 from .conftest import GOLDEN, golden
 
 GO_SIGNATURE_KEYS = [
-    "UUID", "Name", "RoutingKey", "ETA", "GroupUUID", "GroupTaskCount", "Args", "Headers",
-    "Priority", "Immutable", "RetryCount", "RetryTimeout", "OnSuccess", "OnError",
-    "ChordCallback", "BrokerMessageGroupId", "SQSReceiptHandle", "StopTaskDeletionOnError",
+    "UUID",
+    "Name",
+    "RoutingKey",
+    "ETA",
+    "GroupUUID",
+    "GroupTaskCount",
+    "Args",
+    "Headers",
+    "Priority",
+    "Immutable",
+    "RetryCount",
+    "RetryTimeout",
+    "OnSuccess",
+    "OnError",
+    "ChordCallback",
+    "BrokerMessageGroupId",
+    "SQSReceiptHandle",
+    "StopTaskDeletionOnError",
     "IgnoreWhenTaskNotRegistered",
 ]
 SIGNATURES = ["01_plain_task_int64_eta", "02_chain_onsuccess_nesting", "03_chord_member"]
@@ -146,12 +161,23 @@ def test_new_signature_has_all_19_keys_in_gos_order_and_shapes() -> None:
 def test_task_state_and_group_meta_keys() -> None:
     state = TaskState(task_uuid="task_x", task_name="add")
     assert list(json.loads(state.to_json())) == [
-        "TaskUUID", "TaskName", "State", "Results", "Error", "CreatedAt", "TTL",
+        "TaskUUID",
+        "TaskName",
+        "State",
+        "Results",
+        "Error",
+        "CreatedAt",
+        "TTL",
     ]
     assert json.loads(state.to_json())["CreatedAt"] == "0001-01-01T00:00:00Z"
     meta = GroupMeta(group_uuid="group_x", task_uuids=["a"])
     assert list(json.loads(meta.to_json())) == [
-        "GroupUUID", "TaskUUIDs", "ChordTriggered", "Lock", "CreatedAt", "TTL",
+        "GroupUUID",
+        "TaskUUIDs",
+        "ChordTriggered",
+        "Lock",
+        "CreatedAt",
+        "TTL",
     ]
 
 
@@ -272,27 +298,30 @@ def test_args_null_and_empty_mean_no_args() -> None:
         (b"{}", "message has no task Name", "", ""),
         (b'{"UUID":"task_1"}', "message has no task Name", "task_1", ""),
         (b'{"Name":"add"}', "message has no task UUID", "", "add"),
-        (b'{"UUID":"task_1","Name":"add","Args":5}', "Args: Input should be a valid array",
-         "task_1", "add"),
+        (b'{"UUID":"task_1","Name":"add","Args":5}', "Args: Input should be a valid array", "task_1", "add"),
         (b'{"UUID":"task_1","Name":"add","Args":[1]}', "Args.0", "task_1", "add"),
-        (b'{"UUID":"task_1","Name":"add","Args":[{"Value":1}]}', "Args.0.Type: Field required",
-         "task_1", "add"),
-        (b'{"UUID":"task_1","Name":"add","ETA":"2025-01-15T10:30:00"}',
-         "ETA: Value error, not an RFC 3339 time with a zone", "task_1", "add"),
+        (
+            b'{"UUID":"task_1","Name":"add","Args":[{"Value":1}]}',
+            "Args.0.Type: Field required",
+            "task_1",
+            "add",
+        ),
+        (
+            b'{"UUID":"task_1","Name":"add","ETA":"2025-01-15T10:30:00"}',
+            "ETA: Value error, not an RFC 3339 time with a zone",
+            "task_1",
+            "add",
+        ),
         (b'{"UUID":"task_1","Name":"add","ETA":12}', "ETA", "task_1", "add"),
         (b'{"UUID":"task_1","Name":"add","Priority":300}', "Priority", "task_1", "add"),
         (b'{"UUID":"task_1","Name":"add","Headers":[]}', "Headers", "task_1", "add"),
-        (b'{"UUID":"task_1","Name":"add","OnSuccess":[{"Name":5}]}', "OnSuccess.0.Name",
-         "task_1", "add"),
+        (b'{"UUID":"task_1","Name":"add","OnSuccess":[{"Name":5}]}', "OnSuccess.0.Name", "task_1", "add"),
         (b'{"UUID":"task_1","Name":"add","ChordCallback":"x"}', "ChordCallback", "task_1", "add"),
         (b'{"UUID":5,"Name":"add"}', "UUID: Input should be a valid string", "", "add"),
-        (b'{"UUID":"task_1","Name":"add","Args":[1],"Priority":"x"}', "(and 1 more errors)",
-         "task_1", "add"),
+        (b'{"UUID":"task_1","Name":"add","Args":[1],"Priority":"x"}', "(and 1 more errors)", "task_1", "add"),
     ],
 )
-def test_bad_bodies_raise_invalid_message_error(
-    body: bytes, reason: str, uuid: str, name: str
-) -> None:
+def test_bad_bodies_raise_invalid_message_error(body: bytes, reason: str, uuid: str, name: str) -> None:
     with pytest.raises(InvalidMessageError) as info:
         Signature.from_json(body)
     error = info.value

@@ -43,8 +43,9 @@ CLOCK_SLACK = timedelta(milliseconds=1)
 
 @pytest.fixture
 def config(unique: str) -> Config:
-    return Config(broker=f"memory://{unique}", result_backend=f"memory://{unique}",
-                  default_queue=f"{unique}_q")
+    return Config(
+        broker=f"memory://{unique}", result_backend=f"memory://{unique}", default_queue=f"{unique}_q"
+    )
 
 
 @pytest.fixture
@@ -190,9 +191,12 @@ async def test_sys_exit_and_unsendable_results_fail_the_task_not_the_worker(serv
         return "still here"
 
     async with server.new_worker("w"):
-        for handle, error in [(exits, "SystemExit: 4"), (exits_async, "SystemExit: bye"),
-                              (unsendable, "object value cannot be sent as JSON"),
-                              (nan, "JSON has no NaN or infinity")]:
+        for handle, error in [
+            (exits, "SystemExit: 4"),
+            (exits_async, "SystemExit: bye"),
+            (unsendable, "object value cannot be sent as JSON"),
+            (nan, "JSON has no NaN or infinity"),
+        ]:
             with pytest.raises(TaskFailedError) as info:
                 await (await handle.delay()).get(timeout=30)
             assert error in info.value.error
@@ -270,8 +274,14 @@ async def test_task_context_is_passed_first(server: Server) -> None:
 
     @server.task("ctx")
     async def with_ctx(ctx: TaskContext, x: int) -> int:
-        seen.update(uuid=ctx.task_uuid, name=ctx.task_name, retries=ctx.retry_count,
-                    headers=ctx.headers, tag=ctx.worker_tag, sig=ctx.signature)
+        seen.update(
+            uuid=ctx.task_uuid,
+            name=ctx.task_name,
+            retries=ctx.retry_count,
+            headers=ctx.headers,
+            tag=ctx.worker_tag,
+            sig=ctx.signature,
+        )
         ctx.logger.info("running %s", x)
         assert isinstance(ctx.retry_later("again", 2), RetryTaskLater)
         return x * 2
@@ -400,7 +410,16 @@ async def test_retry_task_later_does_not_use_up_retry_count(server: Server) -> N
         result = await later.delay()
         assert await result.get(timeout=30) == 3
     assert backend_of(server).states_of(result.task_uuid) == [
-        P, R, S, State.RETRY, R, S, State.RETRY, R, S, State.SUCCESS,
+        P,
+        R,
+        S,
+        State.RETRY,
+        R,
+        S,
+        State.RETRY,
+        R,
+        S,
+        State.SUCCESS,
     ]
     assert [s.uuid for s in broker_of(server).published()] == [result.task_uuid] * 3
 
@@ -441,8 +460,13 @@ async def test_a_message_that_arrives_before_its_eta_waits_for_it(server: Server
     async def when() -> None:
         started.append(datetime.now(UTC))
 
-    sig = Signature(uuid="task_early", name="when", routing_key=server.config.default_queue,
-                    eta=datetime.now(UTC) + timedelta(seconds=early), headers={})
+    sig = Signature(
+        uuid="task_early",
+        name="when",
+        routing_key=server.config.default_queue,
+        eta=datetime.now(UTC) + timedelta(seconds=early),
+        headers={},
+    )
     await server.backend.set_state_pending(sig)
     async with server.new_worker("w"):
         await push_raw(server.broker, server.config.default_queue, sig.to_json())  # type: ignore[arg-type]
@@ -532,11 +556,13 @@ async def test_chord_immutability_is_the_callbacks(server: Server) -> None:
     async with server.new_worker("w", concurrency=0):
         # immutable members do not matter for a chord ...
         mutable_cb = await server.send_chord(
-            Chord(Group(task("add", 1, immutable=True), task("add", 2, immutable=True)), task("collect")))
+            Chord(Group(task("add", 1, immutable=True), task("add", 2, immutable=True)), task("collect"))
+        )
         assert await mutable_cb.get(timeout=30) == [1, 2]
         # ... the callback's own Immutable does
         immutable_cb = await server.send_chord(
-            Chord(Group(task("add", 1), task("add", 2)), task("collect", 9, immutable=True)))
+            Chord(Group(task("add", 1), task("add", 2)), task("collect", 9, immutable=True))
+        )
         assert await immutable_cb.get(timeout=30) == [9]
 
 
@@ -546,7 +572,8 @@ async def test_chord_fires_exactly_once_with_many_members(server: Server) -> Non
     count = 60
     async with server.new_worker("w", concurrency=0) as worker:
         chord = await server.send_chord(
-            Chord(Group(*(task("add", i) for i in range(count))), task("collect")))
+            Chord(Group(*(task("add", i) for i in range(count))), task("collect"))
+        )
         assert await chord.get(timeout=30) == list(range(count))
         await until(lambda: worker.running_tasks == 0)
         assert await pending_count(server) == 0
@@ -561,8 +588,11 @@ async def test_chord_member_failure_fails_the_callback_with_a_clear_error(server
     callback = task("collect", on_error=[task("collect", 5)])
     async with server.new_worker("w", concurrency=0) as worker:
         chord = await server.send_chord(
-            Chord(Group(task("add", 1), Signature(name="fail", args=[Arg.of("member broke")]),
-                        task("add", 3)), callback))
+            Chord(
+                Group(task("add", 1), Signature(name="fail", args=[Arg.of("member broke")]), task("add", 3)),
+                callback,
+            )
+        )
         with pytest.raises(TaskFailedError, match="member broke"):
             await chord.get(timeout=30)
         with pytest.raises(TaskFailedError) as info:
@@ -580,8 +610,12 @@ async def test_on_error_gets_the_error_text_prepended(server: Server) -> None:
     calls: dict[str, list[list[Any]]] = {}
     register_math(server, calls)
     async with server.new_worker("w"):
-        sig = Signature(name="fail", args=[Arg.of("it broke")],
-                        on_error=[task("collect", 7, 8)], on_success=[task("collect", 1)])
+        sig = Signature(
+            name="fail",
+            args=[Arg.of("it broke")],
+            on_error=[task("collect", 7, 8)],
+            on_success=[task("collect", 1)],
+        )
         result = await server.send_task(sig)
         with pytest.raises(TaskFailedError):
             await result.get(timeout=30)
@@ -706,7 +740,8 @@ async def test_sync_task_over_the_workers_time_limit_fails(server: Server) -> No
         with pytest.raises(TaskFailedError) as own:
             await (await raises_timeout.delay()).get(timeout=30)
     assert "exceeded its time limit of 0.05 s and was cancelled (its thread cannot be stopped)" in (
-        info.value.error)
+        info.value.error
+    )
     assert own.value.error == "TimeoutError: my own timeout"
 
 
@@ -807,22 +842,46 @@ BAD_BODIES: list[tuple[bytes, str, str]] = [
     (b"", "", "message is not valid JSON"),
     (b"[1, 2, 3]", "", "not a JSON object, so not a Signature"),
     (b'{"UUID":"task_noname"}', "task_noname", "message has no task Name"),
-    (b'{"UUID":"task_badfield","Name":"add","Priority":"high"}', "task_badfield",
-     "message is not a valid Signature: Priority"),
-    (b'{"UUID":"task_float","Name":"add","Args":[{"Type":"int64","Value":1.5}]}', "task_float",
-     "bad arguments for task add: 1.5 is not an integer literal, as int64 needs"),
-    (b'{"UUID":"task_type","Name":"add","Args":[{"Type":"complex128","Value":1}]}', "task_type",
-     "complex128 is not one of supported types"),
-    (b'{"UUID":"task_count","Name":"add","Args":[{"Type":"int64","Value":1}]}', "task_count",
-     "task 'add' got 1 args; missing b"),
-    (b'{"UUID":"task_many","Name":"add","Args":[' + b",".join([b'{"Type":"int64","Value":1}'] * 3)
-     + b"]}", "task_many", "task 'add' takes 2 args but got 3"),
-    (b'{"UUID":"task_str","Name":"add","Args":[{"Type":"string","Value":"1"},{"Type":"int64","Value":2}]}',
-     "task_str", "task 'add' arg 1: expected int, got str"),
-    (b'{"UUID":"task_huge","Name":"half","Args":[{"Type":"float64","Value":1' + b"0" * 400 + b"}]}",
-     "task_huge", "out of range for float64"),
-    (b'{"UUID":"task_retry","Name":"add","RetryCount":3,"Args":[{"Type":"int64","Value":"x"}]}',
-     "task_retry", "'x' is not int64"),
+    (
+        b'{"UUID":"task_badfield","Name":"add","Priority":"high"}',
+        "task_badfield",
+        "message is not a valid Signature: Priority",
+    ),
+    (
+        b'{"UUID":"task_float","Name":"add","Args":[{"Type":"int64","Value":1.5}]}',
+        "task_float",
+        "bad arguments for task add: 1.5 is not an integer literal, as int64 needs",
+    ),
+    (
+        b'{"UUID":"task_type","Name":"add","Args":[{"Type":"complex128","Value":1}]}',
+        "task_type",
+        "complex128 is not one of supported types",
+    ),
+    (
+        b'{"UUID":"task_count","Name":"add","Args":[{"Type":"int64","Value":1}]}',
+        "task_count",
+        "task 'add' got 1 args; missing b",
+    ),
+    (
+        b'{"UUID":"task_many","Name":"add","Args":[' + b",".join([b'{"Type":"int64","Value":1}'] * 3) + b"]}",
+        "task_many",
+        "task 'add' takes 2 args but got 3",
+    ),
+    (
+        b'{"UUID":"task_str","Name":"add","Args":[{"Type":"string","Value":"1"},{"Type":"int64","Value":2}]}',
+        "task_str",
+        "task 'add' arg 1: expected int, got str",
+    ),
+    (
+        b'{"UUID":"task_huge","Name":"half","Args":[{"Type":"float64","Value":1' + b"0" * 400 + b"}]}",
+        "task_huge",
+        "out of range for float64",
+    ),
+    (
+        b'{"UUID":"task_retry","Name":"add","RetryCount":3,"Args":[{"Type":"int64","Value":"x"}]}',
+        "task_retry",
+        "'x' is not int64",
+    ),
 ]
 
 
@@ -1013,8 +1072,7 @@ async def test_launch_runs_until_quit(server: Server) -> None:
 
 
 async def test_no_unix_signals_launch(unique: str) -> None:
-    config = Config(broker=f"memory://{unique}", result_backend=f"memory://{unique}",
-                    no_unix_signals=True)
+    config = Config(broker=f"memory://{unique}", result_backend=f"memory://{unique}", no_unix_signals=True)
     server = Server(config)
     worker = server.new_worker("w")
     before = signal.getsignal(signal.SIGTERM)

@@ -92,8 +92,11 @@ async def test_sent_chain_is_gos_send_chain_message_byte_for_byte(unique: str) -
     chain = Chain(
         add(1, 1, uuid="task_68c617c7-799f-4b62-b29f-724b176af8bc"),
         add(5, 5, uuid="task_f9aa6696-2a48-447e-a451-e64e1239caea"),
-        Signature(uuid="task_b04bbfe9-536b-4f90-8da0-0fe64ee23890", name="multiply",
-                  args=[Arg(type="int64", value=4)]),
+        Signature(
+            uuid="task_b04bbfe9-536b-4f90-8da0-0fe64ee23890",
+            name="multiply",
+            args=[Arg(type="int64", value=4)],
+        ),
     )
     await server.send_chain(chain)
     pending = await server.broker.get_pending_tasks("machinery_tasks")

@@ -35,8 +35,9 @@ class ArqAdapter(Adapter):
         return version("arq")
 
     async def setup(self) -> None:
-        self.pool: ArqRedis = await create_pool(RedisSettings.from_dsn(self.url),
-                                                default_queue_name=self.queue)
+        self.pool: ArqRedis = await create_pool(
+            RedisSettings.from_dsn(self.url), default_queue_name=self.queue
+        )
 
     async def close(self) -> None:
         await self.pool.aclose()

@@ -33,8 +33,11 @@ def make_app(url: str, backend: str, queue: str) -> tuple[Celery, Any]:
     return app, add
 
 
-app, add = make_app(env(ENV_URL, "redis://127.0.0.1:6379/15"), env(ENV_BACKEND, "redis://127.0.0.1:6379/15"),
-                    env(ENV_QUEUE, "celery"))
+app, add = make_app(
+    env(ENV_URL, "redis://127.0.0.1:6379/15"),
+    env(ENV_BACKEND, "redis://127.0.0.1:6379/15"),
+    env(ENV_QUEUE, "celery"),
+)
 
 
 class CeleryAdapter(Adapter):
@@ -69,9 +72,24 @@ class CeleryAdapter(Adapter):
         return handle.get(timeout=timeout)
 
     def worker_command(self) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "benchmarks.peers.celery_bench", "worker",
-                "--pool", POOL, "--concurrency", str(self.concurrency), "--queues", self.queue,
-                "--loglevel", "WARNING", "--hostname", f"{self.queue}-{uuid.uuid4().hex[:6]}@%h"]
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "benchmarks.peers.celery_bench",
+            "worker",
+            "--pool",
+            POOL,
+            "--concurrency",
+            str(self.concurrency),
+            "--queues",
+            self.queue,
+            "--loglevel",
+            "WARNING",
+            "--hostname",
+            f"{self.queue}-{uuid.uuid4().hex[:6]}@%h",
+        ]
 
 
 ADAPTER = CeleryAdapter

@@ -30,8 +30,11 @@ def make_broker(url: str, backend_url: str, queue: str) -> tuple[RedisBroker, Re
     return broker, backend, actor
 
 
-broker, backend, add = make_broker(env(ENV_URL, "redis://127.0.0.1:6379/15"),
-                                   env(ENV_BACKEND, "redis://127.0.0.1:6379/15"), env(ENV_QUEUE, "default"))
+broker, backend, add = make_broker(
+    env(ENV_URL, "redis://127.0.0.1:6379/15"),
+    env(ENV_BACKEND, "redis://127.0.0.1:6379/15"),
+    env(ENV_QUEUE, "default"),
+)
 dramatiq.set_broker(broker)
 
 
@@ -69,8 +72,18 @@ class DramatiqAdapter(Adapter):
         return handle.get_result(backend=self.results, block=True, timeout=int(timeout * 1000))
 
     def worker_command(self) -> list[str]:
-        return [sys.executable, "-m", "dramatiq", "benchmarks.peers.dramatiq_bench",
-                "--processes", "1", "--threads", str(self.concurrency), "--queues", self.queue]
+        return [
+            sys.executable,
+            "-m",
+            "dramatiq",
+            "benchmarks.peers.dramatiq_bench",
+            "--processes",
+            "1",
+            "--threads",
+            str(self.concurrency),
+            "--queues",
+            self.queue,
+        ]
 
 
 ADAPTER = DramatiqAdapter

@@ -29,8 +29,9 @@ def make_server(url: str, backend: str, queue: str) -> tuple[Server, Task[[int, 
     return server, add
 
 
-server, add = make_server(env(ENV_URL, "memory://"), env(ENV_BACKEND, "memory://"),
-                          env(ENV_QUEUE, "machinery_tasks"))
+server, add = make_server(
+    env(ENV_URL, "memory://"), env(ENV_BACKEND, "memory://"), env(ENV_QUEUE, "machinery_tasks")
+)
 
 
 class MachineryAdapter(Adapter):
@@ -85,9 +86,21 @@ class MachineryAdapter(Adapter):
     def worker_command(self) -> list[str]:
         import sys
 
-        return [sys.executable, "-m", "machinery_aio", "worker",
-                "-A", "benchmarks.peers.machinery_bench:server", "--concurrency",
-                str(self.concurrency), "--queue", self.queue, "--no-scheduler", "--loglevel", "WARNING"]
+        return [
+            sys.executable,
+            "-m",
+            "machinery_aio",
+            "worker",
+            "-A",
+            "benchmarks.peers.machinery_bench:server",
+            "--concurrency",
+            str(self.concurrency),
+            "--queue",
+            self.queue,
+            "--no-scheduler",
+            "--loglevel",
+            "WARNING",
+        ]
 
     async def start_in_process(self) -> None:
         self.worker = self.server.new_worker("bench", self.concurrency, self.queue, run_scheduler=False)

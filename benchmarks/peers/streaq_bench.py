@@ -25,8 +25,9 @@ def make_worker(url: str, queue: str, concurrency: int) -> tuple[Worker[Any], An
     return app, add
 
 
-worker, add = make_worker(env(ENV_URL, "redis://127.0.0.1:6379/15"), env(ENV_QUEUE, "default"),
-                          int(env(ENV_CONCURRENCY, "50")))
+worker, add = make_worker(
+    env(ENV_URL, "redis://127.0.0.1:6379/15"), env(ENV_QUEUE, "default"), int(env(ENV_CONCURRENCY, "50"))
+)
 
 
 class StreaqAdapter(Adapter):

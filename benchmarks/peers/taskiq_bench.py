@@ -20,8 +20,11 @@ def make_broker(url: str, backend: str, queue: str) -> RedisStreamBroker:
     return broker.with_result_backend(RedisAsyncResultBackend(backend, result_ex_time=3600))
 
 
-broker = make_broker(env(ENV_URL, "redis://127.0.0.1:6379/15"), env(ENV_BACKEND, "redis://127.0.0.1:6379/15"),
-                     env(ENV_QUEUE, "taskiq"))
+broker = make_broker(
+    env(ENV_URL, "redis://127.0.0.1:6379/15"),
+    env(ENV_BACKEND, "redis://127.0.0.1:6379/15"),
+    env(ENV_QUEUE, "taskiq"),
+)
 
 
 @broker.task(task_name="add")
@@ -55,8 +58,19 @@ class TaskiqAdapter(Adapter):
         return result.return_value
 
     def worker_command(self) -> list[str]:
-        return [sys.executable, "-m", "taskiq", "worker", "benchmarks.peers.taskiq_bench:broker",
-                "--workers", "1", "--max-async-tasks", str(self.concurrency), "--log-level", "WARNING"]
+        return [
+            sys.executable,
+            "-m",
+            "taskiq",
+            "worker",
+            "benchmarks.peers.taskiq_bench:broker",
+            "--workers",
+            "1",
+            "--max-async-tasks",
+            str(self.concurrency),
+            "--log-level",
+            "WARNING",
+        ]
 
 
 ADAPTER = TaskiqAdapter

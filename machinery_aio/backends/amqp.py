@@ -124,8 +124,7 @@ class AMQPBackend(ResultBackend):
     async def _publish_channel(self) -> AbstractRobustChannel:
         if self._publisher is None or self._publisher.is_closed:
             connection = await self.connection()
-            self._publisher = await connection.channel(publisher_confirms=True,
-                                                       on_return_raises=True)
+            self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._exchange = None
         return self._publisher
 
@@ -141,7 +140,8 @@ class AMQPBackend(ResultBackend):
             amqp = self.config.amqp
             try:
                 self._exchange = await channel.declare_exchange(
-                    amqp.exchange, amqp.exchange_type, durable=True)
+                    amqp.exchange, amqp.exchange_type, durable=True
+                )
             except ChannelPreconditionFailed as exc:
                 raise ConfigError(
                     f"RabbitMQ refused to declare exchange {amqp.exchange!r} as a durable "
@@ -157,10 +157,10 @@ class AMQPBackend(ResultBackend):
         try:
             if isinstance(channel, AbstractRobustChannel):
                 # Not robust: aio-pika would otherwise keep every result queue to restore.
-                return await channel.declare_queue(name, durable=False, auto_delete=True,
-                                                   arguments=arguments, robust=False)
-            return await channel.declare_queue(name, durable=False, auto_delete=True,
-                                               arguments=arguments)
+                return await channel.declare_queue(
+                    name, durable=False, auto_delete=True, arguments=arguments, robust=False
+                )
+            return await channel.declare_queue(name, durable=False, auto_delete=True, arguments=arguments)
         except ChannelPreconditionFailed as exc:
             raise ConfigError(
                 f"RabbitMQ refused to declare result queue {name!r}: {exc}; it was declared "
@@ -173,8 +173,7 @@ class AMQPBackend(ResultBackend):
 
     async def _store_once(self, name: str, body: bytes) -> None:
         exchange = await self.exchange()
-        message = Message(body, content_type="application/json",
-                          delivery_mode=DeliveryMode.PERSISTENT)
+        message = Message(body, content_type="application/json", delivery_mode=DeliveryMode.PERSISTENT)
         if len(self._bound) > MAX_REMEMBERED:
             self._bound.clear()
         for attempt in (1, 2):
@@ -214,8 +213,9 @@ class AMQPBackend(ResultBackend):
     # -- reading ---------------------------------------------------------------------
 
     async def get_state(self, task_uuid: str) -> TaskState | None:
-        return await retry_transient(lambda: self._get_state_once(task_uuid),
-                                     f"reading the state of {task_uuid}")
+        return await retry_transient(
+            lambda: self._get_state_once(task_uuid), f"reading the state of {task_uuid}"
+        )
 
     async def _get_state_once(self, task_uuid: str) -> TaskState | None:
         channel = await self.read_channel()
@@ -276,8 +276,9 @@ class AMQPBackend(ResultBackend):
             if future is not None:
                 await self._unwatch(task_uuid, future)
 
-    async def _watch(self, task_uuid: str, old: asyncio.Future[TaskState] | None
-                     ) -> asyncio.Future[TaskState]:
+    async def _watch(
+        self, task_uuid: str, old: asyncio.Future[TaskState] | None
+    ) -> asyncio.Future[TaskState]:
         """Have RabbitMQ push this process a copy of the task's states."""
         if old is not None:
             await self._unwatch(task_uuid, old)
@@ -307,7 +308,8 @@ class AMQPBackend(ResultBackend):
                 channel = await self.read_channel()
                 await self.exchange()
                 queue = await channel.declare_queue(
-                    f"machinery_aio.waiter.{_uuid.uuid4().hex}", exclusive=True, auto_delete=True)
+                    f"machinery_aio.waiter.{_uuid.uuid4().hex}", exclusive=True, auto_delete=True
+                )
                 await queue.consume(self._on_pushed, no_ack=True)
                 self._notify = queue
             return self._notify

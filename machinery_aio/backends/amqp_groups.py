@@ -110,8 +110,9 @@ class AMQPGroups:
         if len(self._sizes) > MAX_REMEMBERED:
             self._sizes.clear()
         self._sizes[group_uuid] = group_task_count
-        return await retry_transient(lambda: self._completed_once(group_uuid, group_task_count),
-                                     f"checking group {group_uuid}")
+        return await retry_transient(
+            lambda: self._completed_once(group_uuid, group_task_count), f"checking group {group_uuid}"
+        )
 
     async def _completed_once(self, group_uuid: str, group_task_count: int) -> bool:
         # The lock first, then the count: a trigger that takes the lock after this check
@@ -153,8 +154,11 @@ class AMQPGroups:
             # take turns on an asyncio lock first.
             async with local, self._lock(group_uuid) as channel:
                 if channel is None:
-                    logger.error("chord of group %s: could not take its lock within %g s; "
-                                 "not triggering it here", group_uuid, LOCK_WAIT)
+                    logger.error(
+                        "chord of group %s: could not take its lock within %g s; not triggering it here",
+                        group_uuid,
+                        LOCK_WAIT,
+                    )
                     return False
                 fired = await self._take_if_complete(channel, group_uuid, size, meta)
         finally:
@@ -167,8 +171,9 @@ class AMQPGroups:
             await self._mark_triggered(meta)
         return fired
 
-    async def _take_if_complete(self, channel: AbstractChannel, group_uuid: str, size: int,
-                                meta: GroupMeta | None) -> bool:
+    async def _take_if_complete(
+        self, channel: AbstractChannel, group_uuid: str, size: int, meta: GroupMeta | None
+    ) -> bool:
         backend = self.backend
         queue = await backend.declare_result_queue(channel, group_uuid)
         held: list[AbstractIncomingMessage] = []
@@ -235,8 +240,7 @@ class AMQPGroups:
                 if old is not None:
                     await old.ack()
         except Exception as exc:
-            logger.warning("could not mark the chord of group %s as triggered: %s",
-                           meta.group_uuid, exc)
+            logger.warning("could not mark the chord of group %s as triggered: %s", meta.group_uuid, exc)
 
     async def states(self, group_uuid: str, group_task_count: int) -> list[TaskState]:
         """The members' final states in group order (completion order for groups sent by Go)."""
@@ -254,8 +258,9 @@ class AMQPGroups:
         meta = await self.meta(group_uuid)
         if meta is None:
             if len(states) < group_task_count:
-                raise LookupError(f"group {group_uuid}: {len(states)} of {group_task_count} "
-                                  f"members have a final state")
+                raise LookupError(
+                    f"group {group_uuid}: {len(states)} of {group_task_count} members have a final state"
+                )
             return states
         found = {s.task_uuid: s for s in states}
         missing = [u for u in meta.task_uuids if u not in found]
@@ -264,5 +269,4 @@ class AMQPGroups:
         return [found[u] for u in meta.task_uuids]
 
     async def purge(self, group_uuid: str) -> None:
-        await self.backend.delete_queues(group_uuid, meta_queue(group_uuid),
-                                         f"{group_uuid}_chord_triggered")
+        await self.backend.delete_queues(group_uuid, meta_queue(group_uuid), f"{group_uuid}_chord_triggered")

@@ -122,9 +122,7 @@ class MemoryBackend(ResultBackend):
             try:
                 await asyncio.wait_for(event.wait(), left)
             except TimeoutError:
-                raise TimeoutError(
-                    f"task {task_uuid} did not complete within {timeout} s"
-                ) from None
+                raise TimeoutError(f"task {task_uuid} did not complete within {timeout} s") from None
 
     async def purge_state(self, task_uuid: str) -> None:
         self._store.records.pop(task_uuid, None)

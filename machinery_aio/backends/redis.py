@@ -128,15 +128,25 @@ class RedisBackend(ResultBackend):
     def _write(self, states: list[TaskState], guard: str = "") -> Command:
         """The command storing one task's ``states`` in order."""
         last = states[-1]
-        if not guard and len(states) == 1 and last.task_name and last.created_at != ZERO_TIME \
-                and not last.is_completed():
+        if (
+            not guard
+            and len(states) == 1
+            and last.task_name
+            and last.created_at != ZERO_TIME
+            and not last.is_completed()
+        ):
             return Command.of("SET", last.task_uuid, last.to_json(), "EX", self.expires_in)
         channel = CHANNEL_PREFIX + last.task_uuid if last.is_completed() else ""
         args: list[Any] = [self.expires_in, channel, guard]
         for state in states:
             head, name, middle, created, tail = _state_parts(state)
-            args += [head, name if state.task_name else b"", middle,
-                     b"" if state.created_at == ZERO_TIME else created, tail]
+            args += [
+                head,
+                name if state.task_name else b"",
+                middle,
+                b"" if state.created_at == ZERO_TIME else created,
+                tail,
+            ]
         return Command.lua(SET_STATE, [last.task_uuid], args)
 
     async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
@@ -152,8 +162,7 @@ class RedisBackend(ResultBackend):
 
     async def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
         raw = await self._get_many(task_uuids)
-        return [None if d is None else _parse_state(u, d)
-                for u, d in zip(task_uuids, raw, strict=True)]
+        return [None if d is None else _parse_state(u, d) for u, d in zip(task_uuids, raw, strict=True)]
 
     async def _get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -213,8 +222,9 @@ class RedisBackend(ResultBackend):
         else:
             result = await self.batcher.script(TRIGGER_CHORD, keys, args)
         if result == -1:
-            logger.error("chord of group %s cannot fire: its metadata is gone (expired or "
-                         "purged)", group_uuid)
+            logger.error(
+                "chord of group %s cannot fire: its metadata is gone (expired or purged)", group_uuid
+            )
         return bool(result == 1)
 
     # -- waiting and cleanup ----------------------------------------------------------------
@@ -231,8 +241,7 @@ class RedisBackend(ResultBackend):
             try:
                 watch = await stack.enter_async_context(self.notifier.watch(task_uuid))
             except RedisError as exc:
-                logger.warning("result notifications unavailable (%s); polling for %s",
-                               exc, task_uuid)
+                logger.warning("result notifications unavailable (%s); polling for %s", exc, task_uuid)
             pause = max(interval, 0.1) if watch is not None else interval
             while True:
                 state = await self.get_state(task_uuid)
@@ -278,9 +287,13 @@ def _state_parts(state: TaskState) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     """:func:`_split_state` of ``state.to_json()``; built directly for a state without
     results or error (RECEIVED, STARTED: twice per task)."""
     if state.results is None and not state.error and not state.ttl:
-        return (b'{"TaskUUID":' + to_json(state.task_uuid), to_json(state.task_name),
-                _PLAIN_MIDDLE[state.state], b'"' + format_time(state.created_at).encode() + b'"',
-                b',"TTL":0}')
+        return (
+            b'{"TaskUUID":' + to_json(state.task_uuid),
+            to_json(state.task_name),
+            _PLAIN_MIDDLE[state.state],
+            b'"' + format_time(state.created_at).encode() + b'"',
+            b',"TTL":0}',
+        )
     return _split_state(state.to_json())
 
 
@@ -292,9 +305,9 @@ def _split_state(data: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     ttl_at = data.rindex(_TTL_KEY)
     return (
         data[:name_at],
-        data[name_at + len(_NAME_KEY):state_at],
+        data[name_at + len(_NAME_KEY) : state_at],
         data[state_at:created_at],
-        data[created_at + len(_CREATED_KEY):ttl_at],
+        data[created_at + len(_CREATED_KEY) : ttl_at],
         data[ttl_at:],
     )
 

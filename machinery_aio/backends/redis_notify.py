@@ -106,8 +106,11 @@ class ResultNotifier:
                 try:
                     await asyncio.wait_for(asyncio.shield(channel.confirmed), CONFIRM_TIMEOUT)
                 except TimeoutError:
-                    logger.warning("Redis did not confirm a result subscription in %g s; "
-                                   "waiting by re-reading the state", CONFIRM_TIMEOUT)
+                    logger.warning(
+                        "Redis did not confirm a result subscription in %g s; "
+                        "waiting by re-reading the state",
+                        CONFIRM_TIMEOUT,
+                    )
             yield Watch(channel)
         finally:
             channel.refs -= 1
@@ -146,8 +149,7 @@ class ResultNotifier:
             except Exception as exc:
                 failures += 1
                 delay = min(5.0, 0.1 * 2 ** min(failures, 6))
-                logger.warning("result notifications interrupted (%s); retrying in %.1f s", exc,
-                               delay)
+                logger.warning("result notifications interrupted (%s); retrying in %.1f s", exc, delay)
                 for channel in self._channels.values():
                     channel.wake(None)
                 await asyncio.sleep(delay)

@@ -55,8 +55,12 @@ class AMQPBroker(Broker):
 
     scheme = "amqp"
     capabilities = BrokerCapabilities(
-        at_least_once=True, delayed_delivery=True, priority=True, dead_letters=True,
-        inspect_pending=True, persistent=True,
+        at_least_once=True,
+        delayed_delivery=True,
+        priority=True,
+        dead_letters=True,
+        inspect_pending=True,
+        persistent=True,
     )
 
     def __init__(self, config: Config, url: str | None = None, *, exact_delays: bool = False) -> None:
@@ -143,10 +147,16 @@ class AMQPBroker(Broker):
 
     # -- declarations ------------------------------------------------------------
 
-    async def declare_queue(self, name: str, binding_keys: Sequence[str], *,
-                            arguments: dict[str, Any] | None = None,
-                            auto_delete: bool = False, max_age: float | None = None,
-                            exchange: str | None = None) -> None:
+    async def declare_queue(
+        self,
+        name: str,
+        binding_keys: Sequence[str],
+        *,
+        arguments: dict[str, Any] | None = None,
+        auto_delete: bool = False,
+        max_age: float | None = None,
+        exchange: str | None = None,
+    ) -> None:
         """Declare a durable queue bound to the exchange, once per process (or every ``max_age`` s)."""
         exchange = self.amqp.exchange if exchange is None else exchange
         key = (name, "\x00".join(binding_keys) + "@" + exchange)
@@ -166,12 +176,16 @@ class AMQPBroker(Broker):
             args = self.amqp.queue_declare_args if arguments is None else arguments
             try:
                 queue = await channel.declare_queue(
-                    name, durable=True, auto_delete=auto_delete, arguments=args or None,
+                    name,
+                    durable=True,
+                    auto_delete=auto_delete,
+                    arguments=args or None,
                     robust=False,
                 )
                 for binding_key in binding_keys:
-                    await queue.bind(exchange, binding_key,
-                                     arguments=self.amqp.queue_binding_args or None, robust=False)
+                    await queue.bind(
+                        exchange, binding_key, arguments=self.amqp.queue_binding_args or None, robust=False
+                    )
             except ChannelPreconditionFailed as exc:
                 raise ConfigError(
                     f"RabbitMQ refused to declare queue {name!r} with arguments {args}: {exc}; "
@@ -208,8 +222,12 @@ class AMQPBroker(Broker):
 
     def _message(self, signature: Signature, body: bytes, **extra: Any) -> Message:
         return Message(
-            body, headers=signature.headers or {}, content_type="application/json",
-            delivery_mode=DeliveryMode.PERSISTENT, priority=signature.priority, **extra,
+            body,
+            headers=signature.headers or {},
+            content_type="application/json",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=signature.priority,
+            **extra,
         )
 
     async def _publish_now(self, signature: Signature, body: bytes) -> None:
@@ -237,18 +255,21 @@ class AMQPBroker(Broker):
 
         async def declare() -> None:
             await self.declare_queue(target.queue, [target.binding_key])
-            await self.declare_queue(name, [name], arguments=arguments,
-                                     auto_delete=self.amqp.auto_delete, max_age=max_age)
+            await self.declare_queue(
+                name, [name], arguments=arguments, auto_delete=self.amqp.auto_delete, max_age=max_age
+            )
 
         await self._send(self.amqp.exchange, name, message, declare)
 
-    async def _send(self, exchange_name: str, routing_key: str, message: Message,
-                    declare: Callable[[], Awaitable[None]]) -> None:
+    async def _send(
+        self, exchange_name: str, routing_key: str, message: Message, declare: Callable[[], Awaitable[None]]
+    ) -> None:
         """Declare what the message needs, publish it and wait for the broker's confirm.
 
         Publishes are mandatory: if RabbitMQ cannot route the message (someone
         deleted the queue), the declarations are made again and it is sent once more.
         """
+
         async def attempt() -> None:
             await declare()
             exchange = await self.exchange(exchange_name)
@@ -280,8 +301,11 @@ class AMQPBroker(Broker):
     async def return_to_queue(self, queue: str, message: AbstractIncomingMessage) -> None:
         """Publish a copy of ``message`` (same body and properties) at the tail of ``queue``."""
         copy = Message(
-            message.body, headers=dict(message.headers or {}), content_type=message.content_type,
-            content_encoding=message.content_encoding, delivery_mode=DeliveryMode.PERSISTENT,
+            message.body,
+            headers=dict(message.headers or {}),
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=DeliveryMode.PERSISTENT,
             priority=message.priority,
         )
 
@@ -293,8 +317,9 @@ class AMQPBroker(Broker):
 
     # -- dead letters --------------------------------------------------------------
 
-    async def publish_dead_letter(self, queue: str, body: bytes, headers: dict[str, Any],
-                                  reason: str) -> None:
+    async def publish_dead_letter(
+        self, queue: str, body: bytes, headers: dict[str, Any], reason: str
+    ) -> None:
         """Keep a message that cannot run in ``<queue>.dead``, with the reason in a header."""
         dead_queue = layout.dead_letter_queue(queue)
         headers = {
@@ -306,8 +331,7 @@ class AMQPBroker(Broker):
         message = Message(body, headers=headers, delivery_mode=DeliveryMode.PERSISTENT)
 
         async def declare() -> None:
-            await self.declare_queue(dead_queue, [queue], arguments={},
-                                     exchange=layout.DEAD_LETTER_EXCHANGE)
+            await self.declare_queue(dead_queue, [queue], arguments={}, exchange=layout.DEAD_LETTER_EXCHANGE)
 
         await self._send(layout.DEAD_LETTER_EXCHANGE, queue, message, declare)
 
@@ -327,12 +351,14 @@ class AMQPBroker(Broker):
                         break
                     held.append(message)
                     headers = message.headers or {}
-                    letters.append(DeadLetter(
-                        queue=str(_header(headers, layout.QUEUE_HEADER) or queue),
-                        reason=str(_header(headers, layout.REASON_HEADER) or ""),
-                        body=message.body.decode("utf-8", "replace"),
-                        failed_at=str(_header(headers, layout.FAILED_AT_HEADER) or ""),
-                    ))
+                    letters.append(
+                        DeadLetter(
+                            queue=str(_header(headers, layout.QUEUE_HEADER) or queue),
+                            reason=str(_header(headers, layout.REASON_HEADER) or ""),
+                            body=message.body.decode("utf-8", "replace"),
+                            failed_at=str(_header(headers, layout.FAILED_AT_HEADER) or ""),
+                        )
+                    )
             finally:
                 for message in held:
                     await message.nack(requeue=True)
@@ -386,8 +412,7 @@ async def _message_count(channel: AbstractChannel, queue: str) -> int | None:
     return int(result.message_count or 0)
 
 
-async def _wait_requeued(channel: AbstractChannel, queue: str, count: int,
-                         timeout: float = 5.0) -> None:
+async def _wait_requeued(channel: AbstractChannel, queue: str, count: int, timeout: float = 5.0) -> None:
     """basic.nack has no reply: wait (briefly) until RabbitMQ shows ``count`` messages in
     ``queue`` again, so that a listing right after this one sees them all."""
     deadline = time.monotonic() + timeout

@@ -72,13 +72,16 @@ class AMQPConsumer(Consumer):
                     await channel.set_qos(prefetch_count=self.prefetch)
                     # Declared again on this (robust) channel so aio-pika restores queue,
                     # bindings and consumer after a reconnect.
-                    await channel.declare_exchange(broker.amqp.exchange, broker.amqp.exchange_type,
-                                                   durable=True)
+                    await channel.declare_exchange(
+                        broker.amqp.exchange, broker.amqp.exchange_type, durable=True
+                    )
                     source = await channel.declare_queue(
-                        self.queue, durable=True, arguments=broker.amqp.queue_declare_args or None)
+                        self.queue, durable=True, arguments=broker.amqp.queue_declare_args or None
+                    )
                     for key in broker.binding_keys(self.queue):
-                        await source.bind(broker.amqp.exchange, key,
-                                          arguments=broker.amqp.queue_binding_args or None)
+                        await source.bind(
+                            broker.amqp.exchange, key, arguments=broker.amqp.queue_binding_args or None
+                        )
                 except BaseException:
                     with contextlib.suppress(Exception):
                         await channel.close()
@@ -86,7 +89,8 @@ class AMQPConsumer(Consumer):
                 self._channel, self._source = channel, source
             assert self._source is not None
             self._consumer_tag = await self._source.consume(
-                self._on_message, no_ack=False, consumer_tag=self.tag or None)
+                self._on_message, no_ack=False, consumer_tag=self.tag or None
+            )
             logger.debug("consuming %r (prefetch %d)", self.queue, self.prefetch)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -141,15 +145,17 @@ class AMQPConsumer(Consumer):
             message = self._buffer.popleft()
             if not is_live(message):
                 continue  # its channel is gone: RabbitMQ delivers it again
-            out.append(Delivery(message.body, self.queue, token=message,
-                                redelivered=bool(message.redelivered)))
+            out.append(
+                Delivery(message.body, self.queue, token=message, redelivered=bool(message.redelivered))
+            )
         return out
 
     async def ack(self, delivery: Delivery) -> None:
         message: AbstractIncomingMessage = delivery.token
         if not is_live(message):
-            logger.info("not acking a task from %r: its channel closed, so RabbitMQ will "
-                        "deliver it again", self.queue)
+            logger.info(
+                "not acking a task from %r: its channel closed, so RabbitMQ will deliver it again", self.queue
+            )
             return
         await message.ack()
 
@@ -169,8 +175,9 @@ class AMQPConsumer(Consumer):
         try:
             await self.broker.return_to_queue(self.queue, message)
         except Exception as exc:
-            logger.warning("could not move a task to the back of %r (%s); requeueing it in place",
-                           self.queue, exc)
+            logger.warning(
+                "could not move a task to the back of %r (%s); requeueing it in place", self.queue, exc
+            )
             await message.nack(requeue=True)
             return
         await message.ack()
@@ -178,8 +185,9 @@ class AMQPConsumer(Consumer):
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         message: AbstractIncomingMessage = delivery.token
         try:
-            await self.broker.publish_dead_letter(self.queue, delivery.body,
-                                                  dict(message.headers or {}), reason)
+            await self.broker.publish_dead_letter(
+                self.queue, delivery.body, dict(message.headers or {}), reason
+            )
         except Exception:
             # Not set aside: hand it back after a pause rather than drop it or spin on it.
             await self.requeue(delivery, DEAD_LETTER_RETRY_DELAY)

@@ -126,8 +126,7 @@ def delay_queue(amqp: AMQPConfig, ms: int, routing_key: str) -> tuple[str, dict[
     return name, arguments
 
 
-def delayed_queue(amqp: AMQPConfig, routing_key: str, default_routing_key: str
-                  ) -> tuple[str, dict[str, Any]]:
+def delayed_queue(amqp: AMQPConfig, routing_key: str, default_routing_key: str) -> tuple[str, dict[str, Any]]:
     """The shared ``delayed_queue`` for ``routing_key`` and its arguments.
 
     Go declares one queue named ``delayed_queue`` whose dead-letter routing key

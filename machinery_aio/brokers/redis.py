@@ -39,14 +39,17 @@ __all__ = ["RedisBroker"]
 logger = get_logger("machinery_aio.brokers.redis")
 
 
-
 class RedisBroker(Broker):
     """Publishes to and consumes from Redis lists, as Go Machinery lays them out."""
 
     scheme = "redis"
     capabilities = BrokerCapabilities(
-        at_least_once=True, delayed_delivery=True, priority=False, dead_letters=True,
-        inspect_pending=True, persistent=True,
+        at_least_once=True,
+        delayed_delivery=True,
+        priority=False,
+        dead_letters=True,
+        inspect_pending=True,
+        persistent=True,
     )
 
     def __init__(self, config: Config, url: str | None = None) -> None:
@@ -143,8 +146,11 @@ class RedisBroker(Broker):
 
     def _new_mover(self, poll_period: float) -> DelayedMover:
         return DelayedMover(
-            self.client, delayed_key=self.delayed_key, default_queue=self.config.default_queue,
-            poll_period=poll_period, cluster=self.cluster,
+            self.client,
+            delayed_key=self.delayed_key,
+            default_queue=self.config.default_queue,
+            poll_period=poll_period,
+            cluster=self.cluster,
             heartbeat_timeout=max(10.0, self.consumer_timeout),
         )
 
@@ -198,6 +204,10 @@ def _decode_all(bodies: list[bytes], where: str) -> list[Signature]:
         except InvalidMessageError:
             bad += 1
     if bad:
-        logger.warning("%s holds %d messages that are not valid Signatures (not listed; a worker "
-                       "will set them aside as dead letters)", where, bad)
+        logger.warning(
+            "%s holds %d messages that are not valid Signatures (not listed; a worker "
+            "will set them aside as dead letters)",
+            where,
+            bad,
+        )
     return out

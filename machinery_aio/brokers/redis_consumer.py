@@ -93,7 +93,8 @@ class RedisConsumer(Consumer):
     async def _claim(self, count: int) -> list[bytes]:
         try:
             bodies: list[bytes] = await self.broker.batcher.script(
-                CLAIM, [self.queue, self.processing, self.keys.consumers],
+                CLAIM,
+                [self.queue, self.processing, self.keys.consumers],
                 [count, self.consumer_id, self.timeout_ms],
             )
         except BaseException:
@@ -135,8 +136,12 @@ class RedisConsumer(Consumer):
                 await self.broker.batcher.script(ACK, [self.processing], [d.body for d in batch])
                 del self._unacked[: len(batch)]
         except Exception as exc:
-            logger.warning("acking %d messages of %r failed: %s; retrying at the next fetch",
-                           len(self._unacked), self.queue, exc)
+            logger.warning(
+                "acking %d messages of %r failed: %s; retrying at the next fetch",
+                len(self._unacked),
+                self.queue,
+                exc,
+            )
         finally:
             self._acking = None
 
@@ -174,12 +179,11 @@ class RedisConsumer(Consumer):
 
     async def _requeue_held_later(self, delivery: Delivery) -> None:
         try:
-            await self.broker.batcher.script(
-                REQUEUE, [self.processing, self.queue], [delivery.body]
-            )
+            await self.broker.batcher.script(REQUEUE, [self.processing, self.queue], [delivery.body])
         except Exception as exc:
-            logger.error("could not hand a message back to %r: %s; the next fetch returns it",
-                         self.queue, exc)
+            logger.error(
+                "could not hand a message back to %r: %s; the next fetch returns it", self.queue, exc
+            )
             self._reconcile = True
         self._later.pop(id(delivery), None)
 
@@ -187,7 +191,10 @@ class RedisConsumer(Consumer):
         await self._settle([delivery], REQUEUE, [self.processing, self.queue], [delivery.body])
 
     async def _settle(
-        self, deliveries: Sequence[Delivery], script: LuaScript, keys: list[str],
+        self,
+        deliveries: Sequence[Delivery],
+        script: LuaScript,
+        keys: list[str],
         args: list[bytes | str],
     ) -> None:
         """Run a script that moves ``deliveries`` out of the processing list. If it fails,
@@ -210,8 +217,12 @@ class RedisConsumer(Consumer):
             body=delivery.body.decode("utf-8", "backslashreplace"),
             failed_at=format_time(now()),
         )
-        await self._settle([delivery], DEAD_LETTER, [self.processing, self.keys.dead],
-                           [delivery.body, letter.model_dump_json()])
+        await self._settle(
+            [delivery],
+            DEAD_LETTER,
+            [self.processing, self.keys.dead],
+            [delivery.body, letter.model_dump_json()],
+        )
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         mine = [d for d in deliveries if id(d) in self._held]
@@ -233,8 +244,10 @@ class RedisConsumer(Consumer):
             await self._retry_acks()
             if self._started:
                 returned = await run_script(
-                    self.broker.client, RETURN_ALL,
-                    [self.keys.consumers, self.processing, self.queue], [self.consumer_id, "0"],
+                    self.broker.client,
+                    RETURN_ALL,
+                    [self.keys.consumers, self.processing, self.queue],
+                    [self.consumer_id, "0"],
                 )
                 if returned:
                     logger.info("returned %d unfinished messages to %r", returned, self.queue)
@@ -259,7 +272,9 @@ class RedisConsumer(Consumer):
         """Renew this consumer's heartbeat and return the messages of dead consumers to
         the queue; returns how many were returned."""
         dead: list[bytes] = await run_script(
-            self.broker.client, HEARTBEAT, [self.keys.consumers],
+            self.broker.client,
+            HEARTBEAT,
+            [self.keys.consumers],
             [self.consumer_id, self.timeout_ms],
         )
         returned = 0
@@ -268,12 +283,19 @@ class RedisConsumer(Consumer):
             if other == self.consumer_id:
                 continue
             count = await run_script(
-                self.broker.client, RETURN_ALL,
-                [self.keys.consumers, self.keys.processing(other), self.queue], [other, "1"],
+                self.broker.client,
+                RETURN_ALL,
+                [self.keys.consumers, self.keys.processing(other), self.queue],
+                [other, "1"],
             )
             if count > 0:
-                logger.warning("consumer %s of %r stopped sending heartbeats; returned its %d "
-                               "unfinished messages to the queue", other, self.queue, count)
+                logger.warning(
+                    "consumer %s of %r stopped sending heartbeats; returned its %d "
+                    "unfinished messages to the queue",
+                    other,
+                    self.queue,
+                    count,
+                )
                 returned += count
         await self._check_untracked()
         return returned
@@ -297,9 +319,7 @@ class RedisConsumer(Consumer):
 
     async def _return_untracked(self) -> None:
         """Give back messages in our processing list that no delivery stands for."""
-        items: list[bytes] = await self.broker.client.execute_command(
-            "LRANGE", self.processing, 0, -1
-        )
+        items: list[bytes] = await self.broker.client.execute_command("LRANGE", self.processing, 0, -1)
         tracked = Counter(d.body for d in self._held.values())
         tracked.update(d.body for d, _ in self._later.values())
         tracked.update(d.body for d in self._unacked)

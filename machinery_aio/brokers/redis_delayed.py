@@ -118,7 +118,9 @@ class DelayedMover:
 
     async def _move_single(self) -> tuple[int, float | None]:
         reply = await run_script(
-            self.client, MOVE_DUE, [self.keys.delayed],
+            self.client,
+            MOVE_DUE,
+            [self.keys.delayed],
             [time.time_ns(), BATCH, self.default_queue],
         )
         return int(reply[0]), _score(reply[1])
@@ -126,7 +128,9 @@ class DelayedMover:
     async def _move_cluster(self) -> tuple[int, float | None]:
         staging = self.keys.staging(self.mover_id)
         items, earliest, dead = await run_script(
-            self.client, STAGE_DUE, [self.keys.delayed, staging, self.keys.movers],
+            self.client,
+            STAGE_DUE,
+            [self.keys.delayed, staging, self.keys.movers],
             [time.time_ns(), BATCH, self.mover_id, self.heartbeat_timeout_ms],
         )
         for mover in dead:
@@ -146,12 +150,15 @@ class DelayedMover:
         if mover == self.mover_id:
             return
         count = await run_script(
-            self.client, RECOVER_STAGING,
-            [self.keys.movers, self.keys.staging(mover), self.keys.delayed], [mover],
+            self.client,
+            RECOVER_STAGING,
+            [self.keys.movers, self.keys.staging(mover), self.keys.delayed],
+            [mover],
         )
         if count > 0:
-            logger.warning("delayed-task mover %s died while moving %d tasks; they are due again",
-                           mover, count)
+            logger.warning(
+                "delayed-task mover %s died while moving %d tasks; they are due again", mover, count
+            )
 
     async def _run(self) -> None:
         failures = 0
@@ -164,8 +171,12 @@ class DelayedMover:
             except Exception as exc:
                 failures += 1
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-                logger.error("moving delayed tasks from %r failed: %s; retrying in %.1f s",
-                             self.keys.delayed, exc, delay)
+                logger.error(
+                    "moving delayed tasks from %r failed: %s; retrying in %.1f s",
+                    self.keys.delayed,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 continue
             failures = 0

@@ -23,7 +23,9 @@ local _t = redis.call('TIME')
 local now_ms = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
 """
 
-CLAIM = LuaScript(_NOW_MS + r"""
+CLAIM = LuaScript(
+    _NOW_MS
+    + r"""
 -- KEYS: queue, processing list, consumers; ARGV: max count, consumer id, timeout ms.
 -- Registers the consumer (so its list is never orphaned), then moves up to
 -- ARGV[1] messages from the head of the queue to the tail of its list.
@@ -38,7 +40,8 @@ for i = 1, count, 500 do
   redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 499, count)))
 end
 return items
-""")
+"""
+)
 
 REQUEUE = LuaScript(r"""
 -- KEYS: processing list, queue; ARGV: body. Back to the tail, as Go does.
@@ -78,7 +81,9 @@ end
 return 0
 """)
 
-RETURN_ALL = LuaScript(_NOW_MS + r"""
+RETURN_ALL = LuaScript(
+    _NOW_MS
+    + r"""
 -- KEYS: consumers, processing list, queue; ARGV: consumer id, '1' = reap it only if its
 -- heartbeat expired, '0' = it is closing. Moves the whole list back to the head of the
 -- queue, oldest claim first. A reaped consumer is deregistered; a closing one is marked
@@ -96,13 +101,17 @@ else
   redis.call('ZADD', KEYS[1], 0, ARGV[1])
 end
 return n
-""")
+"""
+)
 
-HEARTBEAT = LuaScript(_NOW_MS + r"""
+HEARTBEAT = LuaScript(
+    _NOW_MS
+    + r"""
 -- KEYS: consumers; ARGV: consumer id, timeout ms. Returns the ids whose deadline passed.
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('(%d', now_ms))
-""")
+"""
+)
 
 PURGE = LuaScript(r"""
 -- KEYS: queue. Returns how many messages were deleted.
@@ -132,7 +141,9 @@ local function routing_key(body, default)
 end
 """
 
-MOVE_DUE = LuaScript(_ROUTING_KEY + r"""
+MOVE_DUE = LuaScript(
+    _ROUTING_KEY
+    + r"""
 -- Single Redis only. KEYS: delayed ZSET; ARGV: now (Unix ns), max count, default queue.
 -- Moves every due task (up to the max) to the tail of its RoutingKey's list, bytes
 -- unchanged, and returns {moved, score of the earliest task left or ''}.
@@ -143,9 +154,12 @@ for _, body in ipairs(due) do
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {#due, first[2] or ''}
-""")
+"""
+)
 
-STAGE_DUE = LuaScript(_NOW_MS + r"""
+STAGE_DUE = LuaScript(
+    _NOW_MS
+    + r"""
 -- Cluster. KEYS: delayed ZSET, this mover's staging list, movers; ARGV: now (Unix ns),
 -- max count, mover id, timeout ms. Unless the staging list still holds a batch that
 -- was not pushed yet, moves the due tasks into it. Returns {staging list contents,
@@ -162,9 +176,12 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {redis.call('LRANGE', KEYS[2], 0, -1), first[2] or '', dead}
-""")
+"""
+)
 
-RECOVER_STAGING = LuaScript(_NOW_MS + r"""
+RECOVER_STAGING = LuaScript(
+    _NOW_MS
+    + r"""
 -- Cluster. KEYS: movers, a dead mover's staging list, delayed ZSET; ARGV: mover id.
 -- Puts the tasks it was pushing back into the ZSET as due now.
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -176,4 +193,5 @@ end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[1])
 return #items
-""")
+"""
+)

@@ -16,7 +16,11 @@ MACHINERY_KEY = web.AppKey("machinery", Server)
 
 
 def setup(
-    app: web.Application, server: Server, *, run_worker: bool = False, concurrency: int = 10,
+    app: web.Application,
+    server: Server,
+    *,
+    run_worker: bool = False,
+    concurrency: int = 10,
     **worker_options: Any,
 ) -> None:
     """Connect ``server`` on start-up (and run a worker with ``run_worker``); close on cleanup."""

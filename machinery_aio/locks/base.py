@@ -40,7 +40,12 @@ class Lock(ABC):
         """Release ``key`` only if it still holds ``token``; True if released."""
 
     async def acquire_with_retries(
-        self, key: str, ttl: float, *, retries: int = 3, interval: float = 0.2,
+        self,
+        key: str,
+        ttl: float,
+        *,
+        retries: int = 3,
+        interval: float = 0.2,
         value: str | None = None,
     ) -> str | None:
         """:meth:`acquire`, tried ``retries`` more times ``interval`` s apart."""

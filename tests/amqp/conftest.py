@@ -32,8 +32,10 @@ REDIS_BACKEND_URL = "redis://127.0.0.1:6379/4"
 def require_redis_backend() -> None:
     """The Redis result backend is written on another branch: skip until it is merged (fail under CI)."""
     if importlib.util.find_spec("machinery_aio.backends.redis") is None:
-        message = ("machinery_aio.backends.redis is not in this tree yet; the RabbitMQ + Redis "
-                   "backend tests run once it is merged")
+        message = (
+            "machinery_aio.backends.redis is not in this tree yet; the RabbitMQ + Redis "
+            "backend tests run once it is merged"
+        )
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
@@ -97,11 +99,13 @@ async def purge_recorded(server: Server, cleanup: Cleanup) -> None:
             await server.backend.purge_group_meta(name)
 
 
-def amqp_test_config(unique: str, url: str = AMQP_URL, backend: str | None = None,
-                     **amqp: object) -> Config:
+def amqp_test_config(unique: str, url: str = AMQP_URL, backend: str | None = None, **amqp: object) -> Config:
     return Config(
-        broker=url, result_backend=backend or url, default_queue=f"{unique}_tasks",
-        results_expire_in=300, amqp=AMQPConfig(exchange=f"{unique}_exchange", **amqp),
+        broker=url,
+        result_backend=backend or url,
+        default_queue=f"{unique}_tasks",
+        results_expire_in=300,
+        amqp=AMQPConfig(exchange=f"{unique}_exchange", **amqp),
     )
 
 
@@ -142,8 +146,9 @@ async def amqp_server(cleanup: Cleanup) -> AsyncIterator[Callable[[Config], Serv
 
 
 def rabbitmqctl_or_skip() -> str:
-    path = shutil.which("rabbitmqctl") or ("/usr/sbin/rabbitmqctl"
-                                           if os.path.exists("/usr/sbin/rabbitmqctl") else None)
+    path = shutil.which("rabbitmqctl") or (
+        "/usr/sbin/rabbitmqctl" if os.path.exists("/usr/sbin/rabbitmqctl") else None
+    )
     if path is None or (os.geteuid() != 0 and not os.access(path, os.X_OK)):
         message = "rabbitmqctl is not available to this user"
         if IN_CI:
@@ -159,8 +164,9 @@ def vhost(unique: str, rabbitmq: None) -> Iterator[str]:
     name = f"machinery_aio_{unique}"
     subprocess.run([ctl, "add_vhost", name], check=True, capture_output=True)
     try:
-        subprocess.run([ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"], check=True, capture_output=True
+        )
         yield name
     finally:
         subprocess.run([ctl, "delete_vhost", name], check=False, capture_output=True)
@@ -169,5 +175,16 @@ def vhost(unique: str, rabbitmq: None) -> Iterator[str]:
 def close_vhost_connections(vhost: str) -> None:
     """Force-close every connection to ``vhost`` (and only those), as an operator would."""
     ctl = rabbitmqctl_or_skip()
-    subprocess.run([ctl, "close_all_connections", "--vhost", vhost, "--limit", "1000",
-                    "machinery-aio test: connection loss"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            ctl,
+            "close_all_connections",
+            "--vhost",
+            vhost,
+            "--limit",
+            "1000",
+            "machinery-aio test: connection loss",
+        ],
+        check=True,
+        capture_output=True,
+    )

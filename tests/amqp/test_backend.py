@@ -33,11 +33,8 @@ async def backends(amqp_config: Config) -> AsyncIterator[list[AMQPBackend]]:
         await backend.close()
 
 
-
-
 def member(group_uuid: str, index: int, count: int, unique: str, cleanup: Cleanup) -> Signature:
-    sig = Signature(name="add", uuid=f"task_{unique}_{index}", group_uuid=group_uuid,
-                    group_task_count=count)
+    sig = Signature(name="add", uuid=f"task_{unique}_{index}", group_uuid=group_uuid, group_task_count=count)
     cleanup.signature(sig)
     return sig
 
@@ -47,7 +44,10 @@ def result(value: int) -> list[TaskResult]:
 
 
 async def test_states_are_stored_in_gos_layout(
-    backends: list[AMQPBackend], amqp_config: Config, raw: AbstractConnection, unique: str,
+    backends: list[AMQPBackend],
+    amqp_config: Config,
+    raw: AbstractConnection,
+    unique: str,
     cleanup: Cleanup,
 ) -> None:
     backend = backends[0]
@@ -57,8 +57,9 @@ async def test_states_are_stored_in_gos_layout(
     channel = await raw.channel()
     # Go declares the queue with these arguments: declaring it the same way is accepted.
     ttl = amqp_config.results_expire_in * 1000
-    queue = await channel.declare_queue(sig.uuid, durable=False, auto_delete=True,
-                                        arguments={"x-message-ttl": ttl, "x-expires": ttl})
+    queue = await channel.declare_queue(
+        sig.uuid, durable=False, auto_delete=True, arguments={"x-message-ttl": ttl, "x-expires": ttl}
+    )
     message = await queue.get(no_ack=False)
     assert message.content_type == "application/json"
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
@@ -97,7 +98,10 @@ async def test_reads_keep_the_result_and_walk_nothing_away(
 
 
 async def test_reads_a_state_written_by_go(
-    backends: list[AMQPBackend], amqp_config: Config, raw: AbstractConnection, unique: str,
+    backends: list[AMQPBackend],
+    amqp_config: Config,
+    raw: AbstractConnection,
+    unique: str,
     cleanup: Cleanup,
 ) -> None:
     record = json.loads(golden("11_task_state_success"))
@@ -105,11 +109,15 @@ async def test_reads_a_state_written_by_go(
     cleanup.queues.add(record["TaskUUID"])
     ttl = amqp_config.results_expire_in * 1000
     channel = await raw.channel()
-    queue = await channel.declare_queue(record["TaskUUID"], durable=False, auto_delete=True,
-                                        arguments={"x-message-ttl": ttl, "x-expires": ttl})
+    queue = await channel.declare_queue(
+        record["TaskUUID"],
+        durable=False,
+        auto_delete=True,
+        arguments={"x-message-ttl": ttl, "x-expires": ttl},
+    )
     await channel.default_exchange.publish(
-        aio_pika.Message(json.dumps(record).encode(), content_type="application/json"),
-        queue.name)
+        aio_pika.Message(json.dumps(record).encode(), content_type="application/json"), queue.name
+    )
     state = await backends[0].get_state(record["TaskUUID"])
     assert state is not None
     assert state.state is State.SUCCESS
@@ -142,8 +150,7 @@ async def test_waiting_times_out(backends: list[AMQPBackend], unique: str, clean
         await backends[1].wait_for_state(sig.uuid, timeout=0.3)
 
 
-async def test_group_meta_round_trip(backends: list[AMQPBackend], unique: str,
-                                     cleanup: Cleanup) -> None:
+async def test_group_meta_round_trip(backends: list[AMQPBackend], unique: str, cleanup: Cleanup) -> None:
     group = f"group_{unique}"
     cleanup.queues.update({group, f"{group}_meta"})
     await backends[0].init_group(group, ["task_a", "task_b"])
@@ -170,8 +177,7 @@ async def test_chord_triggers_exactly_once_when_members_finish_together(
     members = [member(group, i, 8, unique, cleanup) for i in range(8)]
     if with_meta:
         await backends[0].init_group(group, [m.uuid for m in members])
-    outcomes = await asyncio.gather(*(
-        finish_and_try(backends[i % 2], m, i) for i, m in enumerate(members)))
+    outcomes = await asyncio.gather(*(finish_and_try(backends[i % 2], m, i) for i, m in enumerate(members)))
     assert outcomes.count(True) == 1
     winner = backends[outcomes.index(True) % 2]
     states = await winner.group_task_states(group, 8)

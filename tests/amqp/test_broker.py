@@ -86,11 +86,27 @@ async def test_publish_uses_go_message_properties(
     assert message.priority == 3
     assert message.headers == {"trace": "abc", "count": "5", "flag": "true"}
     body = json.loads(message.body)
-    assert list(body) == ["UUID", "Name", "RoutingKey", "ETA", "GroupUUID", "GroupTaskCount", "Args",
-                          "Headers", "Priority", "Immutable", "RetryCount", "RetryTimeout",
-                          "OnSuccess", "OnError", "ChordCallback", "BrokerMessageGroupId",
-                          "SQSReceiptHandle", "StopTaskDeletionOnError",
-                          "IgnoreWhenTaskNotRegistered"]
+    assert list(body) == [
+        "UUID",
+        "Name",
+        "RoutingKey",
+        "ETA",
+        "GroupUUID",
+        "GroupTaskCount",
+        "Args",
+        "Headers",
+        "Priority",
+        "Immutable",
+        "RetryCount",
+        "RetryTimeout",
+        "OnSuccess",
+        "OnError",
+        "ChordCallback",
+        "BrokerMessageGroupId",
+        "SQSReceiptHandle",
+        "StopTaskDeletionOnError",
+        "IgnoreWhenTaskNotRegistered",
+    ]
     assert body["Headers"] == {"trace": "abc", "count": "5", "flag": "true"}
     assert body["RoutingKey"] == config.default_queue
     assert body["Priority"] == 3
@@ -121,7 +137,10 @@ async def test_go_binding_key_reaches_the_default_queue_without_a_phantom_queue(
 
 
 async def test_routing_key_declares_and_binds_its_own_queue(
-    amqp_server: ServerFactory, amqp_config: Config, unique: str, raw: AbstractConnection,
+    amqp_server: ServerFactory,
+    amqp_config: Config,
+    unique: str,
+    raw: AbstractConnection,
     cleanup: Cleanup,
 ) -> None:
     other = f"{unique}_other"
@@ -134,9 +153,7 @@ async def test_routing_key_declares_and_binds_its_own_queue(
         assert await server.get_async_result(sig.uuid).get(timeout=30) == 2
 
 
-async def test_priority_orders_delivery(
-    amqp_server: ServerFactory, unique: str, cleanup: Cleanup
-) -> None:
+async def test_priority_orders_delivery(amqp_server: ServerFactory, unique: str, cleanup: Cleanup) -> None:
     config = amqp_test_config(unique, queue_declare_args={"x-max-priority": 10})
     server = amqp_server(config)
     order: list[int] = []
@@ -146,8 +163,9 @@ async def test_priority_orders_delivery(
         order.append(value)
 
     for value, priority in ((1, 0), (2, 0), (9, 9)):
-        await server.send_task(Signature(name="note", args=[Arg(type="int64", value=value)],
-                                         priority=priority))
+        await server.send_task(
+            Signature(name="note", args=[Arg(type="int64", value=value)], priority=priority)
+        )
     async with server.new_worker("w", concurrency=1):
         await wait_until(lambda: len(order) == 3)
     assert order[0] == 9
@@ -178,17 +196,23 @@ async def test_long_delays_share_bounded_queues(
     assert await message_count(raw, queue) == 3
 
 
-async def test_exact_delays_give_each_delay_its_queue(amqp_config: Config, cleanup: Cleanup,
-                                                      raw: AbstractConnection) -> None:
+async def test_exact_delays_give_each_delay_its_queue(
+    amqp_config: Config, cleanup: Cleanup, raw: AbstractConnection
+) -> None:
     broker = AMQPBroker(amqp_config, exact_delays=True)
     try:
-        sig = add_sig(1, eta=gotime.now() + timedelta(seconds=120, milliseconds=123),
-                      uuid="task_" + amqp_config.default_queue)
+        sig = add_sig(
+            1,
+            eta=gotime.now() + timedelta(seconds=120, milliseconds=123),
+            uuid="task_" + amqp_config.default_queue,
+        )
         await broker.publish(sig)
     finally:
         await broker.close()
-    names = [f"delay.{ms}.{amqp_config.amqp.exchange}.{amqp_config.default_queue}"
-             for ms in range(120_000, 120_124)]
+    names = [
+        f"delay.{ms}.{amqp_config.amqp.exchange}.{amqp_config.default_queue}"
+        for ms in range(120_000, 120_124)
+    ]
     cleanup.queues.update(names)
     counts = [await message_count(raw, name) for name in names]
     assert sum(1 for c in counts if c) == 1
@@ -221,8 +245,7 @@ async def test_undecodable_message_is_dead_lettered_once(
     await server.broker.declare_queue(amqp_config.default_queue, [amqp_config.default_queue])  # type: ignore[attr-defined]
     channel = await raw.channel()
     exchange = await channel.get_exchange(amqp_config.amqp.exchange)
-    await exchange.publish(aio_pika.Message(b"\xff not json", headers={"k": "v"}),
-                           amqp_config.default_queue)
+    await exchange.publish(aio_pika.Message(b"\xff not json", headers={"k": "v"}), amqp_config.default_queue)
     async with server.new_worker("w", concurrency=2):
         await wait_until(lambda: server.broker.get_dead_letters())
         # Set aside with its reason; not redelivered in a loop.
@@ -296,6 +319,7 @@ async def test_ignore_when_task_not_registered_drops_it(
     server = amqp_server(amqp_config)
     await server.send_task(add_sig(1, ignore_when_task_not_registered=True))
     async with server.new_worker("w", concurrency=1):
+
         async def gone() -> bool:
             return await message_count(raw, amqp_config.default_queue) == 0
 
@@ -343,7 +367,8 @@ async def test_graceful_stop_finishes_running_tasks_and_hands_back_the_rest(
     await stopping
     states = [await server.get_async_result(s.uuid).get_state() for s in sigs]
     assert sorted(s.task_uuid for s in states if s.state is State.SUCCESS) == sorted(
-        sigs[i].uuid for i in started)
+        sigs[i].uuid for i in started
+    )
     pending = {t.uuid for t in await server.broker.get_pending_tasks()}
     assert pending == {s.uuid for i, s in enumerate(sigs) if i not in started}
 
@@ -375,11 +400,12 @@ async def test_failover_to_the_next_broker_url(
     assert await message_count(raw, config.default_queue) == 1
 
 
-async def test_wrong_password_is_a_clear_error_without_the_password(
-    unique: str, rabbitmq: None
-) -> None:
-    config = Config(broker="amqp://guest:s3cretpw@127.0.0.1:5672/", default_queue=unique,
-                    amqp=AMQPConfig(exchange=f"{unique}_exchange"))
+async def test_wrong_password_is_a_clear_error_without_the_password(unique: str, rabbitmq: None) -> None:
+    config = Config(
+        broker="amqp://guest:s3cretpw@127.0.0.1:5672/",
+        default_queue=unique,
+        amqp=AMQPConfig(exchange=f"{unique}_exchange"),
+    )
     broker = AMQPBroker(config)
     with pytest.raises(ConnectionError) as caught:
         await broker.connect()
@@ -389,11 +415,22 @@ async def test_wrong_password_is_a_clear_error_without_the_password(
 
 
 def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BROKER": config.broker, "RESULT_BACKEND": config.result_backend,
-           "DEFAULT_QUEUE": config.default_queue, "AMQP_EXCHANGE": config.amqp.exchange,
-           "RESULTS_EXPIRE_IN": str(config.results_expire_in)}
-    return subprocess.run([sys.executable, "-m", "machinery_aio", *args], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    env = {
+        **os.environ,
+        "BROKER": config.broker,
+        "RESULT_BACKEND": config.result_backend,
+        "DEFAULT_QUEUE": config.default_queue,
+        "AMQP_EXCHANGE": config.amqp.exchange,
+        "RESULTS_EXPIRE_IN": str(config.results_expire_in),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "machinery_aio", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 async def test_cli_inspects_and_purges_a_queue(amqp_server: ServerFactory, amqp_config: Config) -> None:
@@ -402,7 +439,8 @@ async def test_cli_inspects_and_purges_a_queue(amqp_server: ServerFactory, amqp_
     for sig in sigs:
         await server.send_task(sig)
     await server.broker.publish_dead_letter(  # type: ignore[attr-defined]
-        amqp_config.default_queue, b"{oops", {}, "message is not valid JSON")
+        amqp_config.default_queue, b"{oops", {}, "message is not valid JSON"
+    )
 
     pending = await asyncio.to_thread(cli, amqp_config, "inspect", "pending")
     assert pending.returncode == 0, pending.stderr

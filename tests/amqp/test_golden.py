@@ -43,8 +43,9 @@ def localise(body: bytes, queue: str, cleanup: Cleanup, seen: dict[bytes, bytes]
 
 
 @pytest.fixture(params=["amqp", "redis"])
-async def server(request: pytest.FixtureRequest, unique: str, cleanup: Cleanup,
-                 amqp_server: Callable[[Config], Server]) -> AsyncIterator[Server]:
+async def server(
+    request: pytest.FixtureRequest, unique: str, cleanup: Cleanup, amqp_server: Callable[[Config], Server]
+) -> AsyncIterator[Server]:
     if request.param == "redis":
         require_redis_backend()
         config = amqp_test_config(unique, backend=REDIS_BACKEND_URL)
@@ -74,17 +75,25 @@ async def publish_as_go(config: Config, *bodies: bytes) -> None:
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()
-        exchange = await channel.declare_exchange(config.amqp.exchange, config.amqp.exchange_type,
-                                                  durable=True)
+        exchange = await channel.declare_exchange(
+            config.amqp.exchange, config.amqp.exchange_type, durable=True
+        )
         for body in bodies:
             sig = Signature.from_json(body)
-            queue = await channel.declare_queue(sig.routing_key, durable=True,
-                                                arguments=config.amqp.queue_declare_args or None)
+            queue = await channel.declare_queue(
+                sig.routing_key, durable=True, arguments=config.amqp.queue_declare_args or None
+            )
             await queue.bind(exchange, sig.routing_key)
-            await exchange.publish(aio_pika.Message(
-                body, headers=sig.headers or {}, content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT, priority=sig.priority,
-            ), sig.routing_key)
+            await exchange.publish(
+                aio_pika.Message(
+                    body,
+                    headers=sig.headers or {},
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    priority=sig.priority,
+                ),
+                sig.routing_key,
+            )
     finally:
         await connection.close()
 

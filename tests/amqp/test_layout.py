@@ -43,16 +43,35 @@ def test_consumer_binding_keys() -> None:
     assert queue_binding_key(AMQPConfig(), "machinery_tasks", "machinery_tasks") == ["machinery_tasks"]
     go = AMQPConfig(binding_key="machinery_task")
     assert queue_binding_key(go, "machinery_tasks", "machinery_tasks") == [
-        "machinery_tasks", "machinery_task"]
+        "machinery_tasks",
+        "machinery_task",
+    ]
     assert queue_binding_key(go, "emails", "machinery_tasks") == ["emails"]
     assert queue_binding_key(AMQPConfig(exchange_type="topic", binding_key="t.#"), "q", "q") == ["t.#"]
 
 
-@pytest.mark.parametrize(("ms", "bucket"), [
-    (0, 0), (-5, 0), (7, 7), (99, 99), (100, 100), (101, 110), (999, 1000), (1000, 1000),
-    (1001, 1100), (2999, 3000), (59_500, 60_000), (99_999, 100_000), (100_000, 100_000),
-    (100_999, 100_000), (123_456, 120_000), (3_723_000, 3_700_000), (86_400_000, 86_000_000),
-])
+@pytest.mark.parametrize(
+    ("ms", "bucket"),
+    [
+        (0, 0),
+        (-5, 0),
+        (7, 7),
+        (99, 99),
+        (100, 100),
+        (101, 110),
+        (999, 1000),
+        (1000, 1000),
+        (1001, 1100),
+        (2999, 3000),
+        (59_500, 60_000),
+        (99_999, 100_000),
+        (100_000, 100_000),
+        (100_999, 100_000),
+        (123_456, 120_000),
+        (3_723_000, 3_700_000),
+        (86_400_000, 86_000_000),
+    ],
+)
 def test_delay_buckets(ms: int, bucket: int) -> None:
     assert delay_bucket(ms) == bucket
 
@@ -69,23 +88,33 @@ def test_delay_buckets_are_bounded_and_short_delays_never_early() -> None:
 def test_delay_queue_is_gos() -> None:
     name, args = delay_queue(AMQPConfig(), 5000, "machinery_tasks")
     assert name == "delay.5000.machinery_exchange.machinery_tasks"
-    assert args == {"x-dead-letter-exchange": "machinery_exchange",
-                    "x-dead-letter-routing-key": "machinery_tasks",
-                    "x-message-ttl": 5000, "x-expires": 10000}
+    assert args == {
+        "x-dead-letter-exchange": "machinery_exchange",
+        "x-dead-letter-routing-key": "machinery_tasks",
+        "x-message-ttl": 5000,
+        "x-expires": 10000,
+    }
 
 
 def test_delayed_queue_per_routing_key() -> None:
     amqp = AMQPConfig(delayed_queue="delayed")
     assert delayed_queue(amqp, "machinery_tasks", "machinery_tasks") == (
-        "delayed", {"x-dead-letter-exchange": "machinery_exchange",
-                    "x-dead-letter-routing-key": "machinery_tasks"})
+        "delayed",
+        {"x-dead-letter-exchange": "machinery_exchange", "x-dead-letter-routing-key": "machinery_tasks"},
+    )
     assert delayed_queue(amqp, "emails", "machinery_tasks")[0] == "delayed.emails"
 
 
 def test_headers_become_strings() -> None:
     assert amqp_headers(None) is None
     assert amqp_headers({"a": "x", "n": 5, "f": 1.5, "b": False, "z": None, "m": {"k": [1]}}) == {
-        "a": "x", "n": "5", "f": "1.5", "b": "false", "z": None, "m": '{"k":[1]}'}
+        "a": "x",
+        "n": "5",
+        "f": "1.5",
+        "b": "false",
+        "z": None,
+        "m": '{"k":[1]}',
+    }
 
 
 def test_urls() -> None:

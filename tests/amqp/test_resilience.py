@@ -48,9 +48,24 @@ class Workers:
         }
         log = open(self.tmp / f"{tag}.log", "wb")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "machinery_aio", "worker", "-A", "tests.apps.amqp_app:server",
-             "-c", str(CONCURRENCY), "-t", tag, "--grace-period", "10"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "machinery_aio",
+                "worker",
+                "-A",
+                "tests.apps.amqp_app:server",
+                "-c",
+                str(CONCURRENCY),
+                "-t",
+                tag,
+                "--grace-period",
+                "10",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         self.procs.append(proc)
@@ -59,8 +74,11 @@ class Workers:
     def lines(self, kind: str) -> list[int]:
         if not self.record.exists():
             return []
-        return [int(line.split()[1]) for line in self.record.read_text().splitlines()
-                if line.startswith(kind + " ")]
+        return [
+            int(line.split()[1])
+            for line in self.record.read_text().splitlines()
+            if line.startswith(kind + " ")
+        ]
 
     async def wait_mid_drain(self, proc: subprocess.Popen[bytes]) -> None:
         """Until the open tasks are done and the gated ones are running (a hang guard of 60 s)."""
@@ -104,7 +122,8 @@ def gated(index: int) -> Signature:
 
 
 async def test_sigkill_mid_drain_then_restart_completes_every_task(
-    amqp_server: Callable[[Config], Server], amqp_config: Config,
+    amqp_server: Callable[[Config], Server],
+    amqp_config: Config,
     workers_for: Callable[[Config], Workers],
 ) -> None:
     server = amqp_server(amqp_config)
@@ -130,7 +149,9 @@ async def test_sigkill_mid_drain_then_restart_completes_every_task(
 
 
 async def test_connections_closed_mid_drain_the_worker_reconnects_and_finishes(
-    vhost: str, unique: str, workers_for: Callable[[Config], Workers],
+    vhost: str,
+    unique: str,
+    workers_for: Callable[[Config], Workers],
 ) -> None:
     url = f"{AMQP_URL}{vhost}"
     config = amqp_test_config(unique, url=url)

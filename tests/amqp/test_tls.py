@@ -29,10 +29,28 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
             pytest.fail("openssl is needed to make a test certificate")
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -53,8 +71,10 @@ async def tls_port(certificate: tuple[Path, Path], rabbitmq: None) -> AsyncItera
 
     async def forward(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection(RABBIT_HOST, RABBIT_PORT)
-        for task in (asyncio.create_task(pipe(client_r, server_w)),
-                     asyncio.create_task(pipe(server_r, client_w))):
+        for task in (
+            asyncio.create_task(pipe(client_r, server_w)),
+            asyncio.create_task(pipe(server_r, client_w)),
+        ):
             pipes.add(task)
             task.add_done_callback(pipes.discard)
 
@@ -68,7 +88,9 @@ async def tls_port(certificate: tuple[Path, Path], rabbitmq: None) -> AsyncItera
 
 
 async def test_amqps_with_the_configured_ca(
-    tls_port: int, certificate: tuple[Path, Path], unique: str,
+    tls_port: int,
+    certificate: tuple[Path, Path],
+    unique: str,
     amqp_server: Callable[[Config], Server],
 ) -> None:
     url = f"amqps://guest:guest@localhost:{tls_port}/"

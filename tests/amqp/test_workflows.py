@@ -37,8 +37,9 @@ def int_args(*values: int) -> list[Arg]:
 
 
 @pytest.fixture(params=["amqp", "redis"])
-async def server(request: pytest.FixtureRequest, unique: str, cleanup: Cleanup,
-                 amqp_server: Callable[[Config], Server]) -> AsyncIterator[Server]:
+async def server(
+    request: pytest.FixtureRequest, unique: str, cleanup: Cleanup, amqp_server: Callable[[Config], Server]
+) -> AsyncIterator[Server]:
     """A server on RabbitMQ with the requested result backend and the tasks below."""
     if request.param == "redis":
         require_redis_backend()
@@ -125,8 +126,10 @@ async def test_chord_gets_results_in_group_order(server: Server) -> None:
 
 
 async def test_chord_with_failed_member_fails_the_callback(server: Server) -> None:
-    group = Group(Signature(name="add", args=int_args(1, 1)),
-                  Signature(name="fail", args=[Arg(type="string", value="member broke")]))
+    group = Group(
+        Signature(name="add", args=int_args(1, 1)),
+        Signature(name="fail", args=[Arg(type="string", value="member broke")]),
+    )
     chord = Chord(group, Signature(name="collect"))
     async with server.new_worker("w", concurrency=4):
         result = await server.send_chord(chord)
@@ -140,25 +143,29 @@ async def test_chord_with_failed_member_fails_the_callback(server: Server) -> No
 
 
 async def test_chain(server: Server) -> None:
-    chain = Chain(Signature(name="add", args=int_args(1, 1)),
-                  Signature(name="add", args=int_args(5, 5)),
-                  Signature(name="multiply", args=int_args(4)))
+    chain = Chain(
+        Signature(name="add", args=int_args(1, 1)),
+        Signature(name="add", args=int_args(5, 5)),
+        Signature(name="multiply", args=int_args(4)),
+    )
     async with server.new_worker("w", concurrency=4):
         result = await server.send_chain(chain)
         assert await result.get(timeout=60) == 48
 
 
 async def test_retry_counts_down_and_succeeds(server: Server) -> None:
-    sig = Signature(name="flaky", args=[Arg(type="string", value="k"), Arg(type="int64", value=2)],
-                    retry_count=3)
+    sig = Signature(
+        name="flaky", args=[Arg(type="string", value="k"), Arg(type="int64", value=2)], retry_count=3
+    )
     async with server.new_worker("w", concurrency=4):
         result = await server.send_task(sig)
         assert await result.get(timeout=60) == 3
 
 
 async def test_retry_exhausted_fails(server: Server) -> None:
-    sig = Signature(name="flaky", args=[Arg(type="string", value="k2"), Arg(type="int64", value=5)],
-                    retry_count=1)
+    sig = Signature(
+        name="flaky", args=[Arg(type="string", value="k2"), Arg(type="int64", value=5)], retry_count=1
+    )
     async with server.new_worker("w", concurrency=4):
         result = await server.send_task(sig)
         with pytest.raises(TaskFailedError, match="attempt 2 fails"):

@@ -40,8 +40,9 @@ class SeedingServer(Server):
             await self.send_task(Signature(name=name, args=args))
 
 
-CONFIG = Config(broker="memory://memory-app", result_backend="memory://memory-app",
-                default_queue="memory_app_tasks")
+CONFIG = Config(
+    broker="memory://memory-app", result_backend="memory://memory-app", default_queue="memory_app_tasks"
+)
 server = SeedingServer(CONFIG)
 
 
@@ -69,11 +70,16 @@ def pair(a: int) -> tuple[int, str]:
 
 
 # A server whose configured URLs carry passwords (for the banner); the work runs in memory.
-SECRET_CONFIG = Config(broker="amqp://guest:hunter2@rabbit.example:5672/",
-                       result_backend="redis://:hunter2@redis.example:6379/6",
-                       default_queue="memory_app_secret")
-secret = Server(SECRET_CONFIG, broker=MemoryBroker(SECRET_CONFIG, "memory://memory-app-secret"),
-                backend=MemoryBackend(SECRET_CONFIG, "memory://memory-app-secret"))
+SECRET_CONFIG = Config(
+    broker="amqp://guest:hunter2@rabbit.example:5672/",
+    result_backend="redis://:hunter2@redis.example:6379/6",
+    default_queue="memory_app_secret",
+)
+secret = Server(
+    SECRET_CONFIG,
+    broker=MemoryBroker(SECRET_CONFIG, "memory://memory-app-secret"),
+    backend=MemoryBackend(SECRET_CONFIG, "memory://memory-app-secret"),
+)
 secret.register_task("add", add.fn)
 
 

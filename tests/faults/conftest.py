@@ -44,8 +44,9 @@ class Figures:
 _figures: list[Figures] = []
 
 
-def record_figures(case: str, *, sent: int, completed: int, lost: int, duplicated: int,
-                   note: str = "") -> None:
+def record_figures(
+    case: str, *, sent: int, completed: int, lost: int, duplicated: int, note: str = ""
+) -> None:
     """Add one case's counters to the report printed at the end of the run."""
     _figures.append(Figures(case, sent, completed, lost, duplicated, note))
 
@@ -57,8 +58,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("fault suite figures")
     write(f"{'case':<44} {'sent':>7} {'completed':>9} {'lost':>5} {'duplicated':>10}  note")
     for f in _figures:
-        write(f"{f.case:<44} {f.sent:>7} {f.completed:>9} {f.lost:>5} {f.duplicated:>10}  "
-              f"{f.note}")
+        write(f"{f.case:<44} {f.sent:>7} {f.completed:>9} {f.lost:>5} {f.duplicated:>10}  {f.note}")
     FIGURES_FILE.parent.mkdir(exist_ok=True)
     FIGURES_FILE.write_text(json.dumps([asdict(f) for f in _figures], indent=1))
 
@@ -75,13 +75,12 @@ async def raw(redis_needed: None, unique: str) -> AsyncIterator[RedisClient]:
     yield client
     keys = [key async for key in client.scan_iter(match=f"*{unique}*", count=1000)]
     for start in range(0, len(keys), 500):
-        await client.delete(*keys[start:start + 500])
+        await client.delete(*keys[start : start + 500])
     await client.aclose()
 
 
 def redis_config(unique: str, url: str = REDIS_URL) -> Config:
-    config = Config(broker=url, result_backend=url, default_queue=f"{unique}_q",
-                    results_expire_in=600)
+    config = Config(broker=url, result_backend=url, default_queue=f"{unique}_q", results_expire_in=600)
     config.redis.delayed_tasks_key = f"{unique}_delayed"
     config.redis.consumer_timeout = 3
     return config
@@ -89,9 +88,13 @@ def redis_config(unique: str, url: str = REDIS_URL) -> Config:
 
 def amqp_config(unique: str, vhost_name: str) -> Config:
     """RabbitMQ on the test's own vhost, results in Redis db 7."""
-    return Config(broker=f"{AMQP_BASE}{vhost_name}", result_backend=REDIS_URL,
-                  default_queue=f"{unique}_q", results_expire_in=600,
-                  amqp=AMQPConfig(exchange=f"{unique}_exchange"))
+    return Config(
+        broker=f"{AMQP_BASE}{vhost_name}",
+        result_backend=REDIS_URL,
+        default_queue=f"{unique}_q",
+        results_expire_in=600,
+        amqp=AMQPConfig(exchange=f"{unique}_exchange"),
+    )
 
 
 class Workers:
@@ -102,9 +105,17 @@ class Workers:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, config: Config, tag: str, concurrency: int = 10, *,
-              grace_period: float = 30.0, faults_redis: str = REDIS_URL,
-              extra: tuple[str, ...] = (), **env: str) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        config: Config,
+        tag: str,
+        concurrency: int = 10,
+        *,
+        grace_period: float = 30.0,
+        faults_redis: str = REDIS_URL,
+        extra: tuple[str, ...] = (),
+        **env: str,
+    ) -> subprocess.Popen[bytes]:
         environ = {
             **os.environ,
             "BROKER": config.broker,
@@ -120,10 +131,26 @@ class Workers:
         }
         with (self.tmp / f"{tag}.log").open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "machinery_aio", "worker", "-A",
-                 "tests.apps.faults_app:server", "-c", str(concurrency), "-t", tag,
-                 "--no-scheduler", "--grace-period", str(grace_period), *extra],
-                env=environ, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "machinery_aio",
+                    "worker",
+                    "-A",
+                    "tests.apps.faults_app:server",
+                    "-c",
+                    str(concurrency),
+                    "-t",
+                    tag,
+                    "--no-scheduler",
+                    "--grace-period",
+                    str(grace_period),
+                    *extra,
+                ],
+                env=environ,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self.procs[tag] = proc
         return proc
@@ -178,10 +205,24 @@ class PrivateRedis:
     def start(self) -> None:
         with (self.dir / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-                 "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
-                 "--save", "", *(a.replace("{port}", str(self.port)) for a in self.args)],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--dir",
+                    str(self.dir),
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--save",
+                    "",
+                    *(a.replace("{port}", str(self.port)) for a in self.args),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 30
         while "Ready to accept connections" not in self.log():

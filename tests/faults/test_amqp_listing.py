@@ -30,8 +30,9 @@ async def test_back_to_back_dead_letter_listings_see_everything(
         await channel.declare_queue(dead, durable=True)
         for i in range(LETTERS):
             await channel.default_exchange.publish(
-                aio_pika.Message(f"bad {i}".encode(),
-                                 headers={layout.REASON_HEADER: "not JSON"}), routing_key=dead)
+                aio_pika.Message(f"bad {i}".encode(), headers={layout.REASON_HEADER: "not JSON"}),
+                routing_key=dead,
+            )
         for _ in range(3):
             letters = await server.broker.get_dead_letters(config.default_queue)
             assert len(letters) == LETTERS

@@ -34,8 +34,13 @@ def generate(strategy: st.SearchStrategy[bytes], count: int) -> list[bytes]:
     """``count`` examples drawn by hypothesis (generation phase only, no shrinking)."""
     drawn: list[bytes] = []
 
-    @settings(max_examples=count, database=None, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def collect(body: bytes) -> None:
         drawn.append(body)
@@ -55,36 +60,64 @@ def _is_json(data: bytes) -> bool:
 def bad_messages(unique: str) -> st.SearchStrategy[bytes]:
     def body(**fields: Any) -> dict[str, Any]:
         message: dict[str, Any] = {
-            "UUID": f"task_{unique}_bad", "Name": "count",
-            "Args": [{"Type": "string", "Value": "k"}, {"Type": "string", "Value": "i"},
-                     {"Type": "float64", "Value": 0}]}
+            "UUID": f"task_{unique}_bad",
+            "Name": "count",
+            "Args": [
+                {"Type": "string", "Value": "k"},
+                {"Type": "string", "Value": "i"},
+                {"Type": "float64", "Value": 0},
+            ],
+        }
         message.update(fields)
         return message
 
     valid = json.dumps(body()).encode()
     not_json = st.binary(min_size=1, max_size=300).filter(lambda b: not _is_json(b))
     truncated = st.integers(1, len(valid) - 1).map(lambda n: valid[:n])
-    wrong_value = st.one_of(st.integers(), st.lists(st.integers(), max_size=3),
-                            st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
-    wrong_types = st.tuples(st.sampled_from(["UUID", "Name", "Args", "RetryCount", "OnSuccess",
-                                             "GroupTaskCount", "Headers"]),
-                            wrong_value, st.integers(0, 10**6)).filter(
-        lambda t: not (t[0] in ("Args", "OnSuccess") and t[1] == [])
-        and not (t[0] in ("RetryCount", "GroupTaskCount") and isinstance(t[1], int))
-        and not (t[0] == "Headers" and isinstance(t[1], dict))
-    ).map(lambda t: json.dumps(body(**{"UUID": f"task_{unique}_wt{t[2]}", t[0]: t[1]})).encode())
+    wrong_value = st.one_of(
+        st.integers(),
+        st.lists(st.integers(), max_size=3),
+        st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    )
+    wrong_types = (
+        st.tuples(
+            st.sampled_from(["UUID", "Name", "Args", "RetryCount", "OnSuccess", "GroupTaskCount", "Headers"]),
+            wrong_value,
+            st.integers(0, 10**6),
+        )
+        .filter(
+            lambda t: (
+                not (t[0] in ("Args", "OnSuccess") and t[1] == [])
+                and not (t[0] in ("RetryCount", "GroupTaskCount") and isinstance(t[1], int))
+                and not (t[0] == "Headers" and isinstance(t[1], dict))
+            )
+        )
+        .map(lambda t: json.dumps(body(**{"UUID": f"task_{unique}_wt{t[2]}", t[0]: t[1]})).encode())
+    )
     bad_args = st.tuples(
-        st.sampled_from([[], [{"Type": "int64", "Value": "abc"}],
-                         [{"Type": "string", "Value": "k"}] * 5,
-                         [{"Type": "[]complex", "Value": 1}]]),
+        st.sampled_from(
+            [
+                [],
+                [{"Type": "int64", "Value": "abc"}],
+                [{"Type": "string", "Value": "k"}] * 5,
+                [{"Type": "[]complex", "Value": 1}],
+            ]
+        ),
         st.integers(0, 10**6),
     ).map(lambda t: json.dumps(body(UUID=f"task_{unique}_ba{t[1]}", Args=t[0])).encode())
     missing = st.sampled_from(["UUID", "Name"]).map(
-        lambda f: json.dumps({k: v for k, v in body().items() if k != f}).encode())
+        lambda f: json.dumps({k: v for k, v in body().items() if k != f}).encode()
+    )
     uuid = f"task_{unique}_x".encode()
     nested = st.integers(130, 3000).map(
-        lambda depth: (b'{"UUID":"' + uuid + b'","Name":"count","OnSuccess":[' * depth
-                       + b'{"UUID":"u","Name":"count"}' + b"]}" * depth))
+        lambda depth: (
+            b'{"UUID":"'
+            + uuid
+            + b'","Name":"count","OnSuccess":[' * depth
+            + b'{"UUID":"u","Name":"count"}'
+            + b"]}" * depth
+        )
+    )
     wrong_shape = st.sampled_from([b"[]", b"null", b"42", b'"text"', b"{}", b"true"])
     return st.one_of(not_json, truncated, wrong_types, bad_args, missing, nested, wrong_shape)
 
@@ -92,10 +125,13 @@ def bad_messages(unique: str) -> st.SearchStrategy[bytes]:
 def huge_messages(unique: str) -> list[bytes]:
     """A few 1 MB messages: bounded traffic, so drawn by hand, not by hypothesis."""
     uuid = f"task_{unique}_huge"
-    return [b'{"UUID":"' + uuid.encode() + b'","Name":"count","Args":"' + b"x" * 1_000_000 + b'"}',
-            b"\x00" * 1_000_000,
-            json.dumps({"UUID": uuid, "Name": "count", "Args": [
-                {"Type": "string", "Value": "y" * 500_000}] * 2}).encode()]
+    return [
+        b'{"UUID":"' + uuid.encode() + b'","Name":"count","Args":"' + b"x" * 1_000_000 + b'"}',
+        b"\x00" * 1_000_000,
+        json.dumps(
+            {"UUID": uuid, "Name": "count", "Args": [{"Type": "string", "Value": "y" * 500_000}] * 2}
+        ).encode(),
+    ]
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -113,8 +149,12 @@ async def test_malformed_messages_are_dead_lettered_and_good_ones_run(
     bad = generate(bad_messages(unique), BAD - 3) + huge_messages(unique)
     server = Server(config)
     key = f"{unique}:runs"
-    good = [Signature(uuid=f"task_{unique}_good{i}", name="count",
-                      args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)]) for i in range(GOOD)]
+    good = [
+        Signature(
+            uuid=f"task_{unique}_good{i}", name="count", args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)]
+        )
+        for i in range(GOOD)
+    ]
     on_redis = config.broker.startswith("redis")
     connection = None if on_redis else await aio_pika.connect(config.broker)
 
@@ -136,8 +176,8 @@ async def test_malformed_messages_are_dead_lettered_and_good_ones_run(
         per_good = len(bad) // GOOD
         for i, sig in enumerate(good):
             await server.send_task(sig)
-            await push(bad[i * per_good:(i + 1) * per_good])
-        if rest := bad[GOOD * per_good:]:
+            await push(bad[i * per_good : (i + 1) * per_good])
+        if rest := bad[GOOD * per_good :]:
             await push(rest)
         proc = workers.start(config, "w", 20)
         deadline = time.monotonic() + 180
@@ -159,10 +199,18 @@ async def test_malformed_messages_are_dead_lettered_and_good_ones_run(
         listed = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "machinery_aio", "inspect", "dead", "-Q", queue],
-            cwd=ROOT, env={**os.environ, "BROKER": config.broker,
-                           "RESULT_BACKEND": config.result_backend,
-                           "AMQP_EXCHANGE": config.amqp.exchange},
-            capture_output=True, text=True, timeout=120, check=True)
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "BROKER": config.broker,
+                "RESULT_BACKEND": config.result_backend,
+                "AMQP_EXCHANGE": config.amqp.exchange,
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         assert f"{len(bad)} dead letters" in listed.stderr
         assert "message is not valid JSON" in listed.stdout
         assert "bad arguments for task count" in listed.stdout
@@ -171,10 +219,14 @@ async def test_malformed_messages_are_dead_lettered_and_good_ones_run(
         if connection is not None:
             await connection.close()
         await server.close()
-    record_figures(f"3. malformed + good messages, {config.broker.split(':')[0]}", sent=len(bad) + GOOD,
-                   completed=len(counts), lost=GOOD - len(counts),
-                   duplicated=sum(counts) - len(counts),
-                   note=f"{len(letters)} of {len(bad)} bad dead-lettered with a reason")
+    record_figures(
+        f"3. malformed + good messages, {config.broker.split(':')[0]}",
+        sent=len(bad) + GOOD,
+        completed=len(counts),
+        lost=GOOD - len(counts),
+        duplicated=sum(counts) - len(counts),
+        note=f"{len(letters)} of {len(bad)} bad dead-lettered with a reason",
+    )
 
 
 async def test_a_queue_of_unknown_task_names_does_not_spin(
@@ -184,8 +236,9 @@ async def test_a_queue_of_unknown_task_names_does_not_spin(
     queue = config.default_queue
     server = Server(config)
     try:
-        await server.send_tasks([Signature(uuid=f"task_{unique}_{i}", name=f"no_such_task_{i % 50}")
-                                 for i in range(1000)])
+        await server.send_tasks(
+            [Signature(uuid=f"task_{unique}_{i}", name=f"no_such_task_{i % 50}") for i in range(1000)]
+        )
         proc = workers.start(config, "w", 20)
         await asyncio.sleep(3)  # start-up and the first hand-backs
         assert proc.poll() is None, workers.log("w")
@@ -203,5 +256,11 @@ async def test_a_queue_of_unknown_task_names_does_not_spin(
         assert [k async for k in raw.scan_iter(match=QueueKeys(queue).processing("*"))] == []
     finally:
         await server.close()
-    record_figures("3. 1,000 unknown task names, Redis", sent=1000, completed=0, lost=0,
-                   duplicated=0, note=f"worker CPU {100 * used / window:.1f} % of {window:.0f} s")
+    record_figures(
+        "3. 1,000 unknown task names, Redis",
+        sent=1000,
+        completed=0,
+        lost=0,
+        duplicated=0,
+        note=f"worker CPU {100 * used / window:.1f} % of {window:.0f} s",
+    )

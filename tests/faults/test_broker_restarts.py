@@ -25,12 +25,10 @@ CONCURRENCY = 20
 
 
 def count(unique: str, key: str, i: int | str) -> Signature:
-    return Signature(uuid=f"task_{unique}_{i}", name="count",
-                     args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)])
+    return Signature(uuid=f"task_{unique}_{i}", name="count", args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)])
 
 
-async def progress(raw: RedisClient, key: str, target: int, workers: Workers,
-                   timeout: float = 120) -> None:
+async def progress(raw: RedisClient, key: str, target: int, workers: Workers, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while await raw.hlen(key) < target:
         for tag, proc in workers.procs.items():
@@ -53,8 +51,17 @@ async def send_during_outage(server: Server, sig: Signature) -> str:
     return "waited and succeeded"
 
 
-async def finish(server: Server, config: Config, raw: RedisClient, workers: Workers, key: str,
-                 sent: list[Signature], case: str, outcome: str, outages: int) -> None:
+async def finish(
+    server: Server,
+    config: Config,
+    raw: RedisClient,
+    workers: Workers,
+    key: str,
+    sent: list[Signature],
+    case: str,
+    outcome: str,
+    outages: int,
+) -> None:
     try:
         await progress(raw, key, len(sent), workers, timeout=60)
     except AssertionError:
@@ -63,11 +70,15 @@ async def finish(server: Server, config: Config, raw: RedisClient, workers: Work
         client = server.backend.client  # type: ignore[attr-defined]
         where = {k.decode(): await client.type(k) async for k in client.scan_iter(match="*")}
         states = await server.backend.get_states([s.uuid for s in missing])
-        lines = [line for line in workers.log("w").splitlines()
-                 if " machinery_aio." in line or any(s.uuid in line for s in missing)]
+        lines = [
+            line
+            for line in workers.log("w").splitlines()
+            if " machinery_aio." in line or any(s.uuid in line for s in missing)
+        ]
         odd = {k: v for k, v in where.items() if not k.startswith("task_")}
-        raise AssertionError(f"missing {[s.uuid for s in missing][:5]} states {states[:3]} "
-                             f"keys {odd} log {lines[-60:]}") from None
+        raise AssertionError(
+            f"missing {[s.uuid for s in missing][:5]} states {states[:3]} keys {odd} log {lines[-60:]}"
+        ) from None
     states = await server.backend.get_states([s.uuid for s in sent])
     assert all(s is not None and s.is_success() for s in states)
     counts = [int(v) for v in (await raw.hgetall(key)).values()]
@@ -75,14 +86,21 @@ async def finish(server: Server, config: Config, raw: RedisClient, workers: Work
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, workers.log(tag)[-3000:]
         assert PASSWORD not in workers.log(tag)
-    record_figures(case, sent=len(sent), completed=len(counts), lost=len(sent) - len(counts),
-                   duplicated=sum(counts) - len(counts), note=f"send during outage: {outcome}")
+    record_figures(
+        case,
+        sent=len(sent),
+        completed=len(counts),
+        lost=len(sent) - len(counts),
+        duplicated=sum(counts) - len(counts),
+        note=f"send during outage: {outcome}",
+    )
     # Only tasks running (unacked, at most the concurrency) when an outage began run twice.
     assert sum(counts) - len(counts) <= outages * CONCURRENCY
 
 
-async def test_redis_restarted_mid_drain(raw: RedisClient, unique: str, workers: Workers,
-                                         private_redis: Callable[..., PrivateRedis]) -> None:
+async def test_redis_restarted_mid_drain(
+    raw: RedisClient, unique: str, workers: Workers, private_redis: Callable[..., PrivateRedis]
+) -> None:
     redis = private_redis("--requirepass", PASSWORD)
     config = redis_config(unique, f"redis://:{PASSWORD}@127.0.0.1:{redis.port}/0")
     server = Server(config)
@@ -104,14 +122,16 @@ async def test_redis_restarted_mid_drain(raw: RedisClient, unique: str, workers:
         await restarting
         if outcome.startswith("waited"):
             sent.append(extra)
-        await finish(server, config, raw, workers, key, sent,
-                     "2. redis-server restarted mid-drain", outcome, 1)
+        await finish(
+            server, config, raw, workers, key, sent, "2. redis-server restarted mid-drain", outcome, 1
+        )
     finally:
         await server.close()
 
 
-async def test_rabbitmq_connections_closed_mid_drain(raw: RedisClient, unique: str, vhost: str,
-                                                     workers: Workers) -> None:
+async def test_rabbitmq_connections_closed_mid_drain(
+    raw: RedisClient, unique: str, vhost: str, workers: Workers
+) -> None:
     config = amqp_config(unique, vhost)
     server = Server(config)
     key = f"{unique}:runs"
@@ -128,9 +148,16 @@ async def test_rabbitmq_connections_closed_mid_drain(raw: RedisClient, unique: s
             outcomes.append(outcome)
             if outcome.startswith("waited"):
                 sent.append(extra)
-        await finish(server, config, raw, workers, key, sent,
-                     "2. RabbitMQ connections closed x2", "; ".join(outcomes), 2)
+        await finish(
+            server,
+            config,
+            raw,
+            workers,
+            key,
+            sent,
+            "2. RabbitMQ connections closed x2",
+            "; ".join(outcomes),
+            2,
+        )
     finally:
         await server.close()
-
-

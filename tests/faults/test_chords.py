@@ -32,13 +32,16 @@ def config(request: pytest.FixtureRequest, unique: str, raw: RedisClient) -> Con
 
 
 def chord(unique: str, n: int, key: str, failing: set[int]) -> Chord:
-    members = [Signature(uuid=f"task_{unique}_{n}_{i}", name="member",
-                         args=[Arg.of(key), Arg.of(i), Arg.of(i in failing)])
-               for i in range(MEMBERS)]
-    on_error = Signature(uuid=f"task_{unique}_{n}_onerror", name="chord_error",
-                         args=[Arg.of(key)])
-    callback = Signature(uuid=f"chord_{unique}_{n}", name="chord_total", args=[Arg.of(key)],
-                         on_error=[on_error])
+    members = [
+        Signature(
+            uuid=f"task_{unique}_{n}_{i}", name="member", args=[Arg.of(key), Arg.of(i), Arg.of(i in failing)]
+        )
+        for i in range(MEMBERS)
+    ]
+    on_error = Signature(uuid=f"task_{unique}_{n}_onerror", name="chord_error", args=[Arg.of(key)])
+    callback = Signature(
+        uuid=f"chord_{unique}_{n}", name="chord_total", args=[Arg.of(key)], on_error=[on_error]
+    )
     return Chord(Group(*members, group_uuid=f"group_{unique}_{n}"), callback)
 
 
@@ -77,10 +80,14 @@ async def test_a_big_chord_on_two_workers_calls_back_once(
         calls = [int(await raw.get(f"{unique}:cb{n}") or 0) for n in range(ROUNDS)]
     finally:
         await server.close()
-    record_figures(f"4. chord {MEMBERS} x{ROUNDS}, 2 workers, {config.broker.split(':')[0]}",
-                   sent=ROUNDS * (MEMBERS + 1), completed=ROUNDS * MEMBERS + sum(calls),
-                   lost=ROUNDS - sum(min(c, 1) for c in calls),
-                   duplicated=sum(max(c - 1, 0) for c in calls), note=f"callback runs {calls}")
+    record_figures(
+        f"4. chord {MEMBERS} x{ROUNDS}, 2 workers, {config.broker.split(':')[0]}",
+        sent=ROUNDS * (MEMBERS + 1),
+        completed=ROUNDS * MEMBERS + sum(calls),
+        lost=ROUNDS - sum(min(c, 1) for c in calls),
+        duplicated=sum(max(c - 1, 0) for c in calls),
+        note=f"callback runs {calls}",
+    )
     assert calls == [1] * ROUNDS
 
 
@@ -96,8 +103,9 @@ async def test_a_chord_with_failing_members_fails_its_callback_once(
         with pytest.raises(TaskFailedError) as caught:
             await result.callback.get(timeout=120)
         assert f"{len(failing)} of {MEMBERS} members failed" in str(caught.value)
-        await until(lambda: raw.exists(f"{key}:errors"),
-                    "the on_error callback ran: " + workers.log("a")[-3000:])
+        await until(
+            lambda: raw.exists(f"{key}:errors"), "the on_error callback ran: " + workers.log("a")[-3000:]
+        )
         states = await server.backend.get_states([r.task_uuid for r in result.group_results])
         assert sum(1 for s in states if s is not None and s.is_success()) == MEMBERS - 3
         assert {i for i, s in enumerate(states) if s is not None and s.is_failure()} == failing

@@ -23,8 +23,7 @@ async def test_a_claim_whose_reply_is_lost_is_given_back(
     config = redis_config(unique)
     server = Server(config)
     try:
-        sigs = [Signature(uuid=f"task_{unique}_{i}", name="count", args=[Arg.of(i)])
-                for i in range(5)]
+        sigs = [Signature(uuid=f"task_{unique}_{i}", name="count", args=[Arg.of(i)]) for i in range(5)]
         await server.send_tasks(sigs)
         consumer = server.broker.consumer(config.default_queue, prefetch=10, tag="lost")
         assert isinstance(consumer, RedisConsumer)
@@ -42,37 +41,36 @@ async def test_a_claim_whose_reply_is_lost_is_given_back(
             await consumer.fetch(10, 0.1)
         monkeypatch.setattr(batcher, "script", real)
         deliveries = await consumer.fetch(10, 1.0)
-        assert sorted(Signature.from_json(d.body).uuid for d in deliveries) == sorted(
-            s.uuid for s in sigs)
+        assert sorted(Signature.from_json(d.body).uuid for d in deliveries) == sorted(s.uuid for s in sigs)
         await consumer.release(deliveries)
         await consumer.close()
     finally:
         await server.close()
 
 
-async def test_a_claim_run_twice_by_a_client_retry_is_given_back(
-    raw: RedisClient, unique: str
-) -> None:
+async def test_a_claim_run_twice_by_a_client_retry_is_given_back(raw: RedisClient, unique: str) -> None:
     """Found by case 2 after the fix above: redis-py re-sends a command after a dropped
     connection, so a claim Redis ran (reply lost) runs again and succeeds, and the first
     claim's messages sat untracked in the live consumer's processing list."""
     config = redis_config(unique)
     server = Server(config)
     try:
-        sigs = [Signature(uuid=f"task_{unique}_{i}", name="count", args=[Arg.of(i)])
-                for i in range(5)]
+        sigs = [Signature(uuid=f"task_{unique}_{i}", name="count", args=[Arg.of(i)]) for i in range(5)]
         await server.send_tasks(sigs)
         consumer = server.broker.consumer(config.default_queue, prefetch=10, tag="twice")
         assert isinstance(consumer, RedisConsumer)
         first = await consumer.fetch(2, 0.1)
         # The lost first run of a claim of 3 (as Redis ran it, before the retry).
         await server.broker.batcher.script(  # type: ignore[attr-defined]
-            CLAIM, [consumer.queue, consumer.processing, consumer.keys.consumers],
-            [3, consumer.consumer_id, consumer.timeout_ms])
+            CLAIM,
+            [consumer.queue, consumer.processing, consumer.keys.consumers],
+            [3, consumer.consumer_id, consumer.timeout_ms],
+        )
         await consumer.beat()  # the heartbeat notices what no delivery stands for
         rest = await consumer.fetch(10, 1.0)
         assert sorted(Signature.from_json(d.body).uuid for d in [*first, *rest]) == sorted(
-            s.uuid for s in sigs)
+            s.uuid for s in sigs
+        )
         await consumer.release([*first, *rest])
         await consumer.close()
     finally:

@@ -23,17 +23,45 @@ TASKS = 200
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A CA, and a server certificate for 127.0.0.1 signed by it (openssl CLI)."""
-    ca_key, ca, key, csr, cert = (directory / n for n in
-                                  ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ca_key, ca, key, csr, cert = (
+        directory / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
+    )
     ext = directory / "san.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1\n")
     for command in (
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
-         "-days", "1", "-subj", "/CN=machinery-aio test CA"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
-         "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-         "-out", cert, "-days", "1", "-extfile", ext],
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=machinery-aio test CA",
+        ],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        [
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-extfile",
+            ext,
+        ],
     ):
         subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
     return ca, cert, key
@@ -43,15 +71,31 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
 def tls_redis(tmp_path: Path, private_redis: Callable[..., PrivateRedis]) -> tuple[str, Path]:
     """A rediss:// URL (with the password) for a TLS-only private redis-server, and its CA."""
     ca, cert, key = make_certificates(tmp_path)
-    redis = private_redis("--requirepass", PASSWORD, "--tls-cert-file", str(cert),
-                          "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-                          "--tls-auth-clients", "no", "--tls-port", "{port}", "--port", "0")
+    redis = private_redis(
+        "--requirepass",
+        PASSWORD,
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(ca),
+        "--tls-auth-clients",
+        "no",
+        "--tls-port",
+        "{port}",
+        "--port",
+        "0",
+    )
     return f"rediss://:{PASSWORD}@127.0.0.1:{redis.port}/0?ssl_ca_certs={ca}", ca
 
 
 async def test_rediss_with_a_password_works_and_never_leaks_it(
-    tls_redis: tuple[str, Path], unique: str, workers: Workers,
-    caplog: pytest.LogCaptureFixture, raw: object,
+    tls_redis: tuple[str, Path],
+    unique: str,
+    workers: Workers,
+    caplog: pytest.LogCaptureFixture,
+    raw: object,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     url, _ = tls_redis
@@ -60,8 +104,12 @@ async def test_rediss_with_a_password_works_and_never_leaks_it(
     key = f"{unique}:runs"
     try:
         workers.start(config, "w", 10)
-        sigs = [Signature(uuid=f"task_{unique}_{i}", name="count",
-                          args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)]) for i in range(TASKS)]
+        sigs = [
+            Signature(
+                uuid=f"task_{unique}_{i}", name="count", args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)]
+            )
+            for i in range(TASKS)
+        ]
         results = await server.send_tasks(sigs)
         values = [await r.get(timeout=60) for r in results]
         assert values == [str(i) for i in range(TASKS)]
@@ -82,6 +130,11 @@ async def test_rediss_with_a_password_works_and_never_leaks_it(
         await server.close()
     assert PASSWORD not in caplog.text
     assert workers.leaked_password() == []
-    record_figures("6. rediss:// + password, private TLS redis", sent=TASKS,
-                   completed=len(values), lost=TASKS - len(values), duplicated=0,
-                   note="password in no log/exception")
+    record_figures(
+        "6. rediss:// + password, private TLS redis",
+        sent=TASKS,
+        completed=len(values),
+        lost=TASKS - len(values),
+        duplicated=0,
+        note="password in no log/exception",
+    )

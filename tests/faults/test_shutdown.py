@@ -35,8 +35,10 @@ async def test_sigterm_finishes_running_tasks_and_returns_the_rest(
 ) -> None:
     server = Server(config)
     key = f"{unique}:runs"
-    sigs = [Signature(uuid=f"task_{unique}_{i}", name="long",
-                      args=[Arg.of(key), Arg.of(str(i)), Arg.of(SECONDS)]) for i in range(TASKS)]
+    sigs = [
+        Signature(uuid=f"task_{unique}_{i}", name="long", args=[Arg.of(key), Arg.of(str(i)), Arg.of(SECONDS)])
+        for i in range(TASKS)
+    ]
     try:
         await server.send_tasks(sigs)
         first = workers.start(config, "first", CONCURRENCY, grace_period=GRACE)
@@ -72,8 +74,12 @@ async def test_sigterm_finishes_running_tasks_and_returns_the_rest(
         assert all(s is not None and s.is_success() for s in states)
     finally:
         await server.close()
-    record_figures(f"5. SIGTERM mid-run, {config.broker.split(':')[0]}", sent=TASKS,
-                   completed=len(counts), lost=TASKS - len(counts),
-                   duplicated=sum(counts) - len(counts),
-                   note=f"{CONCURRENCY} running finished, rest requeued")
+    record_figures(
+        f"5. SIGTERM mid-run, {config.broker.split(':')[0]}",
+        sent=TASKS,
+        completed=len(counts),
+        lost=TASKS - len(counts),
+        duplicated=sum(counts) - len(counts),
+        note=f"{CONCURRENCY} running finished, rest requeued",
+    )
     assert counts == [1] * TASKS  # a graceful stop runs nothing twice

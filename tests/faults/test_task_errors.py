@@ -38,12 +38,20 @@ async def test_bad_tasks_fail_clearly_and_the_worker_goes_on(
                 await result.get(timeout=30)
             assert text in str(caught.value), (name, str(caught.value))
             failed += 1
-            good = Signature(uuid=f"task_{unique}_{n}_ok", name="count",
-                             args=[Arg.of(f"{unique}:runs"), Arg.of(str(n)), Arg.of(0.0)])
+            good = Signature(
+                uuid=f"task_{unique}_{n}_ok",
+                name="count",
+                args=[Arg.of(f"{unique}:runs"), Arg.of(str(n)), Arg.of(0.0)],
+            )
             assert await (await server.send_task(good)).get(timeout=30) == str(n)
             assert proc.poll() is None, workers.log("w")
     finally:
         await server.close()
-    record_figures("7. task errors (6 kinds) + good tasks, Redis", sent=2 * len(CASES),
-                   completed=2 * len(CASES), lost=0, duplicated=0,
-                   note=f"{failed} clear FAILUREs, worker stayed up")
+    record_figures(
+        "7. task errors (6 kinds) + good tasks, Redis",
+        sent=2 * len(CASES),
+        completed=2 * len(CASES),
+        lost=0,
+        duplicated=0,
+        note=f"{failed} clear FAILUREs, worker stayed up",
+    )

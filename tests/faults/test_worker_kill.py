@@ -24,12 +24,15 @@ CONCURRENCY = 20
 KILLS = 3
 
 
-async def drain_with_kills(server: Server, config: Config, raw: RedisClient, workers: Workers,
-                           key: str, prefix: str) -> dict[str, int]:
-    sigs = [Signature(uuid=f"task_{prefix}_{i}", name="count",
-                      args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)]) for i in range(TASKS)]
+async def drain_with_kills(
+    server: Server, config: Config, raw: RedisClient, workers: Workers, key: str, prefix: str
+) -> dict[str, int]:
+    sigs = [
+        Signature(uuid=f"task_{prefix}_{i}", name="count", args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)])
+        for i in range(TASKS)
+    ]
     for start in range(0, TASKS, 1000):
-        await server.send_tasks(sigs[start:start + 1000])
+        await server.send_tasks(sigs[start : start + 1000])
     for kill in range(KILLS):
         tag = f"w{kill}"
         proc = workers.start(config, tag, CONCURRENCY)
@@ -52,8 +55,11 @@ async def drain_with_kills(server: Server, config: Config, raw: RedisClient, wor
     deadline = time.monotonic() + 30
     while True:
         states = await server.backend.get_states([s.uuid for s in sigs])
-        unfinished = [(sig.uuid, st.state if st else None)
-                      for sig, st in zip(sigs, states, strict=True) if st is None or not st.is_success()]
+        unfinished = [
+            (sig.uuid, st.state if st else None)
+            for sig, st in zip(sigs, states, strict=True)
+            if st is None or not st.is_success()
+        ]
         if not unfinished:
             break
         assert time.monotonic() < deadline, f"{len(unfinished)} states not SUCCESS: {unfinished[:5]}"
@@ -67,14 +73,18 @@ async def drain_with_kills(server: Server, config: Config, raw: RedisClient, wor
 
 def report(case: str, counts: dict[str, int]) -> int:
     duplicated = sum(counts.values()) - len(counts)
-    record_figures(case, sent=TASKS, completed=len(counts), lost=TASKS - len(counts),
-                   duplicated=duplicated,
-                   note=f"{KILLS} SIGKILLs, concurrency {CONCURRENCY}")
+    record_figures(
+        case,
+        sent=TASKS,
+        completed=len(counts),
+        lost=TASKS - len(counts),
+        duplicated=duplicated,
+        note=f"{KILLS} SIGKILLs, concurrency {CONCURRENCY}",
+    )
     return duplicated
 
 
-async def test_sigkills_during_a_redis_drain(raw: RedisClient, unique: str,
-                                             workers: Workers) -> None:
+async def test_sigkills_during_a_redis_drain(raw: RedisClient, unique: str, workers: Workers) -> None:
     config = redis_config(unique)
     server = Server(config)
     key = f"{unique}:runs"
@@ -88,8 +98,9 @@ async def test_sigkills_during_a_redis_drain(raw: RedisClient, unique: str,
     assert duplicated <= KILLS * CONCURRENCY
 
 
-async def test_sigkills_during_a_rabbitmq_drain(raw: RedisClient, unique: str, vhost: str,
-                                                workers: Workers) -> None:
+async def test_sigkills_during_a_rabbitmq_drain(
+    raw: RedisClient, unique: str, vhost: str, workers: Workers
+) -> None:
     config = amqp_config(unique, vhost)
     server = Server(config)
     key = f"{unique}:runs"

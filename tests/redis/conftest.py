@@ -52,8 +52,7 @@ async def raw(redis_url: str, unique: str) -> AsyncIterator[RedisClient]:
 
 
 def make_config(url: str, unique: str, **redis: object) -> Config:
-    config = Config(broker=url, result_backend=url, default_queue=f"{unique}_q",
-                    results_expire_in=600)
+    config = Config(broker=url, result_backend=url, default_queue=f"{unique}_q", results_expire_in=600)
     config.redis.delayed_tasks_key = f"{unique}_delayed"
     for key, value in redis.items():
         setattr(config.redis, key, value)

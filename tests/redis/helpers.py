@@ -10,8 +10,9 @@ from typing import Any
 from machinery_aio import Arg, Signature
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0,
-                     interval: float = 0.05) -> Any:
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 30.0, interval: float = 0.05
+) -> Any:
     """Await ``check()`` until it returns something truthy; fail after ``timeout`` s (a hang
     guard, not a timing assertion)."""
     deadline = time.monotonic() + timeout

@@ -39,9 +39,7 @@ def signature(uuid: str, name: str = "add") -> Signature:
     return Signature(uuid=uuid, name=name)
 
 
-async def test_pending_is_stored_as_go_does(
-    backend: RedisBackend, raw: RedisClient, ids: Any
-) -> None:
+async def test_pending_is_stored_as_go_does(backend: RedisBackend, raw: RedisClient, ids: Any) -> None:
     await backend.set_state(TaskState.new(signature(ids(1)), State.PENDING))
     data = await raw.get(ids(1))
     doc = json.loads(data)
@@ -54,10 +52,13 @@ async def test_pending_is_stored_as_go_does(
     assert 0 < await raw.ttl(ids(1)) <= 600
 
 
-@pytest.mark.parametrize(("state", "vector"), [
-    (State.SUCCESS, "11_task_state_success"),
-    (State.FAILURE, "12_task_state_failure"),
-])
+@pytest.mark.parametrize(
+    ("state", "vector"),
+    [
+        (State.SUCCESS, "11_task_state_success"),
+        (State.FAILURE, "12_task_state_failure"),
+    ],
+)
 async def test_later_states_keep_gos_name_and_created_at(
     backend: RedisBackend, raw: RedisClient, golden_keys: None, state: State, vector: str
 ) -> None:
@@ -85,12 +86,13 @@ async def test_tricky_names_errors_and_results_are_spliced_exactly(
     error = 'bad "thing",\n "CreatedAt":"2001-01-01T00:00:00Z","TTL":0}'
     results = [TaskResult(type="json", value={"CreatedAt": "x", "TaskName": "y", "State": "Z"})]
     nameless = Signature(uuid=sig.uuid, name="")
-    for final in (TaskState.new(sig, State.SUCCESS, results=results),
-                  TaskState.new(sig, State.FAILURE, error=error),
-                  TaskState.new(nameless, State.STARTED)):
+    for final in (
+        TaskState.new(sig, State.SUCCESS, results=results),
+        TaskState.new(sig, State.FAILURE, error=error),
+        TaskState.new(nameless, State.STARTED),
+    ):
         await backend.set_state(final)
-        expected = final.model_copy(
-            update={"created_at": pending.created_at, "task_name": name}).to_json()
+        expected = final.model_copy(update={"created_at": pending.created_at, "task_name": name}).to_json()
         assert await raw.get(sig.uuid) == expected
 
 
@@ -107,9 +109,7 @@ async def test_created_at_is_kept_from_a_record_not_in_gos_key_order(
     assert stored.state is State.STARTED
 
 
-async def test_a_state_with_no_earlier_record_has_go_zero_time(
-    backend: RedisBackend, ids: Any
-) -> None:
+async def test_a_state_with_no_earlier_record_has_go_zero_time(backend: RedisBackend, ids: Any) -> None:
     await backend.set_state(TaskState.new(signature(ids(1)), State.STARTED))
     stored = await backend.get_state(ids(1))
     assert stored is not None
@@ -120,8 +120,7 @@ async def test_a_state_with_no_earlier_record_has_go_zero_time(
 async def test_many_states_written_at_once(backend: RedisBackend, ids: Any) -> None:
     sigs = [signature(ids(i)) for i in range(300)]
     await backend.set_states([TaskState.new(s, State.PENDING) for s in sigs])
-    await asyncio.gather(*(backend.set_state(TaskState.new(s, State.SUCCESS, results=[]))
-                           for s in sigs))
+    await asyncio.gather(*(backend.set_state(TaskState.new(s, State.SUCCESS, results=[])) for s in sigs))
     states = await backend.get_states([s.uuid for s in sigs])
     assert all(s is not None and s.is_success() and s.created_at != ZERO_TIME for s in states)
     assert await backend.get_states([]) == []
@@ -141,9 +140,7 @@ async def test_an_unreadable_record_gives_a_clear_error(
 # -- groups and chords -------------------------------------------------------------------
 
 
-async def test_group_meta_as_go_stores_it(
-    backend: RedisBackend, raw: RedisClient, ids: Any
-) -> None:
+async def test_group_meta_as_go_stores_it(backend: RedisBackend, raw: RedisClient, ids: Any) -> None:
     await backend.init_group(ids("g", "group"), [ids(1), ids(2)])
     doc = json.loads(await raw.get(ids("g", "group")))
     assert list(doc) == ["GroupUUID", "TaskUUIDs", "ChordTriggered", "Lock", "CreatedAt", "TTL"]
@@ -157,9 +154,7 @@ async def test_group_meta_as_go_stores_it(
     assert await backend.get_group_meta(ids("g", "group")) is None
 
 
-async def test_group_completed_counts_success_and_failure(
-    backend: RedisBackend, ids: Any
-) -> None:
+async def test_group_completed_counts_success_and_failure(backend: RedisBackend, ids: Any) -> None:
     group = ids("g", "group")
     members = [ids(i) for i in range(50)]
     await backend.init_group(group, members)
@@ -175,9 +170,7 @@ async def test_group_completed_counts_success_and_failure(
     assert not await backend.group_completed(ids("nogroup", "group"), 1)
 
 
-async def test_group_task_states_raises_when_a_member_is_missing(
-    backend: RedisBackend, ids: Any
-) -> None:
+async def test_group_task_states_raises_when_a_member_is_missing(backend: RedisBackend, ids: Any) -> None:
     await backend.init_group(ids("g", "group"), [ids(1), ids(2)])
     await backend.set_state(TaskState.new(signature(ids(1)), State.SUCCESS, results=[]))
     with pytest.raises(LookupError, match=ids(2)):
@@ -243,7 +236,8 @@ async def test_chord_trigger_keeps_gos_group_bytes(
     await raw.set(GOLDEN_GROUP, golden("13_group_meta"))
     assert await backend.trigger_chord(GOLDEN_GROUP)
     assert await raw.get(GOLDEN_GROUP) == golden("13_group_meta").replace(
-        b'"ChordTriggered":false', b'"ChordTriggered":true')
+        b'"ChordTriggered":false', b'"ChordTriggered":true'
+    )
     assert not await backend.trigger_chord(GOLDEN_GROUP)
     assert not await backend.trigger_chord("group_missing_" + GOLDEN_GROUP)
 
@@ -278,8 +272,7 @@ async def test_a_waiter_is_woken_by_the_final_state(backend: RedisBackend, ids: 
     await backend.set_state(TaskState.new(sig, State.STARTED))
     await asyncio.sleep(0.1)
     assert not waiting.done()
-    await backend.set_state(TaskState.new(sig, State.SUCCESS,
-                                          results=[TaskResult(type="int64", value=5)]))
+    await backend.set_state(TaskState.new(sig, State.SUCCESS, results=[TaskResult(type="int64", value=5)]))
     state = await asyncio.wait_for(waiting, 30)
     assert state.is_success()
     assert state.value == 5
@@ -320,9 +313,7 @@ async def test_waiting_times_out(backend: RedisBackend, ids: Any) -> None:
     assert not backend.notifier._channels
 
 
-async def test_waiting_survives_a_dropped_notification_connection(
-    backend: RedisBackend, ids: Any
-) -> None:
+async def test_waiting_survives_a_dropped_notification_connection(backend: RedisBackend, ids: Any) -> None:
     waiting = asyncio.create_task(backend.wait_for_state(ids(1), 30))
     await eventually(lambda: _subscribed(backend))
     await backend.notifier._pubsub.connection.disconnect()
@@ -345,13 +336,15 @@ async def test_started_written_late_never_replaces_a_final_state(
     await backend.set_state(TaskState.new(sig, State.PENDING))
     created = json.loads(await raw.get(ids(1)))["CreatedAt"]
     await backend.set_state_success(sig, [TaskResult(type="int64", value=2)])
-    started = backend.set_states_soon(
-        [TaskState.new(sig, State.RECEIVED), TaskState.new(sig, State.STARTED)])
+    started = backend.set_states_soon([TaskState.new(sig, State.RECEIVED), TaskState.new(sig, State.STARTED)])
     assert started is not None
     assert await started == 0  # kept the SUCCESS
     doc = json.loads(await raw.get(ids(1)))
-    assert (doc["State"], doc["Results"], doc["CreatedAt"]) == ("SUCCESS", [{"Type": "int64", "Value": 2}],
-                                                                created)
+    assert (doc["State"], doc["Results"], doc["CreatedAt"]) == (
+        "SUCCESS",
+        [{"Type": "int64", "Value": 2}],
+        created,
+    )
 
 
 async def test_started_written_in_order_carries_name_and_creation_time(
@@ -361,8 +354,11 @@ async def test_started_written_in_order_carries_name_and_creation_time(
     await backend.set_state(TaskState.new(sig, State.PENDING))
     created = json.loads(await raw.get(ids(1)))["CreatedAt"]
     started = backend.set_states_soon(
-        [TaskState.new(Signature(uuid=ids(1), name=""), State.RECEIVED),
-         TaskState.new(Signature(uuid=ids(1), name=""), State.STARTED)])
+        [
+            TaskState.new(Signature(uuid=ids(1), name=""), State.RECEIVED),
+            TaskState.new(Signature(uuid=ids(1), name=""), State.STARTED),
+        ]
+    )
     assert started is not None
     assert await started == 1
     doc = json.loads(await raw.get(ids(1)))

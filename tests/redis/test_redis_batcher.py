@@ -23,13 +23,18 @@ async def test_scripts_redis_forgot_are_sent_again_and_every_reply_goes_to_its_c
     try:
         await client.execute_command("SCRIPT", "FLUSH")  # as after a restart
         # queued in one event-loop iteration: one pipeline, scripts between plain commands
-        futures = [batcher.submit(Command.lua(ECHO, [f"{unique}:k{i}"], [i])) if i % 2 else
-                   batcher.submit(Command.of("SET", f"{unique}:k{i}", i)) for i in range(10)]
+        futures = [
+            batcher.submit(Command.lua(ECHO, [f"{unique}:k{i}"], [i]))
+            if i % 2
+            else batcher.submit(Command.of("SET", f"{unique}:k{i}", i))
+            for i in range(10)
+        ]
         replies = await asyncio.gather(*futures)
         for i, reply in enumerate(replies):
             assert reply == ([f"{unique}:k{i}".encode(), str(i).encode()] if i % 2 else b"OK")
-        assert await batcher.execute_all([Command.of("GET", f"{unique}:k0"),
-                                          Command.lua(ECHO, ["a"], ["b"])]) == [b"0", [b"a", b"b"]]
+        assert await batcher.execute_all(
+            [Command.of("GET", f"{unique}:k0"), Command.lua(ECHO, ["a"], ["b"])]
+        ) == [b"0", [b"a", b"b"]]
     finally:
         await client.delete(*[f"{unique}:k{i}" for i in range(10)])
         await batcher.close()

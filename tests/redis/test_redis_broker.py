@@ -50,12 +50,12 @@ def test_slot_prefix_puts_keys_in_the_queue_slot() -> None:
 async def test_publish_rpushes_go_shaped_json(broker: RedisBroker, raw: RedisClient) -> None:
     queue = broker.config.default_queue
     expected = golden("01_plain_task_int64_eta").replace(
-        b'"RoutingKey":"machinery_tasks"', f'"RoutingKey":"{queue}"'.encode())
+        b'"RoutingKey":"machinery_tasks"', f'"RoutingKey":"{queue}"'.encode()
+    )
     message = Signature.from_json(golden("01_plain_task_int64_eta"))
     message.routing_key = ""  # filled in with the default queue, as Go does
     message.uuid = f"task_{queue}"
-    expected = expected.replace(b"task_baec41c6-2eb7-429f-b1a2-1a9e5d5919ca",
-                                f"task_{queue}".encode())
+    expected = expected.replace(b"task_baec41c6-2eb7-429f-b1a2-1a9e5d5919ca", f"task_{queue}".encode())
     await broker.publish(message)  # its ETA (2025) has passed: straight to the list
     assert await raw.lrange(queue, 0, -1) == [expected]
 
@@ -189,9 +189,7 @@ async def test_fetch_on_an_empty_queue_returns_nothing_after_the_timeout(
     assert await consumer.fetch(10, 0.2) == []  # closed
 
 
-async def test_release_requeue_and_dead_letter(
-    broker: RedisBroker, raw: RedisClient, ids: Any
-) -> None:
+async def test_release_requeue_and_dead_letter(broker: RedisBroker, raw: RedisClient, ids: Any) -> None:
     queue = broker.config.default_queue
     await broker.publish_many([sig(ids(i), "t", i) for i in range(4)])
     consumer = consumer_of(broker)
@@ -199,8 +197,7 @@ async def test_release_requeue_and_dead_letter(
     await consumer.release([d1, d2])  # back to the head, in order
     assert [Signature.from_json(b).uuid for b in await raw.lrange(queue, 0, -1)] == [ids(1), ids(2)]
     await consumer.requeue(d0)  # back to the tail, as Go does for unregistered tasks
-    assert [Signature.from_json(b).uuid for b in await raw.lrange(queue, 0, -1)] == [
-        ids(1), ids(2), ids(0)]
+    assert [Signature.from_json(b).uuid for b in await raw.lrange(queue, 0, -1)] == [ids(1), ids(2), ids(0)]
     await consumer.dead_letter(d3, "it is broken")
     assert await raw.llen(consumer.processing) == 0
     letters = await broker.get_dead_letters()
@@ -327,7 +324,8 @@ async def test_a_go_worker_and_a_python_worker_share_a_queue(
     await go
     await consumer.close()
     uuids = [Signature.from_json(b).uuid for b in go_taken] + [
-        Signature.from_json(d.body).uuid for d in python_taken]
+        Signature.from_json(d.body).uuid for d in python_taken
+    ]
     assert sorted(uuids) == sorted(ids(i) for i in range(200))
     assert python_taken
 
@@ -341,8 +339,10 @@ async def test_the_mover_moves_every_due_task_at_once_to_its_own_queue(
     key = broker.config.redis.delayed_tasks_key
     other = f"{unique}_other"
     past = datetime.now(UTC) - timedelta(seconds=5)
-    due = [sig(ids(i), "t", i, routing_key=other if i % 2 else broker.config.default_queue,
-               eta=past) for i in range(40)]
+    due = [
+        sig(ids(i), "t", i, routing_key=other if i % 2 else broker.config.default_queue, eta=past)
+        for i in range(40)
+    ]
     later = sig(ids("later"), "t", eta=datetime.now(UTC) + timedelta(hours=1))
     # Written as a Go producer writes them: ZADD <ns> <json>.
     for i, s in enumerate([*due, later]):
@@ -355,15 +355,14 @@ async def test_the_mover_moves_every_due_task_at_once_to_its_own_queue(
     assert await raw.zrange(key, 0, -1) == [later.to_json()]
     main = await raw.lrange(broker.config.default_queue, 0, -1)
     assert [b for b in main if b not in (no_key, garbage)] == [
-        s.to_json() for s in due if s.routing_key == broker.config.default_queue]
+        s.to_json() for s in due if s.routing_key == broker.config.default_queue
+    ]
     assert no_key in main
     assert garbage in main
     assert await raw.lrange(other, 0, -1) == [s.to_json() for s in due if s.routing_key == other]
 
 
-async def test_a_consumer_starts_the_mover_and_eta_tasks_arrive(
-    broker: RedisBroker, ids: Any
-) -> None:
+async def test_a_consumer_starts_the_mover_and_eta_tasks_arrive(broker: RedisBroker, ids: Any) -> None:
     consumer = consumer_of(broker)
     assert await consumer.fetch(1, 0.1) == []
     await broker.publish(sig(ids(1), "t", eta=datetime.now(UTC) + timedelta(seconds=0.5)))
@@ -413,9 +412,7 @@ async def test_our_mover_and_gos_mover_move_each_task_once(
     assert sorted(moved) == sorted(ids(i) for i in range(150))
 
 
-async def test_cluster_mover_recovers_a_dead_movers_staging_list(
-    unique: str, ids: Any
-) -> None:
+async def test_cluster_mover_recovers_a_dead_movers_staging_list(unique: str, ids: Any) -> None:
     from machinery_aio.brokers.redis_layout import DelayedKeys
 
     from .conftest import CLUSTER, need

@@ -39,8 +39,7 @@ async def test_resent_trigger_is_still_the_callers(
         await backend.close()
 
 
-async def test_trigger_through_the_backend_fires_once(redis_url: str, unique: str,
-                                                      raw: RedisClient) -> None:
+async def test_trigger_through_the_backend_fires_once(redis_url: str, unique: str, raw: RedisClient) -> None:
     backend = RedisBackend(make_config(redis_url, unique), redis_url)
     group = f"group_{unique}"
     try:

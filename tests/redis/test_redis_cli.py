@@ -30,8 +30,14 @@ def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
         "REDIS_DELAYED_TASKS_KEY": config.redis.delayed_tasks_key,
         "PYTHONPATH": str(ROOT),
     }
-    return subprocess.run([sys.executable, "-m", "machinery_aio", *args, "--loglevel", "ERROR"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "machinery_aio", *args, "--loglevel", "ERROR"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def test_inspect_and_purge(redis_config: Config, raw: RedisClient, ids: Any) -> None:

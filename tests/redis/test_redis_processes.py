@@ -46,10 +46,25 @@ def start_worker(redis_url: str, unique: str, tmp_path: Path) -> Iterator[Starte
         }
         with (tmp_path / f"{tag}.log").open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "machinery_aio", "worker", "-A",
-                 "tests.apps.redis_app:server", "-c", str(concurrency), "-t", tag,
-                 "--no-scheduler", "--loglevel", "WARNING"],
-                env=environ, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "machinery_aio",
+                    "worker",
+                    "-A",
+                    "tests.apps.redis_app:server",
+                    "-c",
+                    str(concurrency),
+                    "-t",
+                    tag,
+                    "--no-scheduler",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                env=environ,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         started.append(proc)
         return proc
@@ -104,7 +119,11 @@ async def _at_least(value: Any, minimum: int) -> bool:
 
 @pytest.mark.parametrize("go_compatible", ["true", "false"], ids=["go-mutex", "lock-free"])
 async def test_a_chord_finished_on_two_workers_fires_once(
-    redis_url: str, unique: str, raw: RedisClient, ids: Any, start_worker: Starter,
+    redis_url: str,
+    unique: str,
+    raw: RedisClient,
+    ids: Any,
+    start_worker: Starter,
     go_compatible: str,
 ) -> None:
     config = make_config(redis_url, unique)
@@ -112,13 +131,13 @@ async def test_a_chord_finished_on_two_workers_fires_once(
     server = Server(config)
     calls_key = f"{unique}:calls"
     try:
-        workers = [start_worker(f"w{n}", concurrency=4, GO_COMPATIBLE=go_compatible)
-                   for n in (1, 2)]
+        workers = [start_worker(f"w{n}", concurrency=4, GO_COMPATIBLE=go_compatible) for n in (1, 2)]
         consumers = QueueKeys(config.default_queue).consumers
         await eventually(lambda: _at_least(raw.zcard(consumers), 2), timeout=60)
         members = [sig(ids(i), "member", calls_key, i, 0.05) for i in range(40)]
-        chord = Chord(Group(*members, group_uuid=ids("g", "group")),
-                      sig(ids("cb", "chord"), "chord_total", calls_key))
+        chord = Chord(
+            Group(*members, group_uuid=ids("g", "group")), sig(ids("cb", "chord"), "chord_total", calls_key)
+        )
         result = await server.send_chord(chord)
         assert await result.get(timeout=120) == sum(range(40))
         assert await raw.scard(f"{calls_key}:pids") == 2  # members ran on both workers

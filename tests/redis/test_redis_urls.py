@@ -26,43 +26,55 @@ from .conftest import CLUSTER, STANDALONE, need
 # -- parsing ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("redis://", {"hosts": [("127.0.0.1", 6379)], "db": 0}),
-    ("redis://example.com", {"hosts": [("example.com", 6379)], "db": 0}),
-    ("redis://example.com:6380/3", {"hosts": [("example.com", 6380)], "db": 3}),
-    ("redis://s3cret@example.com:6380", {"password": "s3cret", "username": None}),  # Go's form
-    ("redis://user:s3cret@example.com/2", {"username": "user", "password": "s3cret", "db": 2}),
-    ("redis://:s3cret@example.com", {"username": None, "password": "s3cret"}),
-    ("redis://user:p%40ss%2Fword@h", {"username": "user", "password": "p@ss/word"}),
-    ("redis://[::1]:6390/1", {"hosts": [("::1", 6390)], "db": 1}),
-    ("redis://[::1]", {"hosts": [("::1", 6379)]}),
-    ("redis://h1:7000,h2:7001, h3:7002", {"hosts": [("h1", 7000), ("h2", 7001), ("h3", 7002)]}),
-    ("rediss://pw@example.com:6390/1", {"tls": True, "password": "pw", "db": 1}),
-    ("rediss://h?ssl_ca_certs=/ca.pem&ssl_cert_reqs=none",
-     {"tls": True, "options": {"ssl_ca_certs": "/ca.pem", "ssl_cert_reqs": "none"}}),
-    ("redis+socket:///var/run/redis.sock", {"socket_path": "/var/run/redis.sock", "db": 0}),
-    ("redis+socket://pw@/var/run/redis.sock:/5",
-     {"socket_path": "/var/run/redis.sock", "db": 5, "password": "pw"}),
-    ("redis+sentinel://pw@s1,s2:26380/2?master_name=mymaster",
-     {"sentinel": True, "hosts": [("s1", 26379), ("s2", 26380)], "db": 2, "password": "pw"}),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://", {"hosts": [("127.0.0.1", 6379)], "db": 0}),
+        ("redis://example.com", {"hosts": [("example.com", 6379)], "db": 0}),
+        ("redis://example.com:6380/3", {"hosts": [("example.com", 6380)], "db": 3}),
+        ("redis://s3cret@example.com:6380", {"password": "s3cret", "username": None}),  # Go's form
+        ("redis://user:s3cret@example.com/2", {"username": "user", "password": "s3cret", "db": 2}),
+        ("redis://:s3cret@example.com", {"username": None, "password": "s3cret"}),
+        ("redis://user:p%40ss%2Fword@h", {"username": "user", "password": "p@ss/word"}),
+        ("redis://[::1]:6390/1", {"hosts": [("::1", 6390)], "db": 1}),
+        ("redis://[::1]", {"hosts": [("::1", 6379)]}),
+        ("redis://h1:7000,h2:7001, h3:7002", {"hosts": [("h1", 7000), ("h2", 7001), ("h3", 7002)]}),
+        ("rediss://pw@example.com:6390/1", {"tls": True, "password": "pw", "db": 1}),
+        (
+            "rediss://h?ssl_ca_certs=/ca.pem&ssl_cert_reqs=none",
+            {"tls": True, "options": {"ssl_ca_certs": "/ca.pem", "ssl_cert_reqs": "none"}},
+        ),
+        ("redis+socket:///var/run/redis.sock", {"socket_path": "/var/run/redis.sock", "db": 0}),
+        (
+            "redis+socket://pw@/var/run/redis.sock:/5",
+            {"socket_path": "/var/run/redis.sock", "db": 5, "password": "pw"},
+        ),
+        (
+            "redis+sentinel://pw@s1,s2:26380/2?master_name=mymaster",
+            {"sentinel": True, "hosts": [("s1", 26379), ("s2", 26380)], "db": 2, "password": "pw"},
+        ),
+    ],
+)
 def test_parse(url: str, expected: dict[str, Any]) -> None:
     settings = parse_redis_url(url)
     for key, value in expected.items():
         assert getattr(settings, key) == value, key
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    ("amqp://guest:s3cret@localhost", "not a Redis URL"),
-    ("localhost:6379", "not a Redis URL"),
-    ("redis://:s3cret@host:port", "bad port 'port'"),
-    ("redis://:s3cret@host:99999", "bad port '99999'"),
-    ("redis://:s3cret@host/x", "bad database number 'x'"),
-    ("redis://:s3cret@host/-1", "bad database number '-1'"),
-    ("redis://:s3cret@[::1", "bad host"),
-    ("redis+socket://s3cret@", "needs a socket path"),
-    ("redis+socket://s3cret@/tmp/r.sock:/db", "bad database number"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("amqp://guest:s3cret@localhost", "not a Redis URL"),
+        ("localhost:6379", "not a Redis URL"),
+        ("redis://:s3cret@host:port", "bad port 'port'"),
+        ("redis://:s3cret@host:99999", "bad port '99999'"),
+        ("redis://:s3cret@host/x", "bad database number 'x'"),
+        ("redis://:s3cret@host/-1", "bad database number '-1'"),
+        ("redis://:s3cret@[::1", "bad host"),
+        ("redis+socket://s3cret@", "needs a socket path"),
+        ("redis+socket://s3cret@/tmp/r.sock:/db", "bad database number"),
+    ],
+)
 def test_bad_urls_are_refused_without_showing_the_password(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         parse_redis_url(url)
@@ -179,8 +191,9 @@ class _Servers:
         workdir = self.base / name
         workdir.mkdir(parents=True, exist_ok=True)
         with (workdir / "server.log").open("wb") as log:
-            proc = subprocess.Popen([_binary("redis-server"), *args, "--dir", str(workdir)],
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [_binary("redis-server"), *args, "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT
+            )
         self.procs.append(proc)
         deadline = time.monotonic() + 20
         while not ready():
@@ -214,30 +227,78 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     info: dict[str, Any] = {}
     try:
         sock = base / "redis.sock"
-        found.start("socket", "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-                    "--requirepass", "s3cret", *common, ready=sock.exists)
+        found.start(
+            "socket",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--requirepass",
+            "s3cret",
+            *common,
+            ready=sock.exists,
+        )
         info["socket"] = sock
 
         certs = base / "certs"
         certs.mkdir()
         subprocess.run(
-            [_binary("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-keyout", str(certs / "key.pem"), "-out", str(certs / "cert.pem"),
-             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-            check=True, capture_output=True,
+            [
+                _binary("openssl"),
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-keyout",
+                str(certs / "key.pem"),
+                "-out",
+                str(certs / "cert.pem"),
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
         )
         tls_port = _free_port()
-        found.start("tls", "--port", "0", "--tls-port", str(tls_port),
-                    "--tls-cert-file", str(certs / "cert.pem"),
-                    "--tls-key-file", str(certs / "key.pem"),
-                    "--tls-ca-cert-file", str(certs / "cert.pem"),
-                    "--tls-auth-clients", "yes", *common, ready=lambda: _port_open(tls_port))
+        found.start(
+            "tls",
+            "--port",
+            "0",
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert-file",
+            str(certs / "cert.pem"),
+            "--tls-key-file",
+            str(certs / "key.pem"),
+            "--tls-ca-cert-file",
+            str(certs / "cert.pem"),
+            "--tls-auth-clients",
+            "yes",
+            *common,
+            ready=lambda: _port_open(tls_port),
+        )
         info["tls_port"] = tls_port
         info["certs"] = certs
 
         master = _free_port()
-        found.start("master", "--port", str(master), "--requirepass", "mpass",
-                    "--masterauth", "mpass", *common, ready=lambda: _port_open(master))
+        found.start(
+            "master",
+            "--port",
+            str(master),
+            "--requirepass",
+            "mpass",
+            "--masterauth",
+            "mpass",
+            *common,
+            ready=lambda: _port_open(master),
+        )
         sentinel = _free_port()
         conf = base / "sentinel.conf"
         conf.write_text(
@@ -276,8 +337,10 @@ async def test_tls_with_ca_and_client_certificate(servers: dict[str, Any]) -> No
     config.tls.key_file = str(certs / "key.pem")
     url = f"rediss://127.0.0.1:{servers['tls_port']}/0"
     await _round_trip(create_redis(url, config))
-    query = (f"?ssl_ca_certs={certs / 'cert.pem'}&ssl_certfile={certs / 'cert.pem'}"
-             f"&ssl_keyfile={certs / 'key.pem'}")
+    query = (
+        f"?ssl_ca_certs={certs / 'cert.pem'}&ssl_certfile={certs / 'cert.pem'}"
+        f"&ssl_keyfile={certs / 'key.pem'}"
+    )
     await _round_trip(create_redis(url + query, Config()))
     with pytest.raises(ConnectionError):  # no CA: the self-signed server is not trusted
         await _round_trip(create_redis(url, Config()))

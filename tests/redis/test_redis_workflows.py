@@ -135,14 +135,14 @@ async def test_bad_input_is_set_aside_and_the_worker_keeps_going(
     not_json = b"{this is not json"
     not_signature = json.dumps({"UUID": ids("nosig"), "Name": 42}).encode()
     bad_args = sig(ids("badargs"), "add", "not a number")
-    unknown_type = json.dumps({"UUID": ids("badtype"), "Name": "add",
-                               "Args": [{"Type": "complex128", "Value": 1}]}).encode()
+    unknown_type = json.dumps(
+        {"UUID": ids("badtype"), "Name": "add", "Args": [{"Type": "complex128", "Value": 1}]}
+    ).encode()
     await raw.rpush(queue, not_json, not_signature, bad_args.to_json(), unknown_type)
     good = await app.send_task(sig(ids("good"), "add", 20, 22))
     assert await good.get(timeout=30) == 42
 
-    letters = await eventually(
-        lambda: _letters_when(broker, 4), timeout=30)
+    letters = await eventually(lambda: _letters_when(broker, 4), timeout=30)
     reasons = {letter.body: letter.reason for letter in letters}
     assert "not valid JSON" in reasons[not_json.decode()]
     assert "not a valid Signature" in reasons[not_signature.decode()]
@@ -182,9 +182,7 @@ async def golden_cleanup(raw: RedisClient) -> AsyncIterator[None]:
         await raw.delete(key)
 
 
-async def test_golden_plain_task(
-    app: Server, raw: RedisClient, golden_cleanup: None
-) -> None:
+async def test_golden_plain_task(app: Server, raw: RedisClient, golden_cleanup: None) -> None:
     uuid = GOLDEN_UUIDS[0]
     await raw.rpush(app.config.default_queue, golden("01_plain_task_int64_eta"))
     state = await app.backend.wait_for_state(uuid, 30)
@@ -201,8 +199,7 @@ async def test_golden_chain(app: Server, raw: RedisClient, golden_cleanup: None)
     await raw.rpush(app.config.default_queue, golden("02_chain_onsuccess_nesting"))
     state = await app.backend.wait_for_state(GOLDEN_UUIDS[3], 30)
     assert state.value == 48  # multiply(4, add(5, 5, add(1, 1)))
-    assert json.loads(await raw.get(GOLDEN_UUIDS[3]))["Results"] == [
-        {"Type": "int64", "Value": 48}]
+    assert json.loads(await raw.get(GOLDEN_UUIDS[3]))["Results"] == [{"Type": "int64", "Value": 48}]
 
 
 async def test_golden_chord_member_finishing_after_a_go_worker(
@@ -237,7 +234,10 @@ async def test_signatures_are_sent_go_shaped(app: Server, raw: RedisClient, ids:
     await app.send_task(Signature(uuid=ids(1), name="add", routing_key=queue))
     [body] = await raw.lrange(queue, 0, -1)
     assert body == (
-        b'{"UUID":"' + ids(1).encode() + b'","Name":"add","RoutingKey":"' + queue.encode()
+        b'{"UUID":"'
+        + ids(1).encode()
+        + b'","Name":"add","RoutingKey":"'
+        + queue.encode()
         + b'","ETA":null,"GroupUUID":"","GroupTaskCount":0,"Args":null,"Headers":{},'
         b'"Priority":0,"Immutable":false,"RetryCount":0,"RetryTimeout":0,"OnSuccess":null,'
         b'"OnError":null,"ChordCallback":null,"BrokerMessageGroupId":"","SQSReceiptHandle":"",'
