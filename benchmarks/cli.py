@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import machine, report
-from .envs import EnvError, interpreter
-from .targets import SMOKE, Target, select
+from benchmarks import machine, report
+from benchmarks.envs import EnvError, interpreter
+from benchmarks.targets import SMOKE, Target, select
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import procfs
-from .protocol import Adapter, Unavailable
+from benchmarks import procfs
+from benchmarks.protocol import Adapter, Unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL = 0.002

@@ -2,13 +2,13 @@
 
 from .config import Config, ConfigError
 from .context import TaskContext
+from .drivers import MissingExtraError
 from .errors import (
     MachineryError,
     TaskFailedError,
     TaskNotRegisteredError,
     TaskTimeLimitExceeded,
 )
-from .factory import MissingExtraError
 from .result import AsyncResult, ChainAsyncResult, ChordAsyncResult
 from .retry import RetryTaskLater
 from .server import Server

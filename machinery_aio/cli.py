@@ -19,8 +19,8 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError
+from .drivers import MissingExtraError
 from .errors import TaskFailedError
-from .factory import MissingExtraError
 from .log import setup_logging
 from .server import Server
 from .signature import Arg, Signature

@@ -12,7 +12,7 @@ from .signature import Signature
 from .state import State, TaskState
 
 if TYPE_CHECKING:
-    from .backends.base import ResultBackend
+    from .drivers.backend import ResultBackend
 
 __all__ = ["AsyncResult", "ChainAsyncResult", "ChordAsyncResult"]
 

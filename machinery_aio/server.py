@@ -10,13 +10,13 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from . import gotime
-from .backends.base import ResultBackend
-from .brokers.base import Broker
 from .config import Config
 from .context import TaskContext
+from .drivers import create_backend, create_broker, create_lock
+from .drivers.backend import ResultBackend
+from .drivers.broker import Broker
+from .drivers.lock import Lock
 from .errors import TaskNotRegisteredError
-from .factory import create_backend, create_broker, create_lock
-from .locks.base import Lock
 from .log import get_logger
 from .periodic import MissedPolicy, PeriodicEntry, Scheduler
 from .result import AsyncResult, ChainAsyncResult, ChordAsyncResult

@@ -9,7 +9,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .brokers.base import Consumer, Delivery
+from .drivers.broker import Consumer, Delivery
 from .log import get_logger
 from .runner import Action, ErrorHandler, Hooks, SignatureHook, TaskRunner, _call_hook
 

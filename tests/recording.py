@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from machinery_aio import Signature, State, TaskState
-from machinery_aio.backends.memory import MemoryBackend
-from machinery_aio.brokers.memory import MemoryBroker
+from machinery_aio.drivers.memory.backend import MemoryBackend
+from machinery_aio.drivers.memory.broker import MemoryBroker
 
 
 class RecordingBackend(MemoryBackend):

@@ -35,7 +35,7 @@ def run_suite(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
-    has_redis_driver = importlib.util.find_spec("machinery_aio.brokers.redis") is not None
+    has_redis_driver = importlib.util.find_spec("machinery_aio.drivers.redis.broker") is not None
     if has_redis_driver:
         require_server("127.0.0.1", 6379, "Redis")
     out = tmp_path / "smoke.json"

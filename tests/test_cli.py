@@ -15,9 +15,8 @@ import pytest
 from machinery_aio import Arg, Config, Server, Signature, State
 from machinery_aio.cli import CLIError, banner, build_parser, load_app, main, parse_cli_arg
 from machinery_aio.urls import MASK
-
-from .apps import memory_app
-from .processes import StartCLI
+from tests.apps import memory_app
+from tests.processes import StartCLI
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.memory_app:server"

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from machinery_aio import Config, ConfigError
-
-from .conftest import DATA
+from tests.conftest import DATA
 
 GO_YAML = DATA / "go_config.yml"
 

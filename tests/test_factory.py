@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from machinery_aio import Config, ConfigError, MissingExtraError, Server
-from machinery_aio.backends.memory import MemoryBackend
-from machinery_aio.backends.null import NullBackend
-from machinery_aio.brokers.memory import MemoryBroker
-from machinery_aio.factory import create_backend, create_broker, create_lock, lock_url
-from machinery_aio.locks.memory import MemoryLock
+from machinery_aio.drivers import create_backend, create_broker, create_lock, lock_url
+from machinery_aio.drivers.memory.backend import MemoryBackend
+from machinery_aio.drivers.memory.broker import MemoryBroker
+from machinery_aio.drivers.memory.lock import MemoryLock
+from machinery_aio.drivers.null.backend import NullBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,7 +125,7 @@ _BLOCKED_SCRIPT = textwrap.dedent(
     for name in BLOCKED:
         sys.modules[name] = None  # Python's own import blocker: "import name" now fails
     from machinery_aio import Config, MissingExtraError
-    from machinery_aio.factory import create_backend, create_broker, create_lock
+    from machinery_aio.drivers import create_backend, create_broker, create_lock
     out = []
     for kind, url in {cases!r}:
         make = {{"broker": create_broker, "backend": create_backend, "lock": create_lock}}[kind]

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from machinery_aio import Arg, Config, GroupMeta, Signature, State, TaskResult, TaskState
-from machinery_aio.backends.base import ResultBackend
-from machinery_aio.backends.memory import MemoryBackend
-from machinery_aio.backends.null import NullBackend
-from machinery_aio.brokers.memory import MemoryBroker
+from machinery_aio.drivers.backend import ResultBackend
+from machinery_aio.drivers.memory.backend import MemoryBackend
+from machinery_aio.drivers.memory.broker import MemoryBroker
+from machinery_aio.drivers.memory.lock import MemoryLock
+from machinery_aio.drivers.null.backend import NullBackend
 from machinery_aio.gotime import ZERO_TIME
-from machinery_aio.locks.memory import MemoryLock
 
 CLOCK_SLACK = 0.001
 """Clock granularity allowed when comparing wall-clock times (not a timing threshold)."""

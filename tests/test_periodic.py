@@ -21,8 +21,7 @@ from machinery_aio.periodic import (
     format_tick,
     run_beat,
 )
-
-from .periodic_support import assert_each_tick_once
+from tests.periodic_support import assert_each_tick_once
 
 MakeServer = Callable[[Config], Server]
 

@@ -2,7 +2,7 @@
 the scheduler, send every tick of a one-second schedule exactly once; a periodic chord's
 callback runs once per tick.
 
-These need ``machinery_aio.brokers.redis``. Without it they are skipped, except under
+These need ``machinery_aio.drivers.redis``. Without it they are skipped, except under
 CI=true, where they fail.
 """
 
@@ -20,10 +20,9 @@ import pytest
 import redis
 
 from machinery_aio import Config, Server, Signature
-
-from .conftest import IN_CI, require_server
-from .periodic_app import build
-from .periodic_support import (
+from tests.conftest import IN_CI, require_server
+from tests.periodic_app import build
+from tests.periodic_support import (
     REDIS_URL,
     Processes,
     app_env,
@@ -38,8 +37,8 @@ pytestmark = pytest.mark.slow
 
 def require_redis_broker() -> None:
     require_server("127.0.0.1", 6379, "Redis")
-    if importlib.util.find_spec("machinery_aio.brokers.redis") is None:
-        message = "the Redis broker (machinery_aio.brokers.redis) is not in this checkout"
+    if importlib.util.find_spec("machinery_aio.drivers.redis.broker") is None:
+        message = "the Redis broker (machinery_aio.drivers.redis) is not in this checkout"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

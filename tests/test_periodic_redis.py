@@ -14,9 +14,8 @@ import redis
 import redis.asyncio
 
 from machinery_aio import Arg, Config, Server, Signature
-
-from .conftest import require_server
-from .periodic_support import (
+from tests.conftest import require_server
+from tests.periodic_support import (
     REDIS_URL,
     Processes,
     app_env,

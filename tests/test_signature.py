@@ -22,8 +22,7 @@ from machinery_aio.gotime import NanoTime, format_time
 from machinery_aio.gotypes import ArgTypeError
 from machinery_aio.signature import new_chord_uuid, new_group_uuid, new_task_uuid
 from machinery_aio.state import parse_state, results_to_value, value_to_results
-
-from .conftest import GOLDEN, golden
+from tests.conftest import GOLDEN, golden
 
 GO_SIGNATURE_KEYS = [
     "UUID",

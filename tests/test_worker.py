@@ -29,12 +29,11 @@ from machinery_aio import (
     TaskTimeLimitExceeded,
     Worker,
 )
-from machinery_aio.brokers.base import Consumer, Delivery
+from machinery_aio.drivers.broker import Consumer, Delivery
 from machinery_aio.gotime import unix_nanos
 from machinery_aio.retry import fibonacci_next
-
-from .processes import StartCLI
-from .recording import RecordingBackend, RecordingBroker, push_raw
+from tests.processes import StartCLI
+from tests.recording import RecordingBackend, RecordingBroker, push_raw
 
 P, R, S = State.PENDING, State.RECEIVED, State.STARTED
 CLOCK_SLACK = timedelta(milliseconds=1)

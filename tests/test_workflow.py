@@ -7,8 +7,7 @@ import json
 import pytest
 
 from machinery_aio import Arg, Chain, Chord, Config, Group, Server, Signature
-
-from .conftest import golden
+from tests.conftest import golden
 
 
 def add(*values: int, uuid: str = "") -> Signature:

@@ -13,7 +13,7 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job
 
-from ..protocol import ENV_CONCURRENCY, ENV_QUEUE, ENV_URL, Adapter, env
+from benchmarks.protocol import ENV_CONCURRENCY, ENV_QUEUE, ENV_URL, Adapter, env
 
 
 async def add(ctx: dict[str, Any], x: int, y: int) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, group
 from celery.result import AsyncResult
 
-from ..protocol import ENV_BACKEND, ENV_QUEUE, ENV_URL, Adapter, env
+from benchmarks.protocol import ENV_BACKEND, ENV_QUEUE, ENV_URL, Adapter, env
 
 POOL = os.environ.get("BENCH_CELERY_POOL", "threads")
 

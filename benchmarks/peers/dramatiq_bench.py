@@ -15,7 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import ResultMissing, Results
 from dramatiq.results.backends import RedisBackend
 
-from ..protocol import ENV_BACKEND, ENV_QUEUE, ENV_URL, Adapter, env
+from benchmarks.protocol import ENV_BACKEND, ENV_QUEUE, ENV_URL, Adapter, env
 
 
 def _add(x: int, y: int) -> int:

@@ -9,14 +9,13 @@ from __future__ import annotations
 from importlib.metadata import version
 from typing import Any
 
+from benchmarks.protocol import ENV_BACKEND, ENV_QUEUE, ENV_URL, Adapter, Unavailable, env
 from machinery_aio import Config, Server
 from machinery_aio.config import ConfigError
-from machinery_aio.factory import MissingExtraError
+from machinery_aio.drivers import MissingExtraError
 from machinery_aio.result import AsyncResult
 from machinery_aio.tasks import Task
 from machinery_aio.worker import Worker
-
-from ..protocol import ENV_BACKEND, ENV_QUEUE, ENV_URL, Adapter, Unavailable, env
 
 
 def make_server(url: str, backend: str, queue: str) -> tuple[Server, Task[[int, int], int]]:

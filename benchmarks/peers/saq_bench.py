@@ -12,7 +12,7 @@ from typing import Any
 
 from saq import Job, Queue, Status
 
-from ..protocol import ENV_CONCURRENCY, ENV_QUEUE, ENV_URL, Adapter, env
+from benchmarks.protocol import ENV_CONCURRENCY, ENV_QUEUE, ENV_URL, Adapter, env
 
 
 async def add(ctx: dict[str, Any], *, x: int, y: int) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 from streaq import Worker
 from streaq.task import Task, TaskStatus
 
-from ..protocol import ENV_CONCURRENCY, ENV_QUEUE, ENV_URL, Adapter, env
+from benchmarks.protocol import ENV_CONCURRENCY, ENV_QUEUE, ENV_URL, Adapter, env
 
 
 def make_worker(url: str, queue: str, concurrency: int) -> tuple[Worker[Any], Any]:

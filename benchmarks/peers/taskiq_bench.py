@@ -12,7 +12,7 @@ from typing import Any
 from taskiq import AsyncTaskiqTask
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
-from ..protocol import ENV_BACKEND, ENV_QUEUE, ENV_URL, Adapter, env
+from benchmarks.protocol import ENV_BACKEND, ENV_QUEUE, ENV_URL, Adapter, env
 
 
 def make_broker(url: str, backend: str, queue: str) -> RedisStreamBroker:

@@ -19,10 +19,9 @@ import aio_pika
 import pytest
 
 from machinery_aio import Config, Server, Signature
-from machinery_aio.brokers.amqp_layout import DEAD_LETTER_EXCHANGE
 from machinery_aio.config import AMQPConfig
-
-from ..conftest import IN_CI, require_server
+from machinery_aio.drivers.amqp.layout import DEAD_LETTER_EXCHANGE
+from tests.conftest import IN_CI, require_server
 
 RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -31,9 +30,9 @@ REDIS_BACKEND_URL = "redis://127.0.0.1:6379/4"
 
 def require_redis_backend() -> None:
     """The Redis result backend is written on another branch: skip until it is merged (fail under CI)."""
-    if importlib.util.find_spec("machinery_aio.backends.redis") is None:
+    if importlib.util.find_spec("machinery_aio.drivers.redis.backend") is None:
         message = (
-            "machinery_aio.backends.redis is not in this tree yet; the RabbitMQ + Redis "
+            "machinery_aio.drivers.redis.backend is not in this tree yet; the RabbitMQ + Redis "
             "backend tests run once it is merged"
         )
         if IN_CI:

@@ -11,10 +11,9 @@ import pytest
 from aio_pika.abc import AbstractConnection
 
 from machinery_aio import Config, ConfigError, Signature, State, TaskResult, TaskState
-from machinery_aio.backends.amqp import AMQPBackend
-
-from ..conftest import golden
-from .conftest import AMQP_URL, Cleanup
+from machinery_aio.drivers.amqp.backend import AMQPBackend
+from tests.amqp.conftest import AMQP_URL, Cleanup
+from tests.conftest import golden
 
 
 @pytest.fixture

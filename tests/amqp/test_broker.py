@@ -17,10 +17,9 @@ from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from machinery_aio import Arg, Config, ConfigError, Server, Signature, State, gotime
-from machinery_aio.brokers.amqp import AMQPBroker
 from machinery_aio.config import AMQPConfig
-
-from .conftest import AMQP_URL, Cleanup, amqp_test_config
+from machinery_aio.drivers.amqp.broker import AMQPBroker
+from tests.amqp.conftest import AMQP_URL, Cleanup, amqp_test_config
 
 ServerFactory = Callable[[Config], Server]
 

@@ -14,9 +14,7 @@ import aio_pika
 import pytest
 
 from machinery_aio import Config, Server, Signature, State, TaskState
-
-from ..conftest import golden
-from .conftest import (
+from tests.amqp.conftest import (
     AMQP_URL,
     REDIS_BACKEND_URL,
     Cleanup,
@@ -24,6 +22,7 @@ from .conftest import (
     purge_recorded,
     require_redis_backend,
 )
+from tests.conftest import golden
 
 UUID = re.compile(rb"(task|group|chord)_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

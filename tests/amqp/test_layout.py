@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from machinery_aio import Config, ConfigError
-from machinery_aio.amqpconn import check_url, ssl_context
-from machinery_aio.brokers.amqp_layout import (
+from machinery_aio.config import AMQPConfig, TLSConfig
+from machinery_aio.drivers import create_backend, create_broker
+from machinery_aio.drivers.amqp.connection import check_url, ssl_context
+from machinery_aio.drivers.amqp.layout import (
     amqp_headers,
     default_routing_key,
     delay_bucket,
@@ -18,8 +20,6 @@ from machinery_aio.brokers.amqp_layout import (
     queue_binding_key,
     route,
 )
-from machinery_aio.config import AMQPConfig, TLSConfig
-from machinery_aio.factory import create_backend, create_broker
 
 
 def test_default_routing_key_follows_go() -> None:

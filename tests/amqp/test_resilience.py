@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from machinery_aio import Arg, Config, Server, Signature
-
-from .conftest import AMQP_URL, amqp_test_config, close_vhost_connections
+from tests.amqp.conftest import AMQP_URL, amqp_test_config, close_vhost_connections
 
 ROOT = Path(__file__).resolve().parents[2]
 GATE_FROM = 5

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from machinery_aio import Arg, Config, Server, Signature
-from machinery_aio.brokers.amqp import AMQPBroker
 from machinery_aio.config import TLSConfig
-
-from ..conftest import IN_CI
-from .conftest import RABBIT_HOST, RABBIT_PORT, amqp_test_config
+from machinery_aio.drivers.amqp.broker import AMQPBroker
+from tests.amqp.conftest import RABBIT_HOST, RABBIT_PORT, amqp_test_config
+from tests.conftest import IN_CI
 
 
 @pytest.fixture

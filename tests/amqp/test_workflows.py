@@ -22,8 +22,7 @@ from machinery_aio import (
     gotime,
 )
 from machinery_aio.runner import ETA_TOLERANCE
-
-from .conftest import (
+from tests.amqp.conftest import (
     REDIS_BACKEND_URL,
     Cleanup,
     amqp_test_config,

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from machinery_aio import Config, Server
-from machinery_aio.redisconn import RedisClient, create_redis
+from machinery_aio.drivers.redis.connection import RedisClient, create_redis
 
 config = Config.from_env()
 server = Server(config)

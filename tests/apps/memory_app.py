@@ -14,8 +14,8 @@ import os
 import sys
 
 from machinery_aio import Arg, Config, Server, Signature
-from machinery_aio.backends.memory import MemoryBackend
-from machinery_aio.brokers.memory import MemoryBroker
+from machinery_aio.drivers.memory.backend import MemoryBackend
+from machinery_aio.drivers.memory.broker import MemoryBroker
 
 
 def say(text: str) -> None:

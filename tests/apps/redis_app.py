@@ -11,7 +11,7 @@ import asyncio
 import os
 
 from machinery_aio import Config, Server
-from machinery_aio.redisconn import RedisClient, create_redis
+from machinery_aio.drivers.redis.connection import RedisClient, create_redis
 
 config = Config.from_env()
 server = Server(config)

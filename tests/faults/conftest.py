@@ -18,10 +18,9 @@ import pytest
 
 from machinery_aio import Config
 from machinery_aio.config import AMQPConfig
-from machinery_aio.redisconn import RedisClient, create_redis
-
-from ..amqp.conftest import rabbitmq, vhost  # noqa: F401 - fixtures
-from ..conftest import require_server
+from machinery_aio.drivers.redis.connection import RedisClient, create_redis
+from tests.amqp.conftest import rabbitmq, vhost  # noqa: F401 - fixtures
+from tests.conftest import require_server
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/7"

@@ -8,10 +8,9 @@ import aio_pika
 import pytest
 
 from machinery_aio import Server
-from machinery_aio.brokers import amqp_layout as layout
-from machinery_aio.redisconn import RedisClient
-
-from .conftest import amqp_config
+from machinery_aio.drivers.amqp import layout
+from machinery_aio.drivers.redis.connection import RedisClient
+from tests.faults.conftest import amqp_config
 
 pytestmark = pytest.mark.timeout(120)
 

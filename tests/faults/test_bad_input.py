@@ -19,10 +19,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from machinery_aio import Arg, Config, Server, Signature
-from machinery_aio.brokers.redis_layout import QueueKeys
-from machinery_aio.redisconn import RedisClient
-
-from .conftest import ROOT, Workers, amqp_config, cpu_seconds, record_figures, redis_config
+from machinery_aio.drivers.redis.connection import RedisClient
+from machinery_aio.drivers.redis.keys import QueueKeys
+from tests.faults.conftest import ROOT, Workers, amqp_config, cpu_seconds, record_figures, redis_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

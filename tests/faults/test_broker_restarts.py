@@ -13,10 +13,9 @@ from collections.abc import Callable
 import pytest
 
 from machinery_aio import Arg, Config, Server, Signature
-from machinery_aio.redisconn import RedisClient
-
-from ..amqp.conftest import close_vhost_connections
-from .conftest import PASSWORD, PrivateRedis, Workers, amqp_config, record_figures, redis_config
+from machinery_aio.drivers.redis.connection import RedisClient
+from tests.amqp.conftest import close_vhost_connections
+from tests.faults.conftest import PASSWORD, PrivateRedis, Workers, amqp_config, record_figures, redis_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -10,11 +10,10 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from machinery_aio import Arg, Server, Signature
-from machinery_aio.brokers.redis_consumer import RedisConsumer
-from machinery_aio.brokers.redis_scripts import CLAIM
-from machinery_aio.redisconn import RedisClient
-
-from .conftest import redis_config
+from machinery_aio.drivers.redis.connection import RedisClient
+from machinery_aio.drivers.redis.consumer import RedisConsumer
+from machinery_aio.drivers.redis.queue_scripts import CLAIM
+from tests.faults.conftest import redis_config
 
 
 async def test_a_claim_whose_reply_is_lost_is_given_back(

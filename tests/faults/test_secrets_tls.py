@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from machinery_aio import Arg, Server, Signature
-
-from .conftest import PASSWORD, PrivateRedis, Workers, record_figures, redis_config
+from tests.faults.conftest import PASSWORD, PrivateRedis, Workers, record_figures, redis_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

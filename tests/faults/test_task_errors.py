@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 
 from machinery_aio import Arg, Server, Signature, TaskFailedError
-from machinery_aio.redisconn import RedisClient
-
-from .conftest import Workers, record_figures, redis_config
+from machinery_aio.drivers.redis.connection import RedisClient
+from tests.faults.conftest import Workers, record_figures, redis_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

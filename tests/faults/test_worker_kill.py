@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 
 from machinery_aio import Arg, Config, Server, Signature
-from machinery_aio.redisconn import RedisClient
-
-from .conftest import Workers, amqp_config, record_figures, redis_config
+from machinery_aio.drivers.redis.connection import RedisClient
+from tests.faults.conftest import Workers, amqp_config, record_figures, redis_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

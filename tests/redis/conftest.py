@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from machinery_aio import Config, Server
-from machinery_aio.redisconn import RedisClient, create_redis
-
-from ..conftest import require_server
+from machinery_aio.drivers.redis.connection import RedisClient, create_redis
+from tests.conftest import require_server
 
 STANDALONE = "redis://127.0.0.1:6379/1"
 CLUSTER = "redis://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"

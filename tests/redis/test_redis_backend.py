@@ -9,12 +9,11 @@ from typing import Any
 import pytest
 
 from machinery_aio import Config, GroupMeta, Signature, State, TaskResult, TaskState
-from machinery_aio.backends.redis import CHORD_MUTEX, RedisBackend
+from machinery_aio.drivers.redis.backend import CHORD_MUTEX, RedisBackend
+from machinery_aio.drivers.redis.connection import RedisClient
 from machinery_aio.gotime import ZERO_TIME
-from machinery_aio.redisconn import RedisClient
-
-from ..conftest import GOLDEN, golden
-from .helpers import eventually
+from tests.conftest import GOLDEN, golden
+from tests.redis.helpers import eventually
 
 GOLDEN_TASK = "task_b6e536c9-a877-493d-8201-6ed9ed1aefd0"
 GOLDEN_GROUP = "group_ae13d723-0c02-4101-8392-2d5aff8c4ce4"
@@ -202,7 +201,7 @@ async def test_go_and_python_workers_trigger_each_chord_once(
 ) -> None:
     """Go's TriggerChord (redsync mutex, GET, check, SET) races ours on 15 chords: the
     Python trigger comes while Go is between its GET and its SET."""
-    from machinery_aio.locks.redis import RedsyncMutex
+    from machinery_aio.drivers.redis.lock import RedsyncMutex
 
     async def go_trigger(group: str, read: asyncio.Event) -> bool:
         async with RedsyncMutex(raw, CHORD_MUTEX, min_delay=0.005, max_delay=0.02, tries=2000):
@@ -403,7 +402,7 @@ async def test_final_states_are_not_written_without_waiting(backend: RedisBacken
 @pytest.mark.parametrize("state", list(State))
 @pytest.mark.parametrize("name", ["add", "", 'q"uo\\te <b>&', "naïve ☃", "tab\tnl\n"])
 def test_state_parts_built_directly_match_the_serialized_record(state: State, name: str) -> None:
-    from machinery_aio.backends.redis import _split_state, _state_parts
+    from machinery_aio.drivers.redis.backend import _split_state, _state_parts
     from machinery_aio.gotime import now
 
     for created in (None, now()):

@@ -10,15 +10,14 @@ from typing import Any
 import pytest
 
 from machinery_aio import Config, Signature
-from machinery_aio.brokers.redis import RedisBroker
-from machinery_aio.brokers.redis_consumer import RedisConsumer
-from machinery_aio.brokers.redis_layout import QueueKeys, slot_prefix
+from machinery_aio.drivers.redis.broker import RedisBroker
+from machinery_aio.drivers.redis.connection import RedisClient
+from machinery_aio.drivers.redis.consumer import RedisConsumer
+from machinery_aio.drivers.redis.keys import QueueKeys, slot_prefix
 from machinery_aio.gotime import parse_time, unix_nanos
-from machinery_aio.redisconn import RedisClient
-
-from ..conftest import golden
-from .conftest import make_config
-from .helpers import eventually, sig
+from tests.conftest import golden
+from tests.redis.conftest import make_config
+from tests.redis.helpers import eventually, sig
 
 
 @pytest.fixture
@@ -140,7 +139,7 @@ async def test_a_failed_ack_keeps_the_claim_and_is_sent_again(
 ) -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from machinery_aio.brokers.redis_scripts import ACK
+    from machinery_aio.drivers.redis.queue_scripts import ACK
 
     await broker.publish_many([sig(ids(i), "t", i) for i in range(3)])
     consumer = consumer_of(broker)
@@ -413,9 +412,8 @@ async def test_our_mover_and_gos_mover_move_each_task_once(
 
 
 async def test_cluster_mover_recovers_a_dead_movers_staging_list(unique: str, ids: Any) -> None:
-    from machinery_aio.brokers.redis_layout import DelayedKeys
-
-    from .conftest import CLUSTER, need
+    from machinery_aio.drivers.redis.keys import DelayedKeys
+    from tests.redis.conftest import CLUSTER, need
 
     config = make_config(need(CLUSTER), unique)
     broker = RedisBroker(config)
@@ -431,7 +429,7 @@ async def test_cluster_mover_recovers_a_dead_movers_staging_list(unique: str, id
         assert not await client.exists(keys.staging("deadmover"))
         assert await client.zscore(keys.movers, "deadmover") is None
     finally:
-        from .conftest import delete_matching
+        from tests.redis.conftest import delete_matching
 
         await delete_matching(client, f"*{unique}*")
         await broker.close()

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 
 from machinery_aio import Config
-from machinery_aio.backends.redis import RedisBackend, chord_owner_key
-from machinery_aio.backends.redis_scripts import TRIGGER_CHORD
-from machinery_aio.redisbatch import run_script
-from machinery_aio.redisconn import RedisClient
-
-from .conftest import make_config
+from machinery_aio.drivers.redis.backend import RedisBackend, chord_owner_key
+from machinery_aio.drivers.redis.batcher import run_script
+from machinery_aio.drivers.redis.connection import RedisClient
+from machinery_aio.drivers.redis.state_scripts import TRIGGER_CHORD
+from tests.redis.conftest import make_config
 
 
 @pytest.mark.parametrize("go_compatible", [True, False])

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from machinery_aio import Config, State, TaskState
-from machinery_aio.backends.redis import RedisBackend
-from machinery_aio.brokers.redis import RedisBroker
-from machinery_aio.brokers.redis_consumer import RedisConsumer
-from machinery_aio.redisconn import RedisClient
-
-from .helpers import sig
+from machinery_aio.drivers.redis.backend import RedisBackend
+from machinery_aio.drivers.redis.broker import RedisBroker
+from machinery_aio.drivers.redis.connection import RedisClient
+from machinery_aio.drivers.redis.consumer import RedisConsumer
+from tests.redis.helpers import sig
 
 ROOT = Path(__file__).resolve().parents[2]
 

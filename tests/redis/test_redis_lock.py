@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 
 from machinery_aio import Config
-from machinery_aio.factory import create_lock
-from machinery_aio.locks.redis import LockNotAcquiredError, RedisLock, RedsyncMutex
-from machinery_aio.redisconn import RedisClient
-
-from .helpers import eventually
+from machinery_aio.drivers import create_lock
+from machinery_aio.drivers.redis.connection import RedisClient
+from machinery_aio.drivers.redis.lock import LockNotAcquiredError, RedisLock, RedsyncMutex
+from tests.redis.helpers import eventually
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 
 from machinery_aio import Chord, Group, Server
-from machinery_aio.brokers.redis_layout import QueueKeys
-from machinery_aio.redisconn import RedisClient
-
-from .conftest import make_config
-from .helpers import eventually, sig
+from machinery_aio.drivers.redis.connection import RedisClient
+from machinery_aio.drivers.redis.keys import QueueKeys
+from tests.redis.conftest import make_config
+from tests.redis.helpers import eventually, sig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

@@ -22,12 +22,11 @@ from machinery_aio import (
     TaskFailedError,
     TaskState,
 )
-from machinery_aio.brokers.redis import RedisBroker
-from machinery_aio.brokers.redis_layout import QueueKeys
-from machinery_aio.redisconn import RedisClient
-
-from ..conftest import golden
-from .helpers import eventually, sig
+from machinery_aio.drivers.redis.broker import RedisBroker
+from machinery_aio.drivers.redis.connection import RedisClient
+from machinery_aio.drivers.redis.keys import QueueKeys
+from tests.conftest import golden
+from tests.redis.helpers import eventually, sig
 
 
 @pytest.fixture
@@ -250,7 +249,7 @@ async def test_dropped_connections_lose_nothing(
 ) -> None:
     """Our own connections are killed again and again (CLIENT KILL by our client name)
     while tasks run: the worker, the backend and the waiters reconnect; every task ends."""
-    from .conftest import make_config
+    from tests.redis.conftest import make_config
 
     config = make_config(redis_url, unique, client_name=f"{unique}-conn")
     server = Server(config)

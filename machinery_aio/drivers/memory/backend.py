@@ -12,10 +12,10 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from .._memstore import shared, store_name
-from ..gotime import ZERO_TIME, now
-from ..state import GroupMeta, TaskState
-from .base import ResultBackend
+from ...gotime import ZERO_TIME, now
+from ...state import GroupMeta, TaskState
+from ..backend import ResultBackend
+from .store import shared, store_name
 
 __all__ = ["MemoryBackend"]
 

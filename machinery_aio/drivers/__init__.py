@@ -6,13 +6,13 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from .config import Config, ConfigError
-from .urls import mask_url, scheme_of
+from ..config import Config, ConfigError
+from ..urls import mask_url, scheme_of
 
 if TYPE_CHECKING:
-    from .backends.base import ResultBackend
-    from .brokers.base import Broker
-    from .locks.base import Lock
+    from .backend import ResultBackend
+    from .broker import Broker
+    from .lock import Lock
 
 __all__ = ["MissingExtraError", "create_backend", "create_broker", "create_lock"]
 
@@ -31,29 +31,29 @@ class _Driver(NamedTuple):
 _REDIS = ("redis", "rediss", "redis+socket", "redis+sentinel", "rediss+sentinel")
 
 _BROKERS: dict[str, _Driver] = {
-    "memory": _Driver("machinery_aio.brokers.memory", "MemoryBroker"),
-    "eager": _Driver("machinery_aio.brokers.memory", "MemoryBroker"),
-    **{s: _Driver("machinery_aio.brokers.redis", "RedisBroker", "redis", "redis") for s in _REDIS},
-    "amqp": _Driver("machinery_aio.brokers.amqp", "AMQPBroker", "aio_pika", "amqp"),
-    "amqps": _Driver("machinery_aio.brokers.amqp", "AMQPBroker", "aio_pika", "amqp"),
+    "memory": _Driver("machinery_aio.drivers.memory.broker", "MemoryBroker"),
+    "eager": _Driver("machinery_aio.drivers.memory.broker", "MemoryBroker"),
+    **{s: _Driver("machinery_aio.drivers.redis.broker", "RedisBroker", "redis", "redis") for s in _REDIS},
+    "amqp": _Driver("machinery_aio.drivers.amqp.broker", "AMQPBroker", "aio_pika", "amqp"),
+    "amqps": _Driver("machinery_aio.drivers.amqp.broker", "AMQPBroker", "aio_pika", "amqp"),
     "sqs": _Driver("machinery_aio.brokers.sqs", "SQSBroker", "aiobotocore", "sqs"),
 }
 _BACKENDS: dict[str, _Driver] = {
-    "memory": _Driver("machinery_aio.backends.memory", "MemoryBackend"),
-    "eager": _Driver("machinery_aio.backends.memory", "MemoryBackend"),
-    "null": _Driver("machinery_aio.backends.null", "NullBackend"),
-    **{s: _Driver("machinery_aio.backends.redis", "RedisBackend", "redis", "redis") for s in _REDIS},
-    "amqp": _Driver("machinery_aio.backends.amqp", "AMQPBackend", "aio_pika", "amqp"),
-    "amqps": _Driver("machinery_aio.backends.amqp", "AMQPBackend", "aio_pika", "amqp"),
+    "memory": _Driver("machinery_aio.drivers.memory.backend", "MemoryBackend"),
+    "eager": _Driver("machinery_aio.drivers.memory.backend", "MemoryBackend"),
+    "null": _Driver("machinery_aio.drivers.null.backend", "NullBackend"),
+    **{s: _Driver("machinery_aio.drivers.redis.backend", "RedisBackend", "redis", "redis") for s in _REDIS},
+    "amqp": _Driver("machinery_aio.drivers.amqp.backend", "AMQPBackend", "aio_pika", "amqp"),
+    "amqps": _Driver("machinery_aio.drivers.amqp.backend", "AMQPBackend", "aio_pika", "amqp"),
     "memcache": _Driver("machinery_aio.backends.memcache", "MemcacheBackend", "aiomcache", "memcache"),
     "mongodb": _Driver("machinery_aio.backends.mongo", "MongoBackend", "pymongo", "mongo"),
     "mongodb+srv": _Driver("machinery_aio.backends.mongo", "MongoBackend", "pymongo", "mongo"),
     "dynamodb": _Driver("machinery_aio.backends.dynamodb", "DynamoDBBackend", "aiobotocore", "dynamodb"),
 }
 _LOCKS: dict[str, _Driver] = {
-    "memory": _Driver("machinery_aio.locks.memory", "MemoryLock"),
-    "eager": _Driver("machinery_aio.locks.memory", "MemoryLock"),
-    **{s: _Driver("machinery_aio.locks.redis", "RedisLock", "redis", "redis") for s in _REDIS},
+    "memory": _Driver("machinery_aio.drivers.memory.lock", "MemoryLock"),
+    "eager": _Driver("machinery_aio.drivers.memory.lock", "MemoryLock"),
+    **{s: _Driver("machinery_aio.drivers.redis.lock", "RedisLock", "redis", "redis") for s in _REDIS},
 }
 
 T = TypeVar("T")

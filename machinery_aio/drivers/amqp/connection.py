@@ -31,9 +31,9 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import ChannelInvalidStateError
 from yarl import URL
 
-from .config import Config, ConfigError, TLSConfig
-from .log import get_logger
-from .urls import mask_url, scheme_of
+from ...config import Config, ConfigError, TLSConfig
+from ...log import get_logger
+from ...urls import mask_url, scheme_of
 
 __all__ = [
     "FailoverConnection",

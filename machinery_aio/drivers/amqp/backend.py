@@ -17,7 +17,7 @@ Waiting does not poll: a waiter binds its own exclusive queue to the task's
 routing key and RabbitMQ pushes it a copy of every new state.
 
 Groups and chords (fired exactly once among Python workers) are in
-``backends/amqp_groups.py``. Go's documentation advises against this backend
+``groups.py``. Go's documentation advises against this backend
 at scale; see docs/amqp.md for the costs.
 """
 
@@ -40,13 +40,20 @@ from aio_pika.abc import (
 )
 from aiormq.exceptions import ChannelPreconditionFailed, PublishError
 
-from ..amqpconn import FailoverConnection, connect, connection_name, is_live, retry_transient, scratch_channel
-from ..config import Config, ConfigError
-from ..gotime import ZERO_TIME
-from ..signature import Signature
-from ..state import GroupMeta, State, TaskResult, TaskState
-from .amqp_groups import AMQPGroups, decode_state
-from .base import ResultBackend
+from ...config import Config, ConfigError
+from ...gotime import ZERO_TIME
+from ...signature import Signature
+from ...state import GroupMeta, State, TaskResult, TaskState
+from ..backend import ResultBackend
+from .connection import (
+    FailoverConnection,
+    connect,
+    connection_name,
+    is_live,
+    retry_transient,
+    scratch_channel,
+)
+from .groups import AMQPGroups, decode_state
 
 __all__ = ["AMQPBackend"]
 
@@ -324,7 +331,7 @@ class AMQPBackend(ResultBackend):
             if not future.done():
                 future.set_result(state)
 
-    # -- groups and chords (backends/amqp_groups.py) ----------------------------------
+    # -- groups and chords (groups.py) ----------------------------------
 
     async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
         await self.groups.init(group_uuid, task_uuids)

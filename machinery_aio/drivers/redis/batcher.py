@@ -29,8 +29,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .config import Config
-from .redisconn import RedisClient, create_redis
+from ...config import Config
+from .connection import RedisClient, create_redis
 
 __all__ = ["Command", "CommandBatcher", "LuaScript", "RedisHandle", "run_script"]
 

@@ -30,15 +30,15 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from ..log import get_logger
-from ..redisbatch import run_script
-from ..redisconn import RedisClient, cancel_and_wait
-from .redis_layout import DelayedKeys
-from .redis_scripts import MOVE_DUE, RECOVER_STAGING, STAGE_DUE
+from ...log import get_logger
+from .batcher import run_script
+from .connection import RedisClient, cancel_and_wait
+from .keys import DelayedKeys
+from .queue_scripts import MOVE_DUE, RECOVER_STAGING, STAGE_DUE
 
 __all__ = ["DelayedMover", "routing_key_of"]
 
-logger = get_logger("machinery_aio.brokers.redis")
+logger = get_logger("machinery_aio.drivers.redis.broker")
 
 BATCH = 1000
 """At most this many tasks are moved per script call (the mover loops while more are due)."""

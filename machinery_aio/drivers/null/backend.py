@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..state import GroupMeta, TaskState
-from .base import ResultBackend
+from ...state import GroupMeta, TaskState
+from ..backend import ResultBackend
 
 __all__ = ["NullBackend"]
 

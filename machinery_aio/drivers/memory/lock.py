@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 import time
 
-from .._memstore import shared, store_name
-from .base import Lock
+from ..lock import Lock
+from .store import shared, store_name
 
 __all__ = ["MemoryLock"]
 

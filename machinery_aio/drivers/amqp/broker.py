@@ -2,7 +2,7 @@
 
 Go and Python workers can share one RabbitMQ: the exchange, queues, delay
 queues and message properties are those Go Machinery v2 declares and sends
-(see ``brokers/amqp_layout.py`` and docs/amqp.md). Publishing waits for the
+(see ``layout.py`` and docs/amqp.md). Publishing waits for the
 broker's confirm; consumers ack only after the task's final state is recorded.
 """
 
@@ -23,13 +23,13 @@ from aio_pika.abc import (
 )
 from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed, PublishError
 
-from .. import gotime
-from ..amqpconn import FailoverConnection, connect, connection_name, peek, retry_transient, scratch_channel
-from ..config import AMQPConfig, Config, ConfigError
-from ..log import get_logger
-from ..signature import InvalidMessageError, Signature
-from . import amqp_layout as layout
-from .base import Broker, BrokerCapabilities, Consumer, DeadLetter
+from ... import gotime
+from ...config import AMQPConfig, Config, ConfigError
+from ...log import get_logger
+from ...signature import InvalidMessageError, Signature
+from ..broker import Broker, BrokerCapabilities, Consumer, DeadLetter
+from . import layout
+from .connection import FailoverConnection, connect, connection_name, peek, retry_transient, scratch_channel
 
 __all__ = ["AMQPBroker"]
 
@@ -290,7 +290,7 @@ class AMQPBroker(Broker):
     # -- consuming -----------------------------------------------------------------
 
     def consumer(self, queue: str, *, prefetch: int, tag: str) -> Consumer:
-        from .amqp_consumer import AMQPConsumer
+        from .consumer import AMQPConsumer
 
         return AMQPConsumer(self, queue, prefetch=prefetch, tag=tag)
 

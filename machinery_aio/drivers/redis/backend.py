@@ -27,22 +27,22 @@ from typing import TYPE_CHECKING, Any
 from pydantic_core import to_json
 from redis.exceptions import RedisError
 
-from ..gotime import ZERO_TIME, format_time, now
-from ..locks.redis import RedsyncMutex
-from ..log import get_logger
-from ..redisbatch import Command, CommandBatcher, RedisHandle, run_script
-from ..redisconn import RedisClient, is_cluster
-from ..state import GroupMeta, State, TaskState
-from .base import ResultBackend
-from .redis_notify import CHANNEL_PREFIX, ResultNotifier, Watch
-from .redis_scripts import COUNT_COMPLETED, SET_STATE, TRIGGER_CHORD
+from ...gotime import ZERO_TIME, format_time, now
+from ...log import get_logger
+from ...state import GroupMeta, State, TaskState
+from ..backend import ResultBackend
+from .batcher import Command, CommandBatcher, RedisHandle, run_script
+from .connection import RedisClient, is_cluster
+from .lock import RedsyncMutex
+from .notify import CHANNEL_PREFIX, ResultNotifier, Watch
+from .state_scripts import COUNT_COMPLETED, SET_STATE, TRIGGER_CHORD
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ...config import Config
 
 __all__ = ["RedisBackend"]
 
-logger = get_logger("machinery_aio.backends.redis")
+logger = get_logger("machinery_aio.drivers.redis.backend")
 
 CHORD_MUTEX = "TriggerChordMutex"
 POLL_MAX = 1.0

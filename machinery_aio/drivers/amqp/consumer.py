@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
-from ..amqpconn import is_live
-from ..log import get_logger
-from .base import Consumer, Delivery
+from ...log import get_logger
+from ..broker import Consumer, Delivery
+from .connection import is_live
 
 if TYPE_CHECKING:
-    from .amqp import AMQPBroker
+    from .broker import AMQPBroker
 
 __all__ = ["AMQPConsumer"]
 

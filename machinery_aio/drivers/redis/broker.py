@@ -4,10 +4,10 @@
   JSON, with the RoutingKey filled in.
 * A task whose ETA is in the future goes to the ZSET ``delayed_tasks``
   (``redis.delayed_tasks_key``) scored by its ETA in Unix nanoseconds;
-  :class:`~.redis_delayed.DelayedMover` moves it to its RoutingKey's list when
+  :class:`~.delayed.DelayedMover` moves it to its RoutingKey's list when
   due.
 * Workers claim messages into a processing list and ack them only after the
-  final state is recorded (:mod:`.redis_consumer`), so a Go worker (BLPOP)
+  final state is recorded (:mod:`.consumer`), so a Go worker (BLPOP)
   and a Python worker can share one queue and one delayed set, and a Python
   worker that dies loses nothing.
 
@@ -20,23 +20,23 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..gotime import unix_nanos
-from ..log import get_logger
-from ..redisbatch import Command, CommandBatcher, RedisHandle, run_script
-from ..redisconn import RedisClient, is_cluster
-from ..signature import InvalidMessageError, Signature
-from .base import Broker, BrokerCapabilities, Consumer, DeadLetter
-from .redis_consumer import RedisConsumer
-from .redis_delayed import DelayedMover
-from .redis_layout import QueueKeys
-from .redis_scripts import PURGE
+from ...gotime import unix_nanos
+from ...log import get_logger
+from ...signature import InvalidMessageError, Signature
+from ..broker import Broker, BrokerCapabilities, Consumer, DeadLetter
+from .batcher import Command, CommandBatcher, RedisHandle, run_script
+from .connection import RedisClient, is_cluster
+from .consumer import RedisConsumer
+from .delayed import DelayedMover
+from .keys import QueueKeys
+from .queue_scripts import PURGE
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ...config import Config
 
 __all__ = ["RedisBroker"]
 
-logger = get_logger("machinery_aio.brokers.redis")
+logger = get_logger("machinery_aio.drivers.redis.broker")
 
 
 class RedisBroker(Broker):

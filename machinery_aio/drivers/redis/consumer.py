@@ -20,20 +20,20 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..gotime import format_time, now
-from ..log import get_logger
-from ..redisbatch import LuaScript, run_script
-from ..redisconn import cancel_and_wait
-from .base import Consumer, DeadLetter, Delivery
-from .redis_layout import QueueKeys
-from .redis_scripts import ACK, CLAIM, DEAD_LETTER, HEARTBEAT, RELEASE, REQUEUE, RETURN_ALL
+from ...gotime import format_time, now
+from ...log import get_logger
+from ..broker import Consumer, DeadLetter, Delivery
+from .batcher import LuaScript, run_script
+from .connection import cancel_and_wait
+from .keys import QueueKeys
+from .queue_scripts import ACK, CLAIM, DEAD_LETTER, HEARTBEAT, RELEASE, REQUEUE, RETURN_ALL
 
 if TYPE_CHECKING:
-    from .redis import RedisBroker
+    from .broker import RedisBroker
 
 __all__ = ["RedisConsumer"]
 
-logger = get_logger("machinery_aio.brokers.redis")
+logger = get_logger("machinery_aio.drivers.redis.broker")
 
 
 class RedisConsumer(Consumer):

@@ -6,7 +6,7 @@ text, never re-encoded, except as a fallback for records not in Go's shape.
 
 from __future__ import annotations
 
-from ..redisbatch import LuaScript
+from .batcher import LuaScript
 
 __all__ = ["COUNT_COMPLETED", "SET_STATE", "TRIGGER_CHORD"]
 

@@ -14,9 +14,9 @@ import secrets
 from types import TracebackType
 from typing import Any
 
-from ..redisbatch import LuaScript, run_script
-from ..redisconn import RedisClient, create_redis
-from .base import Lock
+from ..lock import Lock
+from .batcher import LuaScript, run_script
+from .connection import RedisClient, create_redis
 
 __all__ = ["LockNotAcquiredError", "RedisLock", "RedsyncMutex"]
 

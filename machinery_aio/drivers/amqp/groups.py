@@ -27,14 +27,14 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import ChannelLockedResource, ChannelNotFoundEntity
 from pydantic import ValidationError
 
-from ..amqpconn import peek, retry_transient, scratch_channel
-from ..gotime import now
-from ..log import get_logger
-from ..signature import Signature
-from ..state import GroupMeta, TaskState, parse_state
+from ...gotime import now
+from ...log import get_logger
+from ...signature import Signature
+from ...state import GroupMeta, TaskState, parse_state
+from .connection import peek, retry_transient, scratch_channel
 
 if TYPE_CHECKING:
-    from .amqp import AMQPBackend
+    from .backend import AMQPBackend
 
 __all__ = ["AMQPGroups", "lock_queue", "meta_queue"]
 
@@ -65,7 +65,7 @@ def decode_state(body: bytes, where: str) -> TaskState | None:
 
 
 class AMQPGroups:
-    """The group and chord half of :class:`~machinery_aio.backends.amqp.AMQPBackend`."""
+    """The group and chord half of :class:`~machinery_aio.drivers.amqp.backend.AMQPBackend`."""
 
     def __init__(self, backend: AMQPBackend) -> None:
         self.backend = backend

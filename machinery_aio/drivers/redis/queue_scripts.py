@@ -3,7 +3,7 @@ except MOVE_DUE, which runs on a single Redis only (see DelayedMover)."""
 
 from __future__ import annotations
 
-from ..redisbatch import LuaScript
+from .batcher import LuaScript
 
 __all__ = [
     "CLAIM",

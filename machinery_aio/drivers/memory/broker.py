@@ -17,10 +17,10 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from .._memstore import shared, store_name
-from ..gotime import unix_nanos
-from ..signature import Signature
-from .base import Broker, BrokerCapabilities, Consumer, DeadLetter, Delivery
+from ...gotime import unix_nanos
+from ...signature import Signature
+from ..broker import Broker, BrokerCapabilities, Consumer, DeadLetter, Delivery
+from .store import shared, store_name
 
 __all__ = ["MemoryBroker"]
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, unquote
 
-from .config import Config, ConfigError
-from .urls import mask_url
+from ...config import Config, ConfigError
+from ...urls import mask_url
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import AMQPConfig
+from ...config import AMQPConfig
 
 __all__ = [
     "DEAD_LETTER_EXCHANGE",

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ..log import get_logger
-from ..redisconn import RedisClient, cancel_and_wait
+from ...log import get_logger
+from .connection import RedisClient, cancel_and_wait
 
 __all__ = ["CHANNEL_PREFIX", "ResultNotifier", "Watch"]
 
-logger = get_logger("machinery_aio.backends.redis")
+logger = get_logger("machinery_aio.drivers.redis.backend")
 
 CHANNEL_PREFIX = "machinery_aio:done:"
 CONFIRM_TIMEOUT = 5.0
