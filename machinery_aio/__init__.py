@@ -4,11 +4,13 @@ from .config import Config, ConfigError
 from .context import TaskContext
 from .drivers import MissingExtraError
 from .errors import (
+    ConnectionFailedError,
     MachineryError,
     TaskFailedError,
     TaskNotRegisteredError,
     TaskTimeLimitExceeded,
 )
+from .middleware import Middleware, TaskOutcome
 from .result import AsyncResult, ChainAsyncResult, ChordAsyncResult
 from .retry import RetryTaskLater
 from .server import Server
@@ -29,10 +31,12 @@ __all__ = [
     "ChordAsyncResult",
     "Config",
     "ConfigError",
+    "ConnectionFailedError",
     "Group",
     "GroupMeta",
     "InvalidMessageError",
     "MachineryError",
+    "Middleware",
     "MissingExtraError",
     "RetryTaskLater",
     "Server",
@@ -42,6 +46,7 @@ __all__ = [
     "TaskContext",
     "TaskFailedError",
     "TaskNotRegisteredError",
+    "TaskOutcome",
     "TaskResult",
     "TaskState",
     "TaskTimeLimitExceeded",

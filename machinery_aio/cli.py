@@ -10,21 +10,25 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import inspect
 import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError
 from .drivers import MissingExtraError
-from .errors import TaskFailedError
+from .errors import ConnectionFailedError, TaskFailedError
 from .log import setup_logging
+from .runner import error_text
 from .server import Server
 from .signature import Arg, Signature
-from .urls import mask_url
+from .tasks import Task
+from .urls import mask_secrets, mask_url
 
 __all__ = ["load_app", "main"]
 
@@ -51,7 +55,8 @@ class CLIError(Exception):
 def load_app(spec: str) -> Server:
     """Import ``module:attribute`` (or ``module``, meaning ``module:server``) as a Server.
 
-    The attribute may be a Server or a function returning one.
+    The attribute is a Server, or a factory: a function that takes no arguments and
+    returns one (unannotated, or annotated to return a Server). Nothing else is called.
     """
     module_name, _, attr = spec.partition(":")
     attr = attr or "server"
@@ -65,18 +70,61 @@ def load_app(spec: str) -> Server:
         obj = getattr(module, attr)
     except AttributeError:
         raise CLIError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(obj, Server) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, Server):
-        raise CLIError(f"{spec} is a {type(obj).__name__}, not a machinery_aio.Server")
-    return obj
+    if isinstance(obj, Server):
+        return obj
+    what = "a task" if isinstance(obj, Task) else f"a {type(obj).__name__}"
+    if not _is_factory(obj):
+        raise CLIError(
+            f"--app {spec}: a machinery_aio.Server was expected (or a function with no arguments "
+            f"returning one), but {attr!r} is {what}"
+        )
+    made = obj()
+    if not isinstance(made, Server):
+        raise CLIError(f"--app {spec}: {attr}() returned a {type(made).__name__}, not a machinery_aio.Server")
+    return made
+
+
+def _is_factory(obj: Any) -> bool:
+    """A plain function with no required parameters whose return annotation, if any, is a Server."""
+    if not inspect.isfunction(obj) or inspect.iscoroutinefunction(obj):
+        return False
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return False
+    for param in signature.parameters.values():
+        required = param.default is param.empty
+        if required and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            return False
+    hint = signature.return_annotation
+    if hint is signature.empty:
+        return True
+    if isinstance(hint, str):
+        return hint.rsplit(".", 1)[-1].strip("'\"") in ("Server", "Server | None")
+    return isinstance(hint, type) and issubclass(hint, Server)
 
 
 def _server(args: argparse.Namespace) -> Server:
     if args.app:
-        return load_app(args.app)
+        server = load_app(args.app)
+        if server.broker.capabilities.in_process and args.command in ("worker", "beat"):
+            logging.getLogger("machinery_aio.cli").warning(
+                "the broker is %s: it lives in this process, so this %s only sees what "
+                "the process itself sends",
+                server.broker.describe(),
+                args.command,
+            )
+        return server
     config = Config.from_yaml(args.config) if args.config else Config.from_env(args.env_prefix)
-    return Server(config)
+    server = Server(config)
+    if server.broker.capabilities.in_process:
+        source = f"--config {args.config}" if args.config else f"the environment ({args.env_prefix}BROKER)"
+        raise CLIError(
+            f"no broker is configured in {source}, and the default memory:// broker lives in one "
+            f"process, so {args.command} would see nothing: set {args.env_prefix}BROKER, use --config "
+            f"FILE.yml, or -A module:server"
+        )
+    return server
 
 
 def parse_cli_arg(text: str) -> Arg:
@@ -143,20 +191,18 @@ async def _worker(args: argparse.Namespace) -> int:
         run_scheduler=not args.no_scheduler,
     )
     print(banner(server, worker.tag, worker.queue, worker.concurrency), file=sys.stderr)
-    try:
+    async with _closing(server):
         await worker.launch()
-    finally:
-        await server.close()
     return 0
 
 
 async def _beat(args: argparse.Namespace) -> int:
-    from .periodic import Scheduler, run_beat
+    from .periodic import run_beat
 
     server = _server(args)
-    try:
-        scheduler = server.scheduler_for_worker()
-        if not isinstance(scheduler, Scheduler) or not scheduler.entries:
+    async with _closing(server):
+        scheduler = server.scheduler
+        if not scheduler.entries:
             raise CLIError(
                 "no periodic tasks are registered on this server "
                 "(server.register_periodic_task(...) in the --app module)"
@@ -164,35 +210,38 @@ async def _beat(args: argparse.Namespace) -> int:
         names = ", ".join(sorted(scheduler.entries))
         print(
             f"machinery-aio {__version__} beat\n  locks:    {server.lock.describe()}\n"
-            f"  broker:   {mask_url(server.config.broker)}\n  periodic: {names}",
+            f"  broker:   {server.broker.describe()}\n  periodic: {names}",
             file=sys.stderr,
         )
-        await run_beat(scheduler)
+        await run_beat(scheduler, handle_signals=not server.config.no_unix_signals)
         return 0
-    finally:
-        await server.close()
 
 
 async def _send(args: argparse.Namespace) -> int:
     server = _server(args)
     # memory:// lives in this process: nobody else can run the task, so run it here.
-    local = server.broker.scheme == "memory"
-    try:
-        if local and args.no_wait:
-            raise CLIError(
-                "--no-wait with the in-process memory:// broker would lose the task; "
-                "configure a broker that other processes share"
+    local = server.broker.capabilities.in_process
+    if local and args.no_wait:
+        raise CLIError(
+            "--no-wait with the in-process memory:// broker would lose the task; "
+            "configure a broker that other processes share"
+        )
+    if not args.no_wait and not server.backend.capabilities.stores_results:
+        raise CLIError(f"the result backend {server.backend.describe()} stores no results: use --no-wait")
+    if not args.no_wait and not local and server.backend.capabilities.in_process:
+        raise CLIError(
+            f"the result backend is {server.backend.describe()}, which no worker process can write "
+            "to: set RESULT_BACKEND to a shared backend, or use --no-wait"
+        )
+    async with _closing(server):
+        task_args = _send_args(server, args)
+        if args.app and not server.is_task_registered(args.name):
+            known = ", ".join(server.get_registered_task_names()) or "none"
+            print(
+                f"machinery-aio: warning: no task {args.name!r} is registered in {args.app} "
+                f"(registered: {known}); only a worker that knows it can run it",
+                file=sys.stderr,
             )
-        try:
-            if server.is_task_registered(args.name) and not any(":" in a for a in args.args):
-                values = [json.loads(a) if _is_json(a) else a for a in args.args]
-                function = server.get_registered_task(args.name)
-                task_args = function.build_args(values, {})
-                function.convert_args([a.python_value() for a in task_args])  # as the worker will
-            else:
-                task_args = [parse_cli_arg(a) for a in args.args]
-        except (TypeError, ValueError) as exc:
-            raise CLIError(str(exc)) from None
         sig = Signature(name=args.name, args=task_args, routing_key=args.queue or "")
         if args.countdown:
             from datetime import UTC, datetime, timedelta
@@ -217,8 +266,20 @@ async def _send(args: argparse.Namespace) -> int:
             return 3
         _print_json(value)
         return 0
-    finally:
-        await server.close()
+
+
+def _send_args(server: Server, args: argparse.Namespace) -> list[Arg]:
+    """The command line's args, checked against the task's parameters when it is known."""
+    try:
+        if server.is_task_registered(args.name) and not any(":" in a for a in args.args):
+            values = [json.loads(a) if _is_json(a) else a for a in args.args]
+            function = server.get_registered_task(args.name)
+            task_args = function.build_args(values, {})
+            function.convert_args([a.python_value() for a in task_args])  # as the worker will
+            return task_args
+        return [parse_cli_arg(a) for a in args.args]
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _is_json(text: str) -> bool:
@@ -231,43 +292,59 @@ def _is_json(text: str) -> bool:
 
 async def _inspect(args: argparse.Namespace) -> int:
     server = _server(args)
-    try:
+    what = args.what
+    if args.limit < 1:
+        raise CLIError("--limit must be 1 or more")
+    caps = server.broker.capabilities
+    if what == "delayed" and not caps.list_delayed:
+        raise CLIError(f"{server.broker.describe()} cannot list delayed tasks (docs/cli.md says why)")
+    if what == "dead" and not caps.dead_letters:
+        raise CLIError(f"{server.broker.describe()} keeps no dead letters")
+    if what == "pending" and not caps.list_pending:
+        raise CLIError(f"{server.broker.describe()} cannot list pending tasks")
+    if what == "state" and not args.uuid:
+        raise CLIError("inspect state needs a task UUID")
+    if what == "registered":
+        _print_json(server.get_registered_task_names())
+        return 0
+    if what == "periodic":
+        _print_json(await server.describe_periodic())
+        return 0
+    async with _closing(server):
         await server.connect()
-        what = args.what
+        broker = server.broker
+        queue = args.queue or server.config.default_queue
         if what == "state":
-            if not args.uuid:
-                raise CLIError("inspect state needs a task UUID")
             state = await server.backend.get_state(args.uuid)
             if state is None:
                 print(f"no state stored for {args.uuid}", file=sys.stderr)
                 return 1
             _print_json(state.model_dump(mode="json", by_alias=True))
         elif what == "pending":
-            tasks = await server.broker.get_pending_tasks(args.queue)
-            _print_json([_summary(t) for t in tasks])
-            print(f"{len(tasks)} pending", file=sys.stderr)
+            count = await broker.count_pending(queue)
+            tasks = [_summary(t) for t in await broker.get_pending_tasks(queue, args.limit)]
+            held = await broker.get_held_tasks(queue, args.limit)
+            tasks += [{**_summary(t), "held": True} for t in held]
+            _print_json(tasks)
+            shown = f" (first {args.limit} shown)" if count > args.limit else ""
+            print(f"{count} pending in {queue!r}{shown}", file=sys.stderr)
+            if held:
+                print(
+                    f"{len(held)} taken by workers and not finished (running, or handed back for "
+                    f'later because no worker knows the task\'s name); listed with "held": true',
+                    file=sys.stderr,
+                )
         elif what == "delayed":
-            tasks = await server.broker.get_delayed_tasks()
-            _print_json([_summary(t) for t in tasks])
-            print(f"{len(tasks)} delayed", file=sys.stderr)
+            delayed = await broker.get_delayed_tasks(args.limit)
+            _print_json([_summary(t) for t in delayed])
+            more = " (the limit)" if len(delayed) == args.limit else ""
+            print(f"{len(delayed)} delayed{more}", file=sys.stderr)
         elif what == "dead":
-            letters = await server.broker.get_dead_letters(args.queue)
+            letters = await broker.get_dead_letters(queue, args.limit)
             _print_json([letter.model_dump() for letter in letters])
-            print(f"{len(letters)} dead letters", file=sys.stderr)
-        elif what == "registered":
-            _print_json(server.get_registered_task_names())
-        elif what == "periodic":
-            lister: Callable[[], Awaitable[list[dict[str, Any]]]] | None = getattr(
-                server, "describe_periodic", None
-            )
-            if lister is None:
-                raise CLIError("this version has no periodic tasks")
-            _print_json(await lister())
+            more = " (the limit)" if len(letters) == args.limit else ""
+            print(f"{len(letters)} dead letters{more}", file=sys.stderr)
         return 0
-    except NotImplementedError as exc:
-        raise CLIError(str(exc)) from None
-    finally:
-        await server.close()
 
 
 def _summary(sig: Signature) -> dict[str, Any]:
@@ -286,13 +363,23 @@ async def _purge(args: argparse.Namespace) -> int:
     queue = args.queue or server.config.default_queue
     if not args.yes:
         raise CLIError(f"purge deletes every pending task in {queue!r}; add --yes to confirm")
-    try:
+    async with _closing(server):
         await server.connect()
         count = await server.broker.purge(queue)
         print(f"purged {count} tasks from {queue}")
         return 0
+
+
+@contextlib.asynccontextmanager
+async def _closing(server: Server) -> AsyncIterator[Server]:
+    """Close the server's connections afterwards; a failure to close is only logged."""
+    try:
+        yield server
     finally:
-        await server.close()
+        try:
+            await server.close()
+        except Exception as exc:
+            logging.getLogger("machinery_aio.cli").debug("closing the connections failed: %s", exc)
 
 
 # -- parser ------------------------------------------------------------------------
@@ -312,7 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--env-prefix", default="", help="prefix of the environment variables when --app is not given"
     )
-    common.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    common.add_argument(
+        "--loglevel",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="DEBUG, INFO (the default: one line per task received, succeeded, retried or failed), "
+        "WARNING, ERROR",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = sub.add_parser(
@@ -384,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("what", choices=["state", "pending", "delayed", "dead", "registered", "periodic"])
     inspect.add_argument("uuid", nargs="?", help="task UUID (for state)")
     inspect.add_argument("-Q", "--queue", help="queue (default: the config's default_queue)")
+    inspect.add_argument(
+        "--limit", type=int, default=100, help="list at most this many tasks or dead letters. Default 100"
+    )
     inspect.set_defaults(func=_inspect)
 
     purge = sub.add_parser("purge", parents=[common], help="delete every pending task in a queue")
@@ -408,7 +505,7 @@ def _run(coro: Awaitable[int], use_uvloop: bool | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.loglevel.upper())
+    setup_logging(args.loglevel)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     try:
@@ -416,8 +513,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ConfigError, MissingExtraError) as exc:
         print(f"machinery-aio: error: {exc}", file=sys.stderr)
         return 2
+    except ConnectionFailedError as exc:
+        print(f"machinery-aio: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # One line, passwords masked; the traceback only when asked for.
+        print(f"machinery-aio: error: {mask_secrets(error_text(exc, with_type=True))}", file=sys.stderr)
+        if args.loglevel == "DEBUG":
+            print(mask_secrets(traceback.format_exc()), file=sys.stderr)
+        else:
+            print("(--loglevel DEBUG shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,10 +22,7 @@ __all__ = [
     "AMQPConfig",
     "Config",
     "ConfigError",
-    "DynamoDBConfig",
-    "MongoDBConfig",
     "RedisConfig",
-    "SQSConfig",
     "TLSConfig",
 ]
 
@@ -64,92 +61,57 @@ class AMQPConfig(_Section):
     binding_key: str = ""
     """Empty means "the queue's own name"; Go's default ``machinery_task`` makes a
     phantom queue next to ``machinery_tasks`` (Go issues #262, #378)."""
-    prefetch_count: int = Field(3, ge=0)
+    prefetch_count: int = Field(default=3, ge=0)
     auto_delete: bool = False
     delayed_queue: str = ""
-
-
-class SQSConfig(_Section):
-    """SQS settings (Go's ``SQSConfig``), plus the AWS region and endpoint."""
-
-    wait_time_seconds: int = Field(
-        20,
-        ge=0,
-        le=20,
-        validation_alias=AliasChoices("wait_time_seconds", "receive_wait_time_seconds"),
-    )
-    visibility_timeout: int | None = Field(
-        None,
-        ge=0,
-        le=43200,
-        validation_alias=AliasChoices("visibility_timeout", "receive_visibility_timeout"),
-    )
-    visibility_heartbeat: bool = Field(
-        True, validation_alias=AliasChoices("visibility_heartbeat", "visibility_hearth_beat")
-    )
-    region: str = ""
-    endpoint_url: str = ""
 
 
 class RedisConfig(_Section):
     """Redis settings (Go's ``RedisConfig``)."""
 
-    max_idle: int = Field(3, ge=0)
-    max_active: int = Field(0, ge=0)
+    max_idle: int = Field(default=3, ge=0)
+    max_active: int = Field(default=0, ge=0)
     """Connection pool size; 0 picks a size from the worker's concurrency."""
-    idle_timeout: int = Field(240, ge=0, validation_alias=AliasChoices("idle_timeout", "max_idle_timeout"))
+    idle_timeout: int = Field(
+        default=240, ge=0, validation_alias=AliasChoices("idle_timeout", "max_idle_timeout")
+    )
     wait: bool = True
-    read_timeout: int = Field(15, ge=0)
-    write_timeout: int = Field(15, ge=0)
-    connect_timeout: int = Field(15, ge=0)
-    normal_tasks_poll_period: int = Field(1000, ge=0)
+    read_timeout: int = Field(default=15, ge=0)
+    write_timeout: int = Field(default=15, ge=0)
+    connect_timeout: int = Field(default=15, ge=0)
+    normal_tasks_poll_period: int = Field(default=1000, ge=0)
     """Milliseconds a consumer blocks on an empty queue before checking for shutdown."""
-    delayed_tasks_poll_period: int = Field(500, ge=0)
+    delayed_tasks_poll_period: int = Field(default=500, ge=0)
     """Upper bound, in ms, on how long the delayed-task mover sleeps between checks."""
     delayed_tasks_key: str = "delayed_tasks"
     client_name: str = ""
     master_name: str = ""
     cluster_enabled: bool = False
     sentinel_password: str = ""
-    consumer_timeout: float = Field(30.0, gt=0)
+    consumer_timeout: float = Field(default=30.0, gt=0)
     """Seconds without a heartbeat after which a Python worker is presumed dead and the
     messages it claimed go back to the queue (not in Go)."""
-
-
-class DynamoDBConfig(_Section):
-    """DynamoDB backend settings (Go's ``DynamoDBConfig``)."""
-
-    task_states_table: str = "task_states"
-    group_metas_table: str = "group_metas"
-    region: str = ""
-    endpoint_url: str = ""
-
-
-class MongoDBConfig(_Section):
-    """MongoDB backend settings."""
-
-    database: str = "machinery"
 
 
 class Config(BaseModel):
     """Everything a server, worker and scheduler need to know.
 
     ``Config()`` uses the embedded ``memory://`` broker and backend, which need
-    no server. URLs choose the implementations: ``redis://``, ``amqp://``,
-    ``https://sqs...``, ``memcache://``, ``mongodb://``, ``https://dynamodb...``,
-    ``null://``.
+    no server. URLs choose the drivers: ``redis://`` (and ``rediss://``,
+    ``redis+socket://``, Sentinel, Cluster), ``amqp://`` / ``amqps://``; for results
+    also ``null://``.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     broker: str = "memory://"
     lock: str = ""
-    """Lock URL for periodic tasks; empty means the result backend if it can lock
-    (Redis), else the broker if it can (Redis), else in-memory."""
+    """Lock URL for periodic tasks; empty means the result backend's URL if its driver has a
+    lock (Redis), else the broker's if its driver has one, else in-memory."""
     multiple_broker_separator: str = ""
     default_queue: str = "machinery_tasks"
     result_backend: str = "memory://"
-    results_expire_in: int = Field(3600, ge=0)
+    results_expire_in: int = Field(default=3600, ge=0)
     """Seconds a result lives; 0 means Go's default of 3600."""
     no_unix_signals: bool = False
     go_compatible: bool = True
@@ -158,10 +120,7 @@ class Config(BaseModel):
     app_name: str = ""
     """Used in periodic lock keys as Go uses ``basename(argv[0])``; empty means the same."""
     amqp: AMQPConfig = Field(default_factory=AMQPConfig)
-    sqs: SQSConfig = Field(default_factory=SQSConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
-    dynamodb: DynamoDBConfig = Field(default_factory=DynamoDBConfig)
-    mongodb: MongoDBConfig = Field(default_factory=MongoDBConfig)
     tls: TLSConfig = Field(default_factory=TLSConfig)
 
     _source: Path | None = PrivateAttr(default=None)
@@ -338,11 +297,6 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AMQP_PREFETCH_COUNT": ("amqp.prefetch_count", _parse_int),
     "AMQP_AUTO_DELETE": ("amqp.auto_delete", _parse_bool),
     "AMQP_DELAYED_QUEUE": ("amqp.delayed_queue", _str),
-    "SQS_WAIT_TIME_SECONDS": ("sqs.wait_time_seconds", _parse_int),
-    "SQS_VISIBILITY_TIMEOUT": ("sqs.visibility_timeout", _parse_int),
-    "SQS_VISIBILITY_HEARTBEAT": ("sqs.visibility_heartbeat", _parse_bool),
-    "SQS_REGION": ("sqs.region", _str),
-    "SQS_ENDPOINT_URL": ("sqs.endpoint_url", _str),
     "REDIS_MAX_IDLE": ("redis.max_idle", _parse_int),
     "REDIS_MAX_ACTIVE": ("redis.max_active", _parse_int),
     "REDIS_IDLE_TIMEOUT": ("redis.idle_timeout", _parse_int),
@@ -358,13 +312,6 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_CLUSTER_ENABLED": ("redis.cluster_enabled", _parse_bool),
     "REDIS_SENTINEL_PASSWORD": ("redis.sentinel_password", _str),
     "REDIS_CONSUMER_TIMEOUT": ("redis.consumer_timeout", float),
-    "TASK_STATES_TABLE": ("dynamodb.task_states_table", _str),
-    "GROUP_METAS_TABLE": ("dynamodb.group_metas_table", _str),
-    "DYNAMODB_TASK_STATES_TABLE": ("dynamodb.task_states_table", _str),
-    "DYNAMODB_GROUP_METAS_TABLE": ("dynamodb.group_metas_table", _str),
-    "DYNAMODB_REGION": ("dynamodb.region", _str),
-    "DYNAMODB_ENDPOINT_URL": ("dynamodb.endpoint_url", _str),
-    "MONGODB_DATABASE": ("mongodb.database", _str),
     "TLS_CA_FILE": ("tls.ca_file", _str),
     "TLS_CERT_FILE": ("tls.cert_file", _str),
     "TLS_KEY_FILE": ("tls.key_file", _str),
@@ -372,11 +319,11 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
 }
 
 # envconfig also reads a nested field under its struct's name first (AMQP_AMQP_EXCHANGE,
-# REDIS_REDIS_MAX_IDLE, SQS_SQS_WAIT_TIME_SECONDS); listed last, so that form wins, as in Go.
+# REDIS_REDIS_MAX_IDLE); listed last, so that form wins, as in Go.
 _ENV_VARS.update(
     {
         f"{path.partition('.')[0].upper()}_{name}": (path, parse)
         for name, (path, parse) in list(_ENV_VARS.items())
-        if path.partition(".")[0] in ("amqp", "sqs", "redis")
+        if path.partition(".")[0] in ("amqp", "redis")
     }
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from .retry import RetryTaskLater
@@ -11,19 +10,24 @@ from .signature import Signature
 
 __all__ = ["TaskContext"]
 
+_TASK_LOGGER = logging.getLogger("machinery_aio.task")
 
-@dataclass(slots=True)
+
 class TaskContext:
-    """Passed as the first argument to a task whose first parameter is annotated with it.
+    """Passed as the first argument to a task whose first parameter is annotated with it,
+    and to middlewares' ``before_task`` and ``after_task``.
 
     The Python twin of the ``context.Context`` a Go task may take.
     """
 
-    signature: Signature
-    worker_tag: str = ""
-    logger: logging.LoggerAdapter[logging.Logger] = field(
-        default_factory=lambda: logging.LoggerAdapter(logging.getLogger("machinery_aio.task"))
-    )
+    __slots__ = ("_logger", "data", "signature", "worker_tag")
+
+    def __init__(self, signature: Signature, worker_tag: str = "") -> None:
+        self.signature = signature
+        self.worker_tag = worker_tag
+        self.data: dict[str, Any] = {}
+        """Per-run values a middleware carries from ``before_task`` to ``after_task``."""
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
 
     @property
     def task_uuid(self) -> str:
@@ -42,6 +46,17 @@ class TaskContext:
     def headers(self) -> dict[str, Any]:
         return self.signature.headers if self.signature.headers is not None else {}
 
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry ``task_name`` and ``task_uuid``."""
+        if self._logger is None:
+            extra = {"task_name": self.signature.name, "task_uuid": self.signature.uuid}
+            self._logger = logging.LoggerAdapter(_TASK_LOGGER, extra)
+        return self._logger
+
     def retry_later(self, msg: str = "retry later", delay: float = 1.0) -> RetryTaskLater:
         """Build the exception to ``raise`` to run this task again after ``delay`` s."""
         return RetryTaskLater(msg, delay)
+
+    def __repr__(self) -> str:
+        return f"<TaskContext {self.signature.name} {self.signature.uuid}>"

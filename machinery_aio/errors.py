@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ConnectionFailedError",
     "MachineryError",
     "TaskFailedError",
     "TaskNotRegisteredError",
@@ -34,3 +35,7 @@ class TaskNotRegisteredError(MachineryError, KeyError):
 
 class TaskTimeLimitExceeded(MachineryError, TimeoutError):
     """A task ran longer than its time limit and was cancelled."""
+
+
+class ConnectionFailedError(MachineryError, ConnectionError):
+    """The broker or result backend could not be reached; the message names it (masked)."""

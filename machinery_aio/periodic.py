@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from .cron import Schedule, parse_schedule, zone_name
 from .log import get_logger
 from .signature import Signature, new_chord_uuid, new_task_uuid
-from .urls import scheme_of
 from .workflow import Chain, Chord, Group
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .drivers.lock import Lock
+    from .publisher import Publisher
 
 __all__ = [
     "PERIODIC_NAME_HEADER",
@@ -178,6 +178,11 @@ class Scheduler:
     """Sends every registered entry on its schedule, once per tick across all schedulers.
 
     Args:
+        publisher: sends each tick's work.
+        lock: one lock per tick keeps a tick single across schedulers.
+        app_name: part of the lock keys (Go uses the basename of ``argv[0]``).
+        go_compatible: also take Go Machinery's lock key, so Go schedulers of the
+            same app stay out.
         clock_skew: the largest difference, in seconds, between the clocks of
             the hosts running schedulers. Tick locks live long enough to cover it.
         misfire_grace: how late, in seconds, a tick may still be sent (the loop
@@ -187,15 +192,21 @@ class Scheduler:
 
     def __init__(
         self,
-        server: Server,
+        publisher: Publisher,
+        lock: Lock,
         *,
+        app_name: str = "",
+        go_compatible: bool = True,
         clock_skew: float = 5.0,
         misfire_grace: float = 10.0,
         stop_timeout: float = 10.0,
     ) -> None:
         if clock_skew < 0 or misfire_grace < 0 or stop_timeout < 0:
             raise ValueError("clock_skew, misfire_grace and stop_timeout must not be negative")
-        self.server = server
+        self.publisher = publisher
+        self.lock = lock
+        self.app_name = app_name
+        self.go_compatible = go_compatible
         self.clock_skew = clock_skew
         self.misfire_grace = misfire_grace
         self.stop_timeout = stop_timeout
@@ -227,13 +238,13 @@ class Scheduler:
 
     def tick_key(self, entry: PeriodicEntry, tick: datetime) -> str:
         """``machinery_periodic:[<app_name>:]<name>:<tick unix seconds>``."""
-        app = self.server.config.app_name
+        app = self.app_name
         prefix = f"machinery_periodic:{app}:" if app else "machinery_periodic:"
         return f"{prefix}{entry.name}:{int(tick.timestamp())}"
 
     def go_key(self, entry: PeriodicEntry) -> str:
         """Go's key: ``machinery_lock_`` + app name (Go: basename of argv[0]) + name + spec."""
-        app = self.server.config.app_name or os.path.basename(sys.argv[0])
+        app = self.app_name or os.path.basename(sys.argv[0])
         return f"machinery_lock_{app}{entry.name}{entry.spec}"
 
     # -- running -------------------------------------------------------------------
@@ -247,11 +258,7 @@ class Scheduler:
         self._running = True
         self._idle.clear()
         try:
-            try:
-                lock = self.server.lock
-            except Exception as exc:
-                logger.error("periodic tasks cannot run: no lock: %s", exc)
-                raise
+            lock = self.lock
             now = _now()
             for entry in list(self.entries.values()):
                 self._start(entry, now)
@@ -259,11 +266,7 @@ class Scheduler:
                 logger.info(
                     "scheduler running %d periodic entries (locks in %s)", len(self.entries), lock.describe()
                 )
-                if lock.scheme == "memory" and scheme_of(self.server.broker.url) not in (
-                    "",
-                    "memory",
-                    "eager",
-                ):
+                if lock.capabilities.in_process and not self.publisher.broker.capabilities.in_process:
                     logger.warning(
                         "periodic tasks use the in-memory lock, which keeps ticks single "
                         "only within this process; with several worker or beat "
@@ -403,14 +406,14 @@ class Scheduler:
         ttl = max(margin, (next_tick - _now()).total_seconds() + margin)
         if not await self._acquire(entry, tick, key, ttl, deadline):
             return False
-        if self.server.config.go_compatible and not await self._take_go_lock(entry, tick, next_tick):
+        if self.go_compatible and not await self._take_go_lock(entry, tick, next_tick):
             return False
         return await self._send(entry, entry.build(tick), tick, deadline)
 
     async def _acquire(
         self, entry: PeriodicEntry, tick: datetime, key: str, ttl: float, deadline: datetime
     ) -> bool:
-        lock = self.server.lock
+        lock = self.lock
 
         def failed(exc: Exception, delay: float | None) -> None:
             if delay is None:
@@ -458,7 +461,7 @@ class Scheduler:
                 )
                 return False
             try:
-                if await self.server.lock.acquire(key, ttl, str(next_ns - 1)) is not None:
+                if await self.lock.acquire(key, ttl, str(next_ns - 1)) is not None:
                     return True
                 failure = "it is held (a Go scheduler of this app sent this tick)"
             except Exception as exc:
@@ -505,17 +508,17 @@ class Scheduler:
 
     async def _send_once(self, entry: PeriodicEntry, work: Work) -> str:
         """Send the tick's work; return the UUID it went out under."""
-        server = self.server
+        publisher = self.publisher
         if isinstance(work, Signature):
-            await server.send_task(work)
+            await publisher.send_task(work)
             return work.uuid
         if isinstance(work, Group):
-            await server.send_group(work, entry.send_concurrency)
+            await publisher.send_group(work, entry.send_concurrency)
             return work.group_uuid
         if isinstance(work, Chord):
-            await server.send_chord(work, entry.send_concurrency)
+            await publisher.send_chord(work, entry.send_concurrency)
             return work.group.group_uuid
-        await server.send_chain(work)
+        await publisher.send_chain(work)
         return work.tasks[0].uuid
 
     # -- inspection ----------------------------------------------------------------
@@ -583,14 +586,13 @@ async def _sleep_until(moment: datetime) -> None:
         await asyncio.sleep(min(remaining, MAX_SLEEP))
 
 
-async def run_beat(scheduler: Scheduler) -> None:
+async def run_beat(scheduler: Scheduler, *, handle_signals: bool = True) -> None:
     """Run only the scheduler until SIGTERM/SIGINT (``machinery-aio beat``).
 
     The first signal stops scheduling and lets sends in progress finish; a
     second one stops at once.
     """
-    server = scheduler.server
-    await server.connect()
+    await scheduler.publisher.connect()
     task = asyncio.create_task(scheduler.run(), name="beat")
     loop = asyncio.get_running_loop()
     signals: list[signal.Signals] = []
@@ -604,7 +606,7 @@ async def run_beat(scheduler: Scheduler) -> None:
         task.cancel()
 
     installed: list[signal.Signals] = []
-    if not server.config.no_unix_signals:
+    if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, on_signal, sig)

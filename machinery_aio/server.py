@@ -1,15 +1,18 @@
-"""Server: the task registry, sending tasks and workflows, and making workers."""
+"""Server: the configuration, the task registry and the drivers; sends work and makes workers.
+
+The Server puts the pieces together: a :class:`~.publisher.Publisher` sends,
+:class:`~.worker.Worker` consumes, :class:`~.periodic.Scheduler` sends on a
+schedule. Each gets the parts it uses (the broker, the backend, the registry,
+the publisher), never the Server itself.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import tzinfo
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
-from . import gotime
 from .config import Config
 from .context import TaskContext
 from .drivers import create_backend, create_broker, create_lock
@@ -17,28 +20,19 @@ from .drivers.backend import ResultBackend
 from .drivers.broker import Broker
 from .drivers.lock import Lock
 from .errors import TaskNotRegisteredError
-from .log import get_logger
+from .middleware import Middleware, Middlewares, PrePublishHandler, SignatureHandler
 from .periodic import MissedPolicy, PeriodicEntry, Scheduler
+from .publisher import Publisher
 from .result import AsyncResult, ChainAsyncResult, ChordAsyncResult
-from .signature import Signature, new_task_uuid
-from .state import State, TaskState
+from .signature import Signature
 from .tasks import Task, TaskFunction
-from .worker import Worker
+from .worker import BackgroundService, Worker
 from .workflow import Chain, Chord, Group
 
 __all__ = ["Server"]
 
-logger = get_logger("machinery_aio.server")
-
 P = ParamSpec("P")
 R = TypeVar("R")
-PublishHook = Callable[[Signature], Any]
-
-
-class BackgroundService(Protocol):
-    """Something a worker runs alongside consuming (the periodic scheduler)."""
-
-    async def run(self) -> None: ...
 
 
 class TaskDecorator(Protocol):
@@ -57,11 +51,22 @@ class TaskDecorator(Protocol):
     def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
 
 
+class _ConfigReloads:
+    """Re-reads a YAML config every 10 s while a worker runs (Go's ``keepReloading``)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    async def run(self) -> None:
+        await self.config.keep_reloading()
+
+
 class Server:
     """Holds the configuration, broker, backend and registered tasks; sends work.
 
     ``Server(Config())`` uses the embedded ``memory://`` broker and backend.
-    Broker, backend and lock objects can also be passed in directly.
+    Broker, backend and lock objects can also be passed in directly, and
+    middlewares given here run around every publish and every task.
     """
 
     def __init__(
@@ -71,16 +76,16 @@ class Server:
         broker: Broker | None = None,
         backend: ResultBackend | None = None,
         lock: Lock | None = None,
+        middlewares: Iterable[Middleware] = (),
     ) -> None:
         self.config = config if config is not None else Config()
         self.broker = broker if broker is not None else create_broker(self.config)
         self.backend = backend if backend is not None else create_backend(self.config)
-        self._lock = lock
+        self.middlewares = Middlewares(middlewares)
+        self.publisher = Publisher(self.broker, self.backend, self.middlewares)
         self.registry: dict[str, TaskFunction] = {}
-        self._pre_publish: list[PublishHook] = []
-        self._connected = False
-        self._connecting: asyncio.Lock | None = None
-        self._scheduler: BackgroundService | None = None
+        self._lock = lock
+        self._scheduler: Scheduler | None = None
 
     # -- connections -------------------------------------------------------------
 
@@ -93,20 +98,11 @@ class Server:
 
     async def connect(self) -> None:
         """Connect the broker and backend; sending connects on demand too."""
-        if self._connected:
-            return
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._connected:
-                return
-            await self.broker.connect()
-            await self.backend.connect()
-            self._connected = True
+        await self.publisher.connect()
 
     async def close(self) -> None:
         """Close the broker, backend and lock connections."""
-        self._connected = False
+        self.publisher.disconnected()
         await self.broker.close()
         await self.backend.close()
         if self._lock is not None:
@@ -151,7 +147,7 @@ class Server:
         def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or str(getattr(fn, "__name__", ""))
             function = self.register_task(task_name, fn, time_limit=time_limit)
-            handle: Task[Any, Any] = Task(self, function)
+            handle: Task[Any, Any] = Task(self.publisher, function)
             return handle.with_options(**options) if options else handle
 
         return decorate
@@ -168,109 +164,44 @@ class Server:
     def get_registered_task_names(self) -> list[str]:
         return sorted(self.registry)
 
-    def set_pre_publish_handler(self, handler: PublishHook) -> None:
+    # -- middlewares ---------------------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Run ``middleware`` around every publish and every task of this server's workers."""
+        self.middlewares.add(middleware)
+
+    def set_pre_publish_handler(self, handler: SignatureHandler) -> None:
         """Run ``handler(signature)`` (sync or async) right before every publish.
 
-        Go's ``Server.SetPreTaskHandler``; here it runs for group members and
-        callbacks too, not only for ``send_task``.
+        Go's ``Server.SetPreTaskHandler``; here it runs for group members, callbacks
+        and retries too, not only for ``send_task``.
         """
-        self._pre_publish.append(handler)
-
-    set_pre_task_handler = set_pre_publish_handler
+        self.add_middleware(PrePublishHandler(handler))
 
     # -- sending -----------------------------------------------------------------
 
-    def _prepare(self, signature: Signature) -> None:
-        if not isinstance(signature, Signature):
-            raise TypeError(f"expected a Signature, got {type(signature).__name__}")
-        if not signature.name:
-            raise ValueError("a Signature needs a task name")
-        if not signature.uuid:
-            signature.uuid = new_task_uuid()
-        if signature.headers is None:
-            signature.headers = {}
-
-    async def _run_pre_publish(self, signature: Signature) -> None:
-        for hook in self._pre_publish:
-            result = hook(signature)
-            if inspect.isawaitable(result):
-                await result
-
     async def send_task(self, signature: Signature) -> AsyncResult[Any]:
         """Record PENDING and publish; returns the AsyncResult (``signature.uuid`` is set)."""
-        self._prepare(signature)
-        await self.connect()
-        pending = TaskState.new(signature, State.PENDING)
-        written = self.backend.set_states_soon((pending,))  # with the publish, where safe
-        if written is None:
-            await self.backend.set_state(pending)
-        await self._run_pre_publish(signature)
-        await self.broker.publish(signature)
-        if written is not None:
-            await written
-        return AsyncResult(signature, self.backend)
+        return await self.publisher.send_task(signature)
 
     async def send_tasks(self, signatures: Iterable[Signature]) -> list[AsyncResult[Any]]:
         """Send many tasks with batched state writes and publishes."""
-        sigs = list(signatures)
-        for sig in sigs:
-            self._prepare(sig)
-        await self.connect()
-        created = gotime.now()  # one creation time for the batch
-        await self.backend.set_states([TaskState.new(s, State.PENDING, created_at=created) for s in sigs])
-        for sig in sigs:
-            await self._run_pre_publish(sig)
-        await self.broker.publish_many(sigs)
-        return [AsyncResult(sig, self.backend) for sig in sigs]
-
-    async def republish(self, signature: Signature) -> None:
-        """Publish again with the same UUID (retries, early ETAs); no PENDING is written."""
-        await self._run_pre_publish(signature)
-        await self.broker.publish(signature)
+        return await self.publisher.send_tasks(signatures)
 
     async def send_group(self, group: Group, send_concurrency: int = 0) -> list[AsyncResult[Any]]:
         """Write the GroupMeta and PENDING states, then publish every member.
 
         ``send_concurrency`` caps publishes in flight (0: all at once, batched).
         """
-        if not isinstance(group, Group):
-            raise TypeError(f"expected a Group, got {type(group).__name__}")
-        if send_concurrency < 0:
-            raise ValueError("send_concurrency must be 0 (unlimited) or more")
-        for sig in group.tasks:
-            self._prepare(sig)
-        await self.connect()
-        await self.backend.init_group(group.group_uuid, group.task_uuids())
-        await self.backend.set_states([TaskState.new(s, State.PENDING) for s in group.tasks])
-        for sig in group.tasks:
-            await self._run_pre_publish(sig)
-        if send_concurrency == 0:
-            await self.broker.publish_many(group.tasks)
-        else:
-            limit = asyncio.Semaphore(send_concurrency)
-
-            async def publish(sig: Signature) -> None:
-                async with limit:
-                    await self.broker.publish(sig)
-
-            await asyncio.gather(*(publish(sig) for sig in group.tasks))
-        return [AsyncResult(sig, self.backend) for sig in group.tasks]
+        return await self.publisher.send_group(group, send_concurrency)
 
     async def send_chord(self, chord: Chord, send_concurrency: int = 0) -> ChordAsyncResult:
         """Send the chord's group; the last member to finish sends the callback."""
-        if not isinstance(chord, Chord):
-            raise TypeError(f"expected a Chord, got {type(chord).__name__}")
-        if chord.callback.headers is None:
-            chord.callback.headers = {}  # Go's SendChord leaves the embedded callback's Headers {}
-        results = await self.send_group(chord.group, send_concurrency)
-        return ChordAsyncResult(results, AsyncResult(chord.callback, self.backend))
+        return await self.publisher.send_chord(chord, send_concurrency)
 
     async def send_chain(self, chain: Chain) -> ChainAsyncResult:
         """Send the chain's first link; each link sends the next when it succeeds."""
-        if not isinstance(chain, Chain):
-            raise TypeError(f"expected a Chain, got {type(chain).__name__}")
-        await self.send_task(chain.tasks[0])
-        return ChainAsyncResult([AsyncResult(sig, self.backend) for sig in chain.tasks])
+        return await self.publisher.send_chain(chain)
 
     def get_async_result(self, task_uuid: str, name: str = "") -> AsyncResult[Any]:
         """An AsyncResult for a task sent elsewhere, by UUID."""
@@ -279,22 +210,54 @@ class Server:
     # -- workers -----------------------------------------------------------------
 
     def new_worker(
-        self, tag: str = "", concurrency: int = 10, queue: str | None = None, **options: Any
+        self,
+        tag: str = "",
+        concurrency: int = 10,
+        queue: str | None = None,
+        *,
+        run_scheduler: bool = True,
+        **options: Any,
     ) -> Worker:
-        """A worker for ``queue`` (default queue if None); see :class:`Worker` for options."""
-        return Worker(self, tag, concurrency, queue, **options)
+        """A worker for ``queue`` (the default queue if None); options as :class:`Worker`.
+
+        With ``run_scheduler`` (the default) it also sends this server's periodic tasks.
+        """
+        services: list[BackgroundService] = []
+        if self.config.reloads:
+            services.append(_ConfigReloads(self.config))
+        if run_scheduler:
+            services.append(self.scheduler)
+        return Worker(
+            self.broker,
+            self.backend,
+            self.publisher,
+            self.registry,
+            tag,
+            concurrency,
+            queue or self.config.default_queue,
+            middlewares=self.middlewares,
+            services=services,
+            handle_signals=not self.config.no_unix_signals,
+            error_types=not self.config.go_compatible,
+            **options,
+        )
 
     def new_custom_queue_worker(self, tag: str, concurrency: int, queue: str, **options: Any) -> Worker:
         """Go's ``NewCustomQueueWorker``."""
-        return Worker(self, tag, concurrency, queue, **options)
+        return self.new_worker(tag, concurrency, queue, **options)
 
     # -- periodic tasks (Go's RegisterPeriodic*) -------------------------------------
 
     @property
     def scheduler(self) -> Scheduler:
         """The periodic-task scheduler (created on first use; every worker runs it)."""
-        if not isinstance(self._scheduler, Scheduler):
-            self._scheduler = Scheduler(self)
+        if self._scheduler is None:
+            self._scheduler = Scheduler(
+                self.publisher,
+                self.lock,
+                app_name=self.config.app_name,
+                go_compatible=self.config.go_compatible,
+            )
         return self._scheduler
 
     def register_periodic_task(
@@ -381,13 +344,9 @@ class Server:
 
     async def describe_periodic(self) -> list[dict[str, Any]]:
         """The registered schedules and their next run times."""
-        if not isinstance(self._scheduler, Scheduler):
+        if self._scheduler is None:
             return []
         return self._scheduler.describe()
-
-    def scheduler_for_worker(self) -> BackgroundService | None:
-        """The periodic-task scheduler a worker should run, if any task is periodic."""
-        return self._scheduler
 
     def __repr__(self) -> str:
         return f"<Server broker={self.broker.describe()} backend={self.backend.describe()}>"

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Self
 
 import pydantic_core
 from pydantic import (
+    AliasGenerator,
     BaseModel,
     ConfigDict,
     Field,
@@ -61,6 +62,22 @@ class InvalidMessageError(ValueError):
         self.task_name = task_name
 
 
+_GO_SPELLINGS = {
+    "uuid": "UUID",
+    "eta": "ETA",
+    "ttl": "TTL",
+    "group_uuid": "GroupUUID",
+    "task_uuid": "TaskUUID",
+    "task_uuids": "TaskUUIDs",
+    "sqs_receipt_handle": "SQSReceiptHandle",
+}
+
+
+def go_name(field: str) -> str:
+    """The Go field name (JSON key) of a snake_case attribute: ``routing_key`` -> ``RoutingKey``."""
+    return _GO_SPELLINGS.get(field) or "".join(part.capitalize() for part in field.split("_"))
+
+
 class _GoModel(BaseModel):
     """Go's encoding/json: PascalCase keys, matched case-insensitively; unknown keys ignored.
 
@@ -69,7 +86,10 @@ class _GoModel(BaseModel):
     falls back to Go's tolerant key matching when that fails.
     """
 
+    # Go's names come from an alias generator rather than ``Field(alias=...)``, so type checkers
+    # (which read ``alias`` as the constructor's keyword) see the snake_case names.
     model_config = ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=go_name, serialization_alias=go_name),
         validate_by_name=True,
         validate_by_alias=True,
         serialize_by_alias=True,
@@ -131,7 +151,7 @@ def _install_keys(cls: type[BaseModel]) -> tuple[dict[str, str], dict[str, str]]
     """(exact key or field name -> Go key, lower-cased Go key -> Go key), cached on ``cls``."""
     names: dict[str, str] = {}
     for name, info in cls.model_fields.items():
-        alias = info.alias or name
+        alias = info.serialization_alias or name
         names[name] = names[alias] = alias
     keys = names, {alias.lower(): alias for alias in names.values()}
     type.__setattr__(cls, "_keys", keys)
@@ -145,9 +165,9 @@ class Arg(_GoModel):
     Python-only values. Use :meth:`Arg.of` to pick the type from a value.
     """
 
-    name: str = Field("", alias="Name")
-    type: str = Field(alias="Type")
-    value: Any = Field(None, alias="Value")
+    name: str = ""
+    type: str
+    value: Any = None
 
     @classmethod
     def of(cls, value: Any, hint: Any = None, name: str = "") -> Arg:
@@ -167,25 +187,25 @@ class Signature(_GoModel):
     ``json.Marshal`` writes for ``tasks.Signature``.
     """
 
-    uuid: str = Field("", alias="UUID")
-    name: str = Field("", alias="Name")
-    routing_key: str = Field("", alias="RoutingKey")
-    eta: GoTime | None = Field(None, alias="ETA")
-    group_uuid: str = Field("", alias="GroupUUID")
-    group_task_count: int = Field(0, alias="GroupTaskCount")
-    args: list[Arg] | None = Field(None, alias="Args")
-    headers: dict[str, Any] | None = Field(None, alias="Headers")
-    priority: int = Field(0, alias="Priority", ge=0, le=255)
-    immutable: bool = Field(False, alias="Immutable")
-    retry_count: int = Field(0, alias="RetryCount")
-    retry_timeout: int = Field(0, alias="RetryTimeout")
-    on_success: list[Signature] | None = Field(None, alias="OnSuccess")
-    on_error: list[Signature] | None = Field(None, alias="OnError")
-    chord_callback: Signature | None = Field(None, alias="ChordCallback")
-    broker_message_group_id: str = Field("", alias="BrokerMessageGroupId")
-    sqs_receipt_handle: str = Field("", alias="SQSReceiptHandle")
-    stop_task_deletion_on_error: bool = Field(False, alias="StopTaskDeletionOnError")
-    ignore_when_task_not_registered: bool = Field(False, alias="IgnoreWhenTaskNotRegistered")
+    uuid: str = ""
+    name: str = ""
+    routing_key: str = ""
+    eta: GoTime | None = None
+    group_uuid: str = ""
+    group_task_count: int = 0
+    args: list[Arg] | None = None
+    headers: dict[str, Any] | None = None
+    priority: int = Field(default=0, ge=0, le=255)
+    immutable: bool = False
+    retry_count: int = 0
+    retry_timeout: int = 0
+    on_success: list[Signature] | None = None
+    on_error: list[Signature] | None = None
+    chord_callback: Signature | None = None
+    broker_message_group_id: str = ""
+    sqs_receipt_handle: str = ""
+    stop_task_deletion_on_error: bool = False
+    ignore_when_task_not_registered: bool = False
 
     def to_json(self) -> bytes:
         """Go's compact JSON: all 19 keys in Go's order."""

@@ -31,8 +31,8 @@ COMPLETED = frozenset({State.SUCCESS, State.FAILURE})
 class TaskResult(_GoModel):
     """One return value: ``{"Type": <Go type name>, "Value": <json>}``."""
 
-    type: str = Field(alias="Type")
-    value: Any = Field(None, alias="Value")
+    type: str
+    value: Any = None
 
     def python_value(self) -> Any:
         return gotypes.decode_result(self.type, self.value)
@@ -41,13 +41,13 @@ class TaskResult(_GoModel):
 class TaskState(_GoModel):
     """A task's state record: ``{"TaskUUID","TaskName","State","Results","Error","CreatedAt","TTL"}``."""
 
-    task_uuid: str = Field("", alias="TaskUUID")
-    task_name: str = Field("", alias="TaskName")
-    state: State = Field(State.PENDING, alias="State")
-    results: list[TaskResult] | None = Field(None, alias="Results")
-    error: str = Field("", alias="Error")
-    created_at: GoTime = Field(default=gotime.ZERO_TIME, alias="CreatedAt")
-    ttl: int = Field(0, alias="TTL")
+    task_uuid: str = ""
+    task_name: str = ""
+    state: State = State.PENDING
+    results: list[TaskResult] | None = None
+    error: str = ""
+    created_at: GoTime = gotime.ZERO_TIME
+    ttl: int = 0
 
     def is_completed(self) -> bool:
         return self.state in COMPLETED
@@ -105,12 +105,12 @@ class TaskState(_GoModel):
 class GroupMeta(_GoModel):
     """A group's record: its member UUIDs in order and whether its chord fired."""
 
-    group_uuid: str = Field("", alias="GroupUUID")
-    task_uuids: list[str] = Field(default_factory=list, alias="TaskUUIDs")
-    chord_triggered: bool = Field(False, alias="ChordTriggered")
-    lock: bool = Field(False, alias="Lock")
-    created_at: GoTime = Field(default=gotime.ZERO_TIME, alias="CreatedAt")
-    ttl: int = Field(0, alias="TTL")
+    group_uuid: str = ""
+    task_uuids: list[str] = Field(default_factory=list)
+    chord_triggered: bool = False
+    lock: bool = False
+    created_at: GoTime = gotime.ZERO_TIME
+    ttl: int = 0
 
     def to_json(self) -> bytes:
         return self.__pydantic_serializer__.to_json(self, by_alias=True)

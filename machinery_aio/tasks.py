@@ -16,8 +16,8 @@ from .signature import Arg, Signature
 from .state import TaskResult, value_to_results
 
 if TYPE_CHECKING:
+    from .publisher import Publisher
     from .result import AsyncResult
-    from .server import Server
 
 __all__ = ["Task", "TaskFunction"]
 
@@ -214,8 +214,10 @@ class Task(Generic[P, R]):
     is the plain function.
     """
 
-    def __init__(self, server: Server, function: TaskFunction, options: dict[str, Any] | None = None) -> None:
-        self.server = server
+    def __init__(
+        self, publisher: Publisher, function: TaskFunction, options: dict[str, Any] | None = None
+    ) -> None:
+        self.publisher = publisher
         self.function = function
         self.options: dict[str, Any] = dict(options or {})
 
@@ -259,7 +261,7 @@ class Task(Generic[P, R]):
             eta_value: datetime = given["eta"]
             if eta_value.tzinfo is None:
                 raise ValueError("eta must be a timezone-aware datetime")
-        return Task(self.server, self.function, {**self.options, **given})
+        return Task(self.publisher, self.function, {**self.options, **given})
 
     def signature(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         """A Signature for this call, with this handle's options; not sent."""
@@ -278,7 +280,7 @@ class Task(Generic[P, R]):
 
     async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task and return its AsyncResult; ``await result.get()`` gives the value."""
-        result = await self.server.send_task(self._build(args, kwargs))
+        result = await self.publisher.send_task(self._build(args, kwargs))
         return result.typed(self.function.result_adapter())
 
     async def apply_async(
@@ -286,7 +288,7 @@ class Task(Generic[P, R]):
     ) -> AsyncResult[R]:
         """Celery-style: ``apply_async((1, 2), countdown=5)``; options as :meth:`with_options`."""
         handle = self.with_options(**options) if options else self
-        result = await self.server.send_task(handle._build(args, kwargs or {}))
+        result = await self.publisher.send_task(handle._build(args, kwargs or {}))
         return result.typed(self.function.result_adapter())
 
     def __repr__(self) -> str:

@@ -33,7 +33,6 @@ def memory_server(name: str | None = None, **config: Any) -> Server:
 @asynccontextmanager
 async def running_worker(server: Server, concurrency: int = 10, **options: Any) -> AsyncIterator[Worker]:
     """Run a worker for the duration of the block; it is stopped (gracefully) afterwards."""
-    options.setdefault("fetch_timeout", 0.1)
     async with server.new_worker("test-worker", concurrency, **options) as worker:
         yield worker
 

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .drivers.broker import Consumer, Delivery
+from .drivers.backend import ResultBackend
+from .drivers.broker import Broker, Consumer, Delivery
 from .log import get_logger
-from .runner import Action, ErrorHandler, Hooks, SignatureHook, TaskRunner, _call_hook
+from .middleware import (
+    ErrorHandler,
+    ErrorHandlerMiddleware,
+    Middleware,
+    Middlewares,
+    PostTaskHandler,
+    PreTaskHandler,
+    SignatureHandler,
+)
+from .publisher import Publisher
+from .runner import Action, TaskRunner
+from .tasks import TaskFunction
 
-if TYPE_CHECKING:
-    from .server import Server
-
-__all__ = ["Worker"]
+__all__ = ["BackgroundService", "Worker"]
 
 logger = get_logger("machinery_aio.worker")
 
@@ -59,12 +70,19 @@ class _Backoff:
         return min(delay, self.cap)
 
 
+class BackgroundService(Protocol):
+    """Something a worker runs alongside consuming (the periodic scheduler, config reloads)."""
+
+    async def run(self) -> None: ...
+
+
 class Worker:
     """Consumes one queue and runs tasks, at most ``concurrency`` at a time.
 
     ``await worker.launch()`` runs until :meth:`quit` or SIGTERM/SIGINT (the
     first signal stops gracefully, a second one at once). ``async with worker:``
     runs it inside an application's own event loop, without signal handlers.
+    ``server.new_worker(...)`` builds one; the arguments below are its options.
 
     Args:
         concurrency: tasks running at once; 1 runs them one by one, 0 means no
@@ -75,45 +93,61 @@ class Worker:
         task_time_limit: default per-task time limit in seconds (None: none).
         executor: runs plain (non-async) task functions; a thread pool sized
             to the concurrency by default.
+        unregistered_backoff: (first, longest) seconds before a task whose name
+            no worker here knows is handed back; doubles each time per name.
+        services: run alongside consuming while the worker runs.
+        handle_signals: whether :meth:`launch` stops on SIGTERM/SIGINT.
     """
 
     def __init__(
         self,
-        server: Server,
+        broker: Broker,
+        backend: ResultBackend,
+        publisher: Publisher,
+        registry: Mapping[str, TaskFunction],
         tag: str = "",
         concurrency: int = 10,
         queue: str | None = None,
         *,
+        middlewares: Middlewares | None = None,
         grace_period: float = 30.0,
         task_time_limit: float | None = None,
         executor: Executor | None = None,
-        fetch_timeout: float | None = None,
         unregistered_backoff: tuple[float, float] = (1.0, 10.0),
-        run_scheduler: bool = True,
+        services: Sequence[BackgroundService] = (),
+        handle_signals: bool = True,
+        error_types: bool = False,
     ) -> None:
         if concurrency < 0:
             raise ValueError("concurrency must be 0 (unlimited) or more")
         if grace_period < 0:
             raise ValueError("grace_period must not be negative")
-        self.server = server
+        self.broker = broker
         self.tag = tag or f"worker-{id(self):x}"
         self.concurrency = concurrency
-        self.queue = queue or server.config.default_queue
+        self.queue = queue or broker.config.default_queue
         self.grace_period = grace_period
-        self.fetch_timeout = fetch_timeout
         self.unregistered_backoff = unregistered_backoff
-        self.run_scheduler = run_scheduler
-        self.hooks = Hooks()
+        self.services = list(services)
+        self.handle_signals = handle_signals
+        self.runner = TaskRunner(
+            registry,
+            backend,
+            publisher,
+            Middlewares(parent=middlewares),
+            tag=self.tag,
+            executor=executor,
+            time_limit=task_time_limit,
+            error_types=error_types,
+        )
+        self._connect = publisher.connect
         self._own_executor = executor is None
-        self._executor = executor
-        self._task_time_limit = task_time_limit
         in_flight = concurrency or UNLIMITED_IN_FLIGHT
         self._slots = asyncio.Semaphore(in_flight)
-        self._holds = asyncio.Semaphore(in_flight)
         self._in_flight = in_flight
         self._running: set[asyncio.Task[None]] = set()
-        self._holding: set[asyncio.Task[Any]] = set()  # unregistered tasks waiting out a back-off
         self._background: list[asyncio.Task[Any]] = []
+        self._error_handlers: list[ErrorHandler] = []
         self._consumer: Consumer | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -122,22 +156,26 @@ class Worker:
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
         self._unregistered: dict[str, tuple[float, float]] = {}  # name -> (delay, last log)
-        self.runner: TaskRunner | None = None
 
-    # -- hooks (Go's Set*Handler) -------------------------------------------------
+    # -- middlewares and Go's handlers -------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a middleware for this worker's tasks only (after the server's)."""
+        self.runner.middlewares.add(middleware)
 
     def set_error_handler(self, handler: ErrorHandler) -> None:
-        """Called with ``(exception, signature)`` on a task's final failure, and with
-        ``(exception, None)`` on broker errors."""
-        self.hooks.error.append(handler)
+        """Go's ``SetErrorHandler``: called with ``(exception, signature)`` on a task's final
+        failure, and with ``(exception, None)`` on broker errors."""
+        self.runner.middlewares.add(ErrorHandlerMiddleware(handler))
+        self._error_handlers.append(handler)
 
-    def set_pre_task_handler(self, handler: SignatureHook) -> None:
-        """Called with the signature right before the task function runs."""
-        self.hooks.pre_task.append(handler)
+    def set_pre_task_handler(self, handler: SignatureHandler) -> None:
+        """Go's ``SetPreTaskHandler``: called with the signature right before the task runs."""
+        self.runner.middlewares.add(PreTaskHandler(handler))
 
-    def set_post_task_handler(self, handler: SignatureHook) -> None:
-        """Called with the signature right after the task function returns or raises."""
-        self.hooks.post_task.append(handler)
+    def set_post_task_handler(self, handler: SignatureHandler) -> None:
+        """Go's ``SetPostTaskHandler``: called with the signature right after the task ran."""
+        self.runner.middlewares.add(PostTaskHandler(handler))
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -150,34 +188,22 @@ class Worker:
         if self._started:
             return
         self._started = True
-        server = self.server
-        await server.connect()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
+        await self._connect()
+        if self.runner.executor is None:
+            self.runner.executor = ThreadPoolExecutor(
                 max_workers=min(self._in_flight, 64), thread_name_prefix=f"{self.tag}-task"
             )
-        self.runner = TaskRunner(
-            server,
-            tag=self.tag,
-            hooks=self.hooks,
-            executor=self._executor,
-            time_limit=self._task_time_limit,
-        )
-        self._consumer = server.broker.consumer(self.queue, prefetch=self._in_flight, tag=self.tag)
+        self._consumer = self.broker.consumer(self.queue, prefetch=self._in_flight, tag=self.tag)
         self._loop_task = asyncio.create_task(self._consume(), name=f"{self.tag}-consume")
-        if server.config.reloads:
-            self._background.append(asyncio.create_task(server.config.keep_reloading()))
-        if self.run_scheduler:
-            scheduler = server.scheduler_for_worker()
-            if scheduler is not None:
-                self._background.append(asyncio.create_task(scheduler.run()))
+        for service in self.services:
+            self._background.append(asyncio.create_task(service.run()))
         logger.info(
             "worker %s consuming %r on %s (concurrency %s), results in %s",
             self.tag,
             self.queue,
-            server.broker.describe(),
+            self.broker.describe(),
             self.concurrency or "unlimited",
-            server.backend.describe(),
+            self.runner.backend.describe(),
         )
 
     async def launch(self) -> None:
@@ -185,7 +211,7 @@ class Worker:
         await self.start()
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
-        if not self.server.config.no_unix_signals:
+        if self.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
                     loop.add_signal_handler(sig, self._on_signal, sig)
@@ -226,8 +252,6 @@ class Worker:
         self._stopping = True
         if self._loop_task is not None:
             await _cancel_all([self._loop_task])
-        for task in list(self._holding):
-            task.cancel()  # held unregistered messages go back to the queue at once
         grace = self.grace_period if grace_period is None else grace_period
         if self._running and not self._aborting:
             logger.info("waiting up to %g s for %d running tasks", grace, len(self._running))
@@ -241,8 +265,8 @@ class Worker:
                 await self._consumer.close()
             except Exception:
                 logger.exception("closing the consumer failed; unacked messages will be redelivered")
-        if self._own_executor and self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_executor and self.runner.executor is not None:
+            self.runner.executor.shutdown(wait=False, cancel_futures=True)
         logger.info("worker %s stopped", self.tag)
         self._stopped.set()
 
@@ -276,11 +300,6 @@ class Worker:
         for _ in range(count):
             self._slots.release()
 
-    def _fetch_timeout(self) -> float:
-        if self.fetch_timeout is not None:
-            return self.fetch_timeout
-        return max(0.1, self.server.config.redis.normal_tasks_poll_period / 1000)
-
     async def _consume(self) -> None:
         consumer = self._consumer
         assert consumer is not None
@@ -288,7 +307,7 @@ class Worker:
         while not self._stopping:
             reserved = await self._reserve()
             try:
-                deliveries = await consumer.fetch(reserved, self._fetch_timeout())
+                deliveries = await consumer.fetch(reserved)
             except asyncio.CancelledError:
                 self._unreserve(reserved)
                 raise
@@ -297,7 +316,7 @@ class Worker:
                 delay = backoff.next()
                 logger.error(
                     "fetching from %s failed: %s; retrying in %.1f s",
-                    self.server.broker.describe(),
+                    self.broker.describe(),
                     exc,
                     delay,
                 )
@@ -316,9 +335,7 @@ class Worker:
                 task.add_done_callback(self._running.discard)
 
     async def _handle(self, consumer: Consumer, delivery: Delivery) -> None:
-        released = False
         try:
-            assert self.runner is not None
             try:
                 outcome = await self.runner.process(delivery.body)
             except asyncio.CancelledError:
@@ -338,42 +355,29 @@ class Worker:
             elif outcome.action is Action.DEAD_LETTER:
                 await self._safely(consumer.dead_letter(delivery, outcome.reason))
             else:
-                await self._holds.acquire()
-                self._slots.release()
-                released = True
-                try:
-                    await self._hand_back(consumer, delivery, outcome.task_name)
-                finally:
-                    self._holds.release()
+                await self._hand_back(consumer, delivery, outcome.task_name)
         finally:
-            if not released:
-                self._slots.release()
+            self._slots.release()
 
     async def _hand_back(self, consumer: Consumer, delivery: Delivery, name: str) -> None:
-        """An unregistered task goes back to the queue after a growing delay, never in a hot loop."""
+        """A task whose name is not registered here goes back to the broker, to be delivered
+        again after a delay that grows per name (never a hot loop); the broker holds it
+        meanwhile, so it takes no slot and survives a crash."""
         base, cap = self.unregistered_backoff
         delay, last_log = self._unregistered.get(name, (base, 0.0))
         now = time.monotonic()
         if now - last_log > 60:
             logger.warning(
-                "task %r is not registered on worker %s; handing it back "
-                "(next in %.1f s; IgnoreWhenTaskNotRegistered drops such tasks)",
+                "task %r is not registered on worker %s; handing it back for another worker "
+                "(again in %.1f s; `machinery-aio inspect pending` lists it; "
+                "IgnoreWhenTaskNotRegistered drops such tasks)",
                 name,
                 self.tag,
                 delay,
             )
             last_log = now
         self._unregistered[name] = (min(cap, delay * 2), last_log)
-        if self._stopping:
-            return  # still held: closing the consumer hands it back
-        holder = asyncio.current_task()
-        assert holder is not None
-        self._holding.add(holder)
-        try:
-            await asyncio.sleep(delay)
-        finally:
-            self._holding.discard(holder)
-        await self._safely(consumer.requeue(delivery, 0.0))
+        await self._safely(consumer.requeue(delivery, 0.0 if self._stopping else delay))
 
     async def _safely(self, call: Any) -> None:
         try:
@@ -383,9 +387,11 @@ class Worker:
             await self._report(exc)
 
     async def _report(self, exc: BaseException) -> None:
-        for handler in self.hooks.error:
+        for handler in self._error_handlers:
             try:
-                await _call_hook(handler, exc, None)
+                result = handler(exc, None)
+                if inspect.isawaitable(result):
+                    await result
             except Exception:
                 logger.exception("error handler failed")
 

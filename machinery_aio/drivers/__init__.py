@@ -1,10 +1,17 @@
-"""Pick a broker, result backend or lock by URL scheme, importing drivers lazily."""
+"""Drivers: brokers, result backends and locks, chosen by URL and imported lazily.
+
+Each technology lives in one folder (``drivers/redis/``, ``drivers/amqp/`` ...)
+with a ``broker.py``, ``backend.py`` and/or ``lock.py`` implementing the
+interfaces in :mod:`.broker`, :mod:`.backend` and :mod:`.lock`. A new driver
+is one more :class:`Technology` in :data:`TECHNOLOGIES`.
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..config import Config, ConfigError
 from ..urls import mask_url, scheme_of
@@ -14,111 +21,127 @@ if TYPE_CHECKING:
     from .broker import Broker
     from .lock import Lock
 
-__all__ = ["MissingExtraError", "create_backend", "create_broker", "create_lock"]
+__all__ = [
+    "TECHNOLOGIES",
+    "MissingExtraError",
+    "Technology",
+    "create_backend",
+    "create_broker",
+    "create_lock",
+    "lock_url",
+]
+
+Role = Literal["broker", "backend", "lock"]
+_ROLE_NAMES: dict[Role, str] = {"broker": "broker", "backend": "result backend", "lock": "lock"}
 
 
 class MissingExtraError(ImportError):
     """A URL needs a driver that is not installed; the message names the extra."""
 
 
-class _Driver(NamedTuple):
-    module: str
-    cls: str
-    package: str | None = None
+@dataclass(frozen=True, slots=True)
+class Technology:
+    """One folder of drivers: the URL schemes it serves and the classes it has per role."""
+
+    name: str
+    """The folder under ``machinery_aio/drivers/``."""
+    schemes: tuple[str, ...]
     extra: str | None = None
+    """The ``pip install 'machinery-aio[extra]'`` that brings its client library."""
+    package: str | None = None
+    """The client library's import name, checked before the driver is imported."""
+    broker: str | None = None
+    backend: str | None = None
+    lock: str | None = None
+
+    def cls_name(self, role: Role) -> str | None:
+        name: str | None = getattr(self, role)
+        return name
 
 
-_REDIS = ("redis", "rediss", "redis+socket", "redis+sentinel", "rediss+sentinel")
-
-_BROKERS: dict[str, _Driver] = {
-    "memory": _Driver("machinery_aio.drivers.memory.broker", "MemoryBroker"),
-    "eager": _Driver("machinery_aio.drivers.memory.broker", "MemoryBroker"),
-    **{s: _Driver("machinery_aio.drivers.redis.broker", "RedisBroker", "redis", "redis") for s in _REDIS},
-    "amqp": _Driver("machinery_aio.drivers.amqp.broker", "AMQPBroker", "aio_pika", "amqp"),
-    "amqps": _Driver("machinery_aio.drivers.amqp.broker", "AMQPBroker", "aio_pika", "amqp"),
-    "sqs": _Driver("machinery_aio.brokers.sqs", "SQSBroker", "aiobotocore", "sqs"),
-}
-_BACKENDS: dict[str, _Driver] = {
-    "memory": _Driver("machinery_aio.drivers.memory.backend", "MemoryBackend"),
-    "eager": _Driver("machinery_aio.drivers.memory.backend", "MemoryBackend"),
-    "null": _Driver("machinery_aio.drivers.null.backend", "NullBackend"),
-    **{s: _Driver("machinery_aio.drivers.redis.backend", "RedisBackend", "redis", "redis") for s in _REDIS},
-    "amqp": _Driver("machinery_aio.drivers.amqp.backend", "AMQPBackend", "aio_pika", "amqp"),
-    "amqps": _Driver("machinery_aio.drivers.amqp.backend", "AMQPBackend", "aio_pika", "amqp"),
-    "memcache": _Driver("machinery_aio.backends.memcache", "MemcacheBackend", "aiomcache", "memcache"),
-    "mongodb": _Driver("machinery_aio.backends.mongo", "MongoBackend", "pymongo", "mongo"),
-    "mongodb+srv": _Driver("machinery_aio.backends.mongo", "MongoBackend", "pymongo", "mongo"),
-    "dynamodb": _Driver("machinery_aio.backends.dynamodb", "DynamoDBBackend", "aiobotocore", "dynamodb"),
-}
-_LOCKS: dict[str, _Driver] = {
-    "memory": _Driver("machinery_aio.drivers.memory.lock", "MemoryLock"),
-    "eager": _Driver("machinery_aio.drivers.memory.lock", "MemoryLock"),
-    **{s: _Driver("machinery_aio.drivers.redis.lock", "RedisLock", "redis", "redis") for s in _REDIS},
-}
-
-T = TypeVar("T")
+TECHNOLOGIES: tuple[Technology, ...] = (
+    Technology("memory", ("memory",), broker="MemoryBroker", backend="MemoryBackend", lock="MemoryLock"),
+    Technology("null", ("null",), backend="NullBackend"),
+    Technology(
+        "redis",
+        ("redis", "rediss", "redis+socket", "redis+sentinel", "rediss+sentinel"),
+        extra="redis",
+        package="redis",
+        broker="RedisBroker",
+        backend="RedisBackend",
+        lock="RedisLock",
+    ),
+    Technology(
+        "amqp",
+        ("amqp", "amqps"),
+        extra="amqp",
+        package="aio_pika",
+        broker="AMQPBroker",
+        backend="AMQPBackend",
+    ),
+)
 
 
-def _scheme(url: str, kind: str) -> str:
-    scheme = scheme_of(url)
-    if not scheme and url.strip().lower() in ("eager", "memory", "null"):
-        return url.strip().lower()
-    if scheme in ("http", "https"):
-        host = url.split("://", 1)[1].split("/", 1)[0].lower()
-        if "sqs" in host and kind == "broker":
-            return "sqs"
-        if "dynamodb" in host and kind == "result backend":
-            return "dynamodb"
-    return scheme
+def technology_of(url: str) -> Technology | None:
+    """The technology whose scheme ``url`` has (``memory`` and ``null`` may be bare words)."""
+    scheme = scheme_of(url) or url.strip().lower()
+    for tech in TECHNOLOGIES:
+        if scheme in tech.schemes:
+            return tech
+    return None
 
 
-def _load(table: dict[str, _Driver], url: str, kind: str) -> Any:
-    scheme = _scheme(url, kind)
-    driver = table.get(scheme)
-    if driver is None:
-        known = ", ".join(sorted(f"{s}://" for s in table))
+def schemes(role: Role) -> list[str]:
+    """Every URL scheme that has a driver for ``role``."""
+    return [s for t in TECHNOLOGIES if t.cls_name(role) for s in t.schemes]
+
+
+def _load(url: str, role: Role) -> Any:
+    kind = _ROLE_NAMES[role]
+    tech = technology_of(url)
+    cls_name = tech.cls_name(role) if tech is not None else None
+    if tech is None or cls_name is None:
+        scheme = scheme_of(url) or url.strip() or "(none)"
+        known = ", ".join(f"{s}://" for s in schemes(role))
         raise ConfigError(
-            f"unknown {kind} URL scheme {scheme or '(none)'!r} in {mask_url(url)!r}; known schemes: {known}"
+            f"unknown {kind} URL scheme {scheme!r} in {mask_url(url)!r}; known schemes: {known}"
         )
-    if driver.package and importlib.util.find_spec(driver.package) is None:
+    if tech.package and importlib.util.find_spec(tech.package) is None:
         raise MissingExtraError(
-            f"the {kind} URL {mask_url(url)!r} needs the {driver.package!r} package: "
-            f"pip install 'machinery-aio[{driver.extra}]'"
+            f"the {kind} URL {mask_url(url)!r} needs the {tech.package!r} package: "
+            f"pip install 'machinery-aio[{tech.extra}]'"
         )
     try:
-        module = importlib.import_module(driver.module)
+        module = importlib.import_module(f"machinery_aio.drivers.{tech.name}.{role}")
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("machinery_aio"):
-            raise ConfigError(f"{scheme}:// {kind} is not available in this version") from None
         raise MissingExtraError(
-            f"the {kind} URL {mask_url(url)!r} needs {exc.name!r}: "
-            f"pip install 'machinery-aio[{driver.extra}]'"
+            f"the {kind} URL {mask_url(url)!r} needs {exc.name!r}: pip install 'machinery-aio[{tech.extra}]'"
         ) from exc
-    return getattr(module, driver.cls)
+    return getattr(module, cls_name)
 
 
 def create_broker(config: Config, url: str | None = None) -> Broker:
-    """The broker for ``url`` (default: ``config.broker``)."""
+    """The broker for ``url`` (default: the config's first broker URL)."""
     url = url or config.broker_urls()[0]
-    cls = _load(_BROKERS, url, "broker")
-    broker: Broker = cls(config, url)
+    broker: Broker = _load(url, "broker")(config, url)
     return broker
 
 
 def create_backend(config: Config, url: str | None = None) -> ResultBackend:
     """The result backend for ``url`` (default: ``config.result_backend``)."""
     url = url or config.result_backend
-    cls = _load(_BACKENDS, url, "result backend")
-    backend: ResultBackend = cls(config, url)
+    backend: ResultBackend = _load(url, "backend")(config, url)
     return backend
 
 
 def lock_url(config: Config) -> str:
-    """The lock URL: ``config.lock``, else a Redis backend or broker, else memory."""
+    """The lock URL: ``config.lock``, else the result backend's or the broker's URL when its
+    technology has a lock that works across processes, else ``memory://``."""
     if config.lock:
         return config.lock
     for url in (config.result_backend, config.broker_urls()[0]):
-        if scheme_of(url) in _REDIS:
+        tech = technology_of(url)
+        if tech is not None and tech.lock and not _load(url, "lock").capabilities.in_process:
             return url
     return "memory://"
 
@@ -126,6 +149,5 @@ def lock_url(config: Config) -> str:
 def create_lock(config: Config, url: str | None = None) -> Lock:
     """The lock for ``url`` (default: :func:`lock_url`)."""
     url = url or lock_url(config)
-    cls = _load(_LOCKS, url, "lock")
-    lock: Lock = cls(config, url)
+    lock: Lock = _load(url, "lock")(config, url)
     return lock

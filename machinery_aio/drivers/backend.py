@@ -5,29 +5,69 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Generator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..gotime import ZERO_TIME
 from ..signature import Signature
-from ..state import GroupMeta, State, TaskResult, TaskState
+from ..state import GroupMeta, TaskState
 
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["ResultBackend"]
+__all__ = ["BackendCapabilities", "ResultBackend", "keep_origin"]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCapabilities:
+    """What a result backend can do, where backends differ."""
+
+    in_process: bool = False
+    """Records live in this process only (``memory://``): other processes cannot read them."""
+    stores_results: bool = True
+    """States can be read back (``null://`` stores nothing, so results cannot be awaited)."""
+
+
+def keep_origin(state: TaskState, stored: TaskState | None) -> TaskState:
+    """The rule every backend applies: a state written without a ``task_name`` or
+    ``created_at`` (every state after PENDING, as in Go) keeps those of the stored record.
+
+    Backends that merge in Python call this; the Redis backend does the same inside the
+    Lua script that writes, so the merge and the write are one step.
+    """
+    if stored is None or (state.task_name and state.created_at != ZERO_TIME):
+        return state
+    merged = state.model_copy()
+    merged.task_name = state.task_name or stored.task_name
+    if state.created_at == ZERO_TIME:
+        merged.created_at = stored.created_at
+    return merged
+
+
+class _Done:
+    """An awaitable that is already finished (what :meth:`ResultBackend.set_states_soon`
+    returns when the write happened before it returned)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that ends at once
+
+
+DONE: Awaitable[None] = _Done()
 
 
 class ResultBackend(ABC):
     """Stores TaskState and GroupMeta records under the task and group UUIDs.
 
-    Implementations keep ``task_name`` and ``created_at`` from the PENDING
-    record when later states arrive without them (as Go's Redis backend does),
-    make :meth:`trigger_chord` atomic, and may override :meth:`wait_for_state`
-    to wake waiters without polling.
+    A driver implements the abstract methods; the others have working defaults
+    built on them, which drivers override where they can do better (batching,
+    server-side counting, notifications instead of polling).
     """
 
-    scheme: ClassVar[str] = ""
-    stores_results: ClassVar[bool] = True
+    capabilities: ClassVar[BackendCapabilities] = BackendCapabilities()
 
     def __init__(self, config: Config, url: str | None = None) -> None:
         self.config = config
@@ -47,30 +87,31 @@ class ResultBackend(ABC):
     # -- writes ------------------------------------------------------------------
 
     @abstractmethod
-    async def set_state(self, state: TaskState) -> None:
-        """Store ``state`` under its task UUID, resetting the expiry."""
-
     async def set_states(self, states: Sequence[TaskState]) -> None:
-        """Store several states, one task's in the order given; backends that can batch
-        override this."""
-        by_task: dict[str, list[TaskState]] = {}
-        for state in states:
-            by_task.setdefault(state.task_uuid, []).append(state)
+        """Store several states, each under its task UUID (one task's in the order given),
+        resetting the expiry. Each keeps the stored ``task_name`` and ``created_at`` when
+        it has none (:func:`keep_origin`)."""
 
-        async def in_order(task_states: list[TaskState]) -> None:
-            for state in task_states:
-                await self.set_state(state)
+    async def set_state(self, state: TaskState) -> None:
+        """Store one state (see :meth:`set_states`)."""
+        await self.set_states((state,))
 
-        await asyncio.gather(*(in_order(s) for s in by_task.values()))
+    async def set_states_soon(self, states: Sequence[TaskState]) -> Awaitable[None]:
+        """Start storing one task's PENDING (at send), or its RECEIVED and STARTED (when a
+        worker starts it); await the returned awaitable for the outcome.
 
-    def set_states_soon(self, states: Sequence[TaskState]) -> Awaitable[Any] | None:
-        """Start storing one task's PENDING, or its RECEIVED and STARTED, without waiting;
-        await the result for the outcome. Only a backend whose records cannot then go out
-        of order does this: a PENDING must not replace the worker's first state, RECEIVED
-        or STARTED must not replace SUCCESS or FAILURE. The others return None and the
-        caller awaits :meth:`set_states` instead.
+        By default the states are stored before this returns. A backend may return
+        earlier, so the write overlaps the publish or the task, only if it keeps the
+        records in order without the caller waiting: a PENDING must not replace the
+        worker's first state, RECEIVED or STARTED must not replace SUCCESS or FAILURE.
         """
-        return None
+        await self.set_states(states)
+        return DONE
+
+    async def set_final_state(self, signature: Signature, state: TaskState) -> None:
+        """Store a task's SUCCESS or FAILURE. ``signature`` says which group the task
+        belongs to, for backends that keep group members' states apart (AMQP)."""
+        await self.set_states((state,))
 
     @abstractmethod
     async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
@@ -83,6 +124,7 @@ class ResultBackend(ABC):
         """The latest state, or None if nothing is stored (unknown or expired)."""
 
     async def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
+        """:meth:`get_state` of each, in order."""
         return list(await asyncio.gather(*(self.get_state(u) for u in task_uuids)))
 
     @abstractmethod
@@ -99,7 +141,7 @@ class ResultBackend(ABC):
         return done == group_task_count
 
     async def group_task_states(self, group_uuid: str, group_task_count: int) -> list[TaskState]:
-        """Every member's state in group order; raises if a record is missing."""
+        """Every member's state in group order; raises LookupError if a record is missing."""
         meta = await self.get_group_meta(group_uuid)
         if meta is None:
             raise LookupError(f"group {group_uuid} has no metadata")
@@ -113,7 +155,7 @@ class ResultBackend(ABC):
     async def trigger_chord(self, group_uuid: str) -> bool:
         """Atomically mark the group's chord as triggered; True for exactly one caller."""
 
-    # -- waiting and cleanup -------------------------------------------------------
+    # -- waiting -------------------------------------------------------------------
 
     async def wait_for_state(
         self, task_uuid: str, timeout: float | None, interval: float = 0.05
@@ -136,35 +178,8 @@ class ResultBackend(ABC):
             else:
                 await asyncio.sleep(interval)
 
-    @abstractmethod
-    async def purge_state(self, task_uuid: str) -> None:
-        """Delete the task's state."""
-
-    @abstractmethod
-    async def purge_group_meta(self, group_uuid: str) -> None:
-        """Delete the group's metadata."""
-
-    # -- Go Machinery's per-state helpers -------------------------------------------
-
-    async def set_state_pending(self, signature: Signature) -> None:
-        await self.set_state(TaskState.new(signature, State.PENDING))
-
-    async def set_state_received(self, signature: Signature) -> None:
-        await self.set_state(TaskState.new(signature, State.RECEIVED))
-
-    async def set_state_started(self, signature: Signature) -> None:
-        await self.set_state(TaskState.new(signature, State.STARTED))
-
-    async def set_state_retry(self, signature: Signature) -> None:
-        await self.set_state(TaskState.new(signature, State.RETRY))
-
-    async def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
-        await self.set_state(TaskState.new(signature, State.SUCCESS, results=results))
-
-    async def set_state_failure(self, signature: Signature, error: str) -> None:
-        await self.set_state(TaskState.new(signature, State.FAILURE, error=error))
-
     def describe(self) -> str:
+        """A one-line description for logs, with any password masked."""
         from ..urls import mask_url
 
         return mask_url(self.url)

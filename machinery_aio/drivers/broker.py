@@ -9,7 +9,10 @@ worker:
   (``fetch``), removes them when done (``ack``) and returns them to the queue
   (``release``, or a reaper when the worker dies);
 * AMQP buffers pushed deliveries and acks their delivery tags;
-* SQS receives batches, keeps the receipt handles and extends visibility.
+* SQS-like brokers receive batches and keep a receipt handle per message.
+
+Where brokers differ, :class:`BrokerCapabilities` says so, and the engine
+reads it instead of looking at URL schemes.
 """
 
 from __future__ import annotations
@@ -32,22 +35,20 @@ __all__ = ["Broker", "BrokerCapabilities", "Consumer", "DeadLetter", "Delivery"]
 
 @dataclass(frozen=True, slots=True)
 class BrokerCapabilities:
-    """What a broker guarantees, where brokers differ."""
+    """What a broker can do, where brokers differ."""
 
-    at_least_once: bool
-    """Unacked deliveries come back if the worker dies."""
-    delayed_delivery: bool
-    """The broker holds ETA tasks until they are due."""
-    max_delay: float | None = None
-    """The longest delay the broker can hold, in seconds (SQS: 900); longer ones hop."""
+    in_process: bool = False
+    """Queues live in this process only (``memory://``): no other process can consume them."""
+    at_least_once: bool = True
+    """Deliveries not acked when the consumer's process dies are delivered again."""
     priority: bool = False
-    """Signature.priority orders delivery."""
+    """``Signature.priority`` orders delivery."""
+    list_pending: bool = True
+    """Tasks waiting in a queue can be listed without taking them."""
+    list_delayed: bool = True
+    """Tasks waiting for their ETA can be listed."""
     dead_letters: bool = True
-    """Undecodable messages are kept with their reason and can be listed."""
-    inspect_pending: bool = True
-    """Pending tasks can be listed without taking them."""
-    persistent: bool = True
-    """Messages survive a restart of the worker process."""
+    """Messages set aside (not a task, bad arguments) are kept with the reason and can be listed."""
 
 
 @dataclass(slots=True, eq=False)
@@ -71,13 +72,22 @@ class DeadLetter(BaseModel):
 
 
 class Consumer(ABC):
-    """A worker's view of one queue."""
+    """A worker's view of one queue.
+
+    A consumer holds at most ``prefetch`` deliveries that are not yet settled
+    (acked, requeued, dead-lettered or released); :meth:`fetch` hands out no
+    more than that.
+    """
+
+    prefetch: int
 
     @abstractmethod
-    async def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
-        """Up to ``max_count`` deliveries; waits up to ``timeout`` s for the first.
+    async def fetch(self, max_count: int) -> list[Delivery]:
+        """Up to ``max_count`` deliveries, waiting for the first as long as the broker sees fit
+        (a blocking pop, a long poll, pushed messages).
 
-        Returns an empty list when nothing arrived in time or the consumer is closing.
+        Returns an empty list when that wait ended with nothing, or the consumer is closing.
+        Cancelling a fetch loses nothing.
         """
 
     @abstractmethod
@@ -89,17 +99,16 @@ class Consumer(ABC):
         message is delivered again, never that it is lost. :meth:`flush` waits.
         """
 
-    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Ack several at once; brokers that can batch override this."""
-        for delivery in deliveries:
-            await self.ack(delivery)
-
     async def flush(self) -> None:
         """Wait until the broker has every ack given so far."""
 
     @abstractmethod
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
-        """Hand the message back for another worker after ``delay`` seconds, bytes unchanged."""
+        """Hand the message back, bytes unchanged, to be delivered again after ``delay`` s.
+
+        Returns once the broker holds it (a delay does not keep the delivery in the
+        consumer's prefetch); a crash during the delay loses nothing.
+        """
 
     @abstractmethod
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -117,8 +126,7 @@ class Consumer(ABC):
 class Broker(ABC):
     """Publishes signatures to queues and creates consumers for workers."""
 
-    capabilities: ClassVar[BrokerCapabilities]
-    scheme: ClassVar[str] = ""
+    capabilities: ClassVar[BrokerCapabilities] = BrokerCapabilities()
 
     def __init__(self, config: Config, url: str | None = None) -> None:
         self.config = config
@@ -150,18 +158,30 @@ class Broker(ABC):
 
     @abstractmethod
     def consumer(self, queue: str, *, prefetch: int, tag: str) -> Consumer:
-        """A consumer of ``queue`` that holds at most ``prefetch`` unacked deliveries."""
+        """A consumer of ``queue`` that holds at most ``prefetch`` unsettled deliveries."""
+
+    # -- inspection and admin (the CLI and, later, dashboards) -------------------------
 
     @abstractmethod
-    async def get_pending_tasks(self, queue: str | None = None) -> list[Signature]:
-        """Tasks waiting in ``queue`` (default queue if None), without taking them."""
+    async def get_pending_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
+        """Up to ``limit`` tasks waiting in ``queue`` (default queue if None), oldest first,
+        without taking them."""
 
-    async def get_delayed_tasks(self) -> list[Signature]:
-        """Tasks waiting for their ETA, earliest first, where the broker can list them."""
+    @abstractmethod
+    async def count_pending(self, queue: str | None = None) -> int:
+        """How many messages wait in ``queue`` (default queue if None)."""
+
+    async def get_held_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
+        """Tasks taken from ``queue`` by workers and not finished: running, or handed back
+        for later (names no worker knows), where the broker can list them."""
+        return []
+
+    async def get_delayed_tasks(self, limit: int | None = None) -> list[Signature]:
+        """Tasks waiting for their ETA, earliest first (``capabilities.list_delayed``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list delayed tasks")
 
-    async def get_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
-        """Messages set aside from ``queue`` with their reasons."""
+    async def get_dead_letters(self, queue: str | None = None, limit: int | None = None) -> list[DeadLetter]:
+        """Messages set aside from ``queue`` with their reasons (``capabilities.dead_letters``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list dead letters")
 
     @abstractmethod

@@ -1,21 +1,29 @@
-"""The lock interface used by periodic tasks (one lock per tick) and chords."""
+"""The lock interface used by periodic tasks (one lock per tick)."""
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["Lock"]
+__all__ = ["Lock", "LockCapabilities"]
+
+
+@dataclass(frozen=True, slots=True)
+class LockCapabilities:
+    """What a lock can do, where locks differ."""
+
+    in_process: bool = False
+    """Exclusive within this process only (``memory://``), not across processes or hosts."""
 
 
 class Lock(ABC):
     """A distributed lock keyed by name, with an expiry."""
 
-    scheme: ClassVar[str] = ""
+    capabilities: ClassVar[LockCapabilities] = LockCapabilities()
 
     def __init__(self, config: Config, url: str | None = None) -> None:
         self.config = config
@@ -39,25 +47,8 @@ class Lock(ABC):
     async def release(self, key: str, token: str) -> bool:
         """Release ``key`` only if it still holds ``token``; True if released."""
 
-    async def acquire_with_retries(
-        self,
-        key: str,
-        ttl: float,
-        *,
-        retries: int = 3,
-        interval: float = 0.2,
-        value: str | None = None,
-    ) -> str | None:
-        """:meth:`acquire`, tried ``retries`` more times ``interval`` s apart."""
-        for attempt in range(retries + 1):
-            token = await self.acquire(key, ttl, value)
-            if token is not None:
-                return token
-            if attempt < retries:
-                await asyncio.sleep(interval)
-        return None
-
     def describe(self) -> str:
+        """A one-line description for logs, with any password masked."""
         from ..urls import mask_url
 
         return mask_url(self.url)

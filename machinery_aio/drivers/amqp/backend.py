@@ -41,10 +41,9 @@ from aio_pika.abc import (
 from aiormq.exceptions import ChannelPreconditionFailed, PublishError
 
 from ...config import Config, ConfigError
-from ...gotime import ZERO_TIME
 from ...signature import Signature
-from ...state import GroupMeta, State, TaskResult, TaskState
-from ..backend import ResultBackend
+from ...state import GroupMeta, State, TaskState
+from ..backend import ResultBackend, keep_origin
 from .connection import (
     FailoverConnection,
     connect,
@@ -69,8 +68,6 @@ MAX_REMEMBERED = 10_000
 
 class AMQPBackend(ResultBackend):
     """Result backend compatible with Go Machinery's AMQP backend."""
-
-    scheme = "amqp"
 
     def __init__(self, config: Config, url: str | None = None) -> None:
         super().__init__(config, url)
@@ -199,8 +196,18 @@ class AMQPBackend(ResultBackend):
                 if attempt == 2:
                     raise
 
-    async def set_state(self, state: TaskState) -> None:
-        await self._store_state(state)
+    async def set_states(self, states: Sequence[TaskState]) -> None:
+        """Publish each state to its task's queue; one task's in order, tasks side by side.
+        (``task_name`` and ``created_at`` are carried over when the state is read.)"""
+        by_task: dict[str, list[TaskState]] = {}
+        for state in states:
+            by_task.setdefault(state.task_uuid, []).append(state)
+
+        async def in_order(task_states: list[TaskState]) -> None:
+            for state in task_states:
+                await self._store_state(state)
+
+        await asyncio.gather(*(in_order(s) for s in by_task.values()))
 
     async def _store_state(self, state: TaskState) -> bytes:
         body = state.to_json()
@@ -209,12 +216,8 @@ class AMQPBackend(ResultBackend):
             self._wake(state)
         return body
 
-    async def set_state_success(self, signature: Signature, results: list[TaskResult]) -> None:
-        state = TaskState.new(signature, State.SUCCESS, results=results)
-        await self.groups.member_done(signature, await self._store_state(state))
-
-    async def set_state_failure(self, signature: Signature, error: str) -> None:
-        state = TaskState.new(signature, State.FAILURE, error=error)
+    async def set_final_state(self, signature: Signature, state: TaskState) -> None:
+        """Store the state and, for a group member, publish it to the group's queue too."""
         await self.groups.member_done(signature, await self._store_state(state))
 
     # -- reading ---------------------------------------------------------------------
@@ -240,11 +243,8 @@ class AMQPBackend(ResultBackend):
             for message in held[1:-1]:  # superseded states: keep the queue short
                 await message.ack()
             state = decode_state(latest.body, task_uuid)
-            if state is not None and state.created_at == ZERO_TIME and first is not latest:
-                pending = decode_state(first.body, task_uuid)
-                if pending is not None:
-                    state.created_at = pending.created_at
-                    state.task_name = state.task_name or pending.task_name
+            if state is not None and first is not latest:
+                state = keep_origin(state, decode_state(first.body, task_uuid))
             return state
         finally:
             for message in held:
@@ -355,12 +355,6 @@ class AMQPBackend(ResultBackend):
             for name in names:
                 await channel.queue_delete(name)
                 self._bound.pop(name, None)
-
-    async def purge_state(self, task_uuid: str) -> None:
-        await self.delete_queues(task_uuid)
-
-    async def purge_group_meta(self, group_uuid: str) -> None:
-        await self.groups.purge(group_uuid)
 
 
 _RECHECK: Any = TaskState(task_uuid="", state=State.PENDING)

@@ -53,15 +53,7 @@ class AMQPBroker(Broker):
             Go worker would run it up to 10 % early).
     """
 
-    scheme = "amqp"
-    capabilities = BrokerCapabilities(
-        at_least_once=True,
-        delayed_delivery=True,
-        priority=True,
-        dead_letters=True,
-        inspect_pending=True,
-        persistent=True,
-    )
+    capabilities = BrokerCapabilities(priority=True, list_delayed=False)
 
     def __init__(self, config: Config, url: str | None = None, *, exact_delays: bool = False) -> None:
         super().__init__(config, url)
@@ -298,20 +290,28 @@ class AMQPBroker(Broker):
         """The keys a consumer binds ``queue`` with."""
         return layout.queue_binding_key(self.amqp, queue, self.config.default_queue)
 
-    async def return_to_queue(self, queue: str, message: AbstractIncomingMessage) -> None:
-        """Publish a copy of ``message`` (same body and properties) at the tail of ``queue``."""
+    async def return_to_queue(self, queue: str, message: AbstractIncomingMessage, delay: float = 0.0) -> None:
+        """Publish a copy of ``message`` (same body and properties) at the tail of ``queue``,
+        after ``delay`` s: meanwhile it waits in ``<queue>.handback``."""
+        ms = int(delay * 1000)
+        target = queue
+        if ms > 0:
+            target, arguments = layout.handback_queue(queue)
         copy = Message(
             message.body,
-            headers=dict(message.headers or {}),
+            headers={k: v for k, v in (message.headers or {}).items() if not k.startswith("x-death")},
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             delivery_mode=DeliveryMode.PERSISTENT,
             priority=message.priority,
+            expiration=timedelta(milliseconds=ms) if ms > 0 else None,
         )
 
         async def attempt() -> None:
+            if ms > 0:
+                await self.declare_queue(target, [], arguments=arguments)
             channel = await self._publish_channel()
-            await channel.default_exchange.publish(copy, queue, mandatory=True)
+            await channel.default_exchange.publish(copy, target, mandatory=True)
 
         await retry_transient(attempt, f"returning a task to {queue!r}")
 
@@ -335,13 +335,14 @@ class AMQPBroker(Broker):
 
         await self._send(layout.DEAD_LETTER_EXCHANGE, queue, message, declare)
 
-    async def get_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+    async def get_dead_letters(self, queue: str | None = None, limit: int | None = None) -> list[DeadLetter]:
         queue = queue or self.config.default_queue
         letters: list[DeadLetter] = []
         async with scratch_channel(await self.connection()) as channel:
             count = await _message_count(channel, layout.dead_letter_queue(queue))
-            if not count:
+            if not count or limit == 0:
                 return []
+            count = count if limit is None else min(count, limit)
             source = await channel.get_queue(layout.dead_letter_queue(queue), ensure=False)
             held: list[AbstractIncomingMessage] = []
             try:
@@ -367,15 +368,29 @@ class AMQPBroker(Broker):
 
     # -- inspection ------------------------------------------------------------------
 
-    async def get_pending_tasks(self, queue: str | None = None) -> list[Signature]:
+    async def get_pending_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
         """Tasks waiting in ``queue``, read with basic.get and put back (as Go does).
 
         Messages a worker has received but not acked are not pending and are
         not listed. Bodies that are not valid Signatures are skipped (and logged).
         """
-        queue = queue or self.config.default_queue
+        return await self._peek_tasks(queue or self.config.default_queue, limit)
+
+    async def count_pending(self, queue: str | None = None) -> int:
         async with scratch_channel(await self.connection()) as channel:
-            count = await _message_count(channel, queue)
+            return await _message_count(channel, queue or self.config.default_queue) or 0
+
+    async def get_held_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
+        """Tasks handed back for later (names no worker knows), waiting in ``<queue>.handback``.
+        RabbitMQ cannot list the messages workers hold unacked (running)."""
+        name, _ = layout.handback_queue(queue or self.config.default_queue)
+        return await self._peek_tasks(name, limit)
+
+    async def _peek_tasks(self, queue: str, limit: int | None) -> list[Signature]:
+        async with scratch_channel(await self.connection()) as channel:
+            count = await _message_count(channel, queue) or 0
+            if limit is not None:
+                count = min(count, limit)
             bodies = await peek(channel, queue, count) if count else []
         tasks: list[Signature] = []
         for body in bodies:
@@ -384,13 +399,6 @@ class AMQPBroker(Broker):
             except InvalidMessageError as exc:
                 logger.warning("queue %r holds a message that is not a task: %s", queue, exc.reason)
         return tasks
-
-    async def get_delayed_tasks(self) -> list[Signature]:
-        raise NotImplementedError(
-            "RabbitMQ holds delayed tasks in TTL queues (delay.<ms>.<exchange>.<routing key>, "
-            "or amqp.delayed_queue) whose messages cannot be listed in ETA order; "
-            "use `inspect pending -Q <queue>` on one of them"
-        )
 
     async def purge(self, queue: str | None = None) -> int:
         queue = queue or self.config.default_queue

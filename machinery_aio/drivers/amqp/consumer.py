@@ -35,6 +35,8 @@ MAX_PREFETCH = 65535
 """AMQP's prefetch count is a 16-bit number."""
 DEAD_LETTER_RETRY_DELAY = 5.0
 """Seconds before a message that could not be dead-lettered goes back to its queue."""
+WAIT = 1.0
+"""Longest a fetch waits for a pushed message before returning an empty list."""
 
 
 class AMQPConsumer(Consumer):
@@ -114,10 +116,10 @@ class AMQPConsumer(Consumer):
 
     # -- Consumer interface ---------------------------------------------------------
 
-    async def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+    async def fetch(self, max_count: int) -> list[Delivery]:
         if self._closed:
             return []
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + WAIT
         try:
             if self._consumer_tag is None:
                 await self._start()
@@ -160,20 +162,19 @@ class AMQPConsumer(Consumer):
         await message.ack()
 
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
-        """Put the message at the back of its queue after ``delay`` s.
+        """Put the message at the back of its queue, after ``delay`` s.
 
-        A copy goes to the tail and the delivery is acked, rather than Go's
-        nack-requeue, which puts it back at the head: a worker would receive
-        the same message again at once and never reach the ones behind it.
+        A copy goes to the tail (with a delay, through ``<queue>.handback``, a TTL
+        queue that dead-letters into the queue) and the delivery is acked, rather
+        than Go's nack-requeue, which puts it back at the head: a worker would
+        receive the same message again at once and never reach the ones behind it.
         If the copy cannot be published, the delivery is nacked with requeue.
         """
         message: AbstractIncomingMessage = delivery.token
-        if delay > 0:
-            await asyncio.sleep(delay)
         if not is_live(message):
             return
         try:
-            await self.broker.return_to_queue(self.queue, message)
+            await self.broker.return_to_queue(self.queue, message, delay)
         except Exception as exc:
             logger.warning(
                 "could not move a task to the back of %r (%s); requeueing it in place", self.queue, exc
@@ -190,7 +191,8 @@ class AMQPConsumer(Consumer):
             )
         except Exception:
             # Not set aside: hand it back after a pause rather than drop it or spin on it.
-            await self.requeue(delivery, DEAD_LETTER_RETRY_DELAY)
+            await asyncio.sleep(DEAD_LETTER_RETRY_DELAY)
+            await self.requeue(delivery)
             raise
         if is_live(message):
             await message.ack()

@@ -267,6 +267,3 @@ class AMQPGroups:
         if missing:
             raise LookupError(f"group {group_uuid}: no final state for {', '.join(missing)}")
         return [found[u] for u in meta.task_uuids]
-
-    async def purge(self, group_uuid: str) -> None:
-        await self.backend.delete_queues(group_uuid, meta_queue(group_uuid), f"{group_uuid}_chord_triggered")

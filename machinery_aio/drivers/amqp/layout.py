@@ -20,6 +20,7 @@ __all__ = [
     "delay_bucket",
     "delay_queue",
     "delayed_queue",
+    "handback_queue",
     "queue_binding_key",
     "route",
 ]
@@ -146,6 +147,16 @@ def delayed_queue(amqp: AMQPConfig, routing_key: str, default_routing_key: str) 
 def dead_letter_queue(queue: str) -> str:
     """Where messages set aside from ``queue`` are kept: ``<queue>.dead``."""
     return f"{queue}.dead"
+
+
+# -- hand-backs ------------------------------------------------------------------------
+
+
+def handback_queue(queue: str) -> tuple[str, dict[str, Any]]:
+    """``<queue>.handback`` and its arguments: messages handed back for later (task names no
+    worker here knows) wait there with a per-message TTL, then dead-letter through the
+    default exchange straight back into ``queue``, whatever its bindings."""
+    return f"{queue}.handback", {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}
 
 
 # -- headers -----------------------------------------------------------------------

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from datetime import datetime
 
 from ...gotime import ZERO_TIME, now
 from ...state import GroupMeta, TaskState
-from ..backend import ResultBackend
+from ..backend import BackendCapabilities, ResultBackend, keep_origin
 from .store import shared, store_name
 
 __all__ = ["MemoryBackend"]
@@ -23,7 +22,6 @@ __all__ = ["MemoryBackend"]
 class _Store:
     def __init__(self) -> None:
         self.records: dict[str, tuple[bytes, float]] = {}  # uuid -> (json, expires at)
-        self.origins: dict[str, tuple[str, datetime]] = {}  # uuid -> (task name, created at)
         self.waiters: dict[str, asyncio.Event] = {}
 
     def get(self, key: str) -> bytes | None:
@@ -43,7 +41,7 @@ class _Store:
 class MemoryBackend(ResultBackend):
     """In-process result backend; ``memory://name`` instances with the same name share records."""
 
-    scheme = "memory"
+    capabilities = BackendCapabilities(in_process=True)
 
     @property
     def _store(self) -> _Store:
@@ -56,37 +54,30 @@ class MemoryBackend(ResultBackend):
         self.__dict__["_cached"] = (loop, store)
         return store
 
-    async def set_state(self, state: TaskState) -> None:
-        self._write(state)
-
     async def set_states(self, states: Sequence[TaskState]) -> None:
         for state in states:
             self._write(state)
 
     def _write(self, state: TaskState) -> None:
         store = self._store
-        origin = store.origins.get(state.task_uuid)
-        missing = not state.task_name or state.created_at == ZERO_TIME
-        if missing and origin is not None and store.get(state.task_uuid) is not None:
-            state = state.model_copy()
-            state.task_name = state.task_name or origin[0]
-            if state.created_at == ZERO_TIME:
-                state.created_at = origin[1]
-        if state.created_at != ZERO_TIME:
-            store.origins[state.task_uuid] = (state.task_name, state.created_at)
+        if not state.task_name or state.created_at == ZERO_TIME:
+            state = keep_origin(state, self._read(state.task_uuid))
         store.put(state.task_uuid, state.to_json(), self.expires_in)
         if state.is_completed():
             event = store.waiters.pop(state.task_uuid, None)
             if event is not None:
                 event.set()
 
+    def _read(self, task_uuid: str) -> TaskState | None:
+        data = self._store.get(task_uuid)
+        return None if data is None else TaskState.from_json(data)
+
     async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
         meta = GroupMeta(group_uuid=group_uuid, task_uuids=list(task_uuids), created_at=now())
         self._store.put(group_uuid, meta.to_json(), self.expires_in)
 
     async def get_state(self, task_uuid: str) -> TaskState | None:
-        data = self._store.get(task_uuid)
-        return None if data is None else TaskState.from_json(data)
+        return self._read(task_uuid)
 
     async def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
         data = self._store.get(group_uuid)
@@ -110,7 +101,7 @@ class MemoryBackend(ResultBackend):
         store = self._store
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            state = await self.get_state(task_uuid)
+            state = self._read(task_uuid)
             if state is not None and state.is_completed():
                 return state
             event = store.waiters.get(task_uuid)
@@ -123,10 +114,3 @@ class MemoryBackend(ResultBackend):
                 await asyncio.wait_for(event.wait(), left)
             except TimeoutError:
                 raise TimeoutError(f"task {task_uuid} did not complete within {timeout} s") from None
-
-    async def purge_state(self, task_uuid: str) -> None:
-        self._store.records.pop(task_uuid, None)
-        self._store.origins.pop(task_uuid, None)
-
-    async def purge_group_meta(self, group_uuid: str) -> None:
-        self._store.records.pop(group_uuid, None)

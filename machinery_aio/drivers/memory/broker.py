@@ -18,18 +18,23 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from ...gotime import unix_nanos
-from ...signature import Signature
+from ...signature import InvalidMessageError, Signature
 from ..broker import Broker, BrokerCapabilities, Consumer, DeadLetter, Delivery
 from .store import shared, store_name
 
 __all__ = ["MemoryBroker"]
 
+WAIT = 1.0
+"""Longest a fetch waits for a message before returning an empty list."""
+
 
 class _Store:
     def __init__(self) -> None:
         self.queues: dict[str, deque[bytes]] = {}
-        self.delayed: list[tuple[float, int, str, bytes]] = []  # (due unix s, seq, queue, body)
+        # (due unix s, seq, queue, body, handed back by a consumer rather than published with an ETA)
+        self.delayed: list[tuple[float, int, str, bytes, bool]] = []
         self.dead: dict[str, list[DeadLetter]] = {}
+        self.held: dict[str, dict[int, Delivery]] = {}  # queue -> deliveries consumers hold
         self.changed = asyncio.Condition()
         self.seq = itertools.count()
 
@@ -43,38 +48,38 @@ class _Store:
         """Move due delayed messages to their queues; return seconds until the next one."""
         now = time.time()
         while self.delayed and self.delayed[0][0] <= now:
-            _, _, queue, body = heapq.heappop(self.delayed)
+            _, _, queue, body, _ = heapq.heappop(self.delayed)
             self.queue(queue).append(body)
         return self.delayed[0][0] - now if self.delayed else None
 
-    def delay(self, due: float, queue: str, body: bytes) -> None:
-        heapq.heappush(self.delayed, (due, next(self.seq), queue, body))
+    def delay(self, due: float, queue: str, body: bytes, handed_back: bool = False) -> None:
+        heapq.heappush(self.delayed, (due, next(self.seq), queue, body, handed_back))
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
 
 
 class MemoryBroker(Broker):
     """In-process broker; ``memory://name`` instances with the same name share queues."""
 
-    scheme = "memory"
-    capabilities = BrokerCapabilities(
-        at_least_once=True, delayed_delivery=True, priority=False, persistent=False
-    )
+    capabilities = BrokerCapabilities(in_process=True, at_least_once=False)
 
     @property
     def _store(self) -> _Store:
         return shared(_Store, store_name(self.url), _Store)
 
     async def publish(self, signature: Signature) -> None:
-        self.adjust_routing_key(signature)
-        await self._put(signature)
+        self._put(signature)
+        await self._store.notify()
 
     async def publish_many(self, signatures: Sequence[Signature]) -> None:
         for signature in signatures:
-            self.adjust_routing_key(signature)
-            await self._put(signature, notify=False)
-        async with self._store.changed:
-            self._store.changed.notify_all()
+            self._put(signature)
+        await self._store.notify()
 
-    async def _put(self, signature: Signature, notify: bool = True) -> None:
+    def _put(self, signature: Signature) -> None:
+        self.adjust_routing_key(signature)
         store = self._store
         body = signature.to_json()
         eta = signature.eta
@@ -82,22 +87,34 @@ class MemoryBroker(Broker):
             store.delay(unix_nanos(eta) / 1e9, signature.routing_key, body)
         else:
             store.queue(signature.routing_key).append(body)
-        if notify:
-            async with store.changed:
-                store.changed.notify_all()
+
+    async def push_raw(self, queue: str, body: bytes) -> None:
+        """Put raw bytes on ``queue``, as a foreign (or Go) producer would."""
+        self._store.queue(queue).append(body)
+        await self._store.notify()
 
     def consumer(self, queue: str, *, prefetch: int, tag: str) -> Consumer:
-        return _MemoryConsumer(self._store, queue)
+        return _MemoryConsumer(self._store, queue, prefetch)
 
-    async def get_pending_tasks(self, queue: str | None = None) -> list[Signature]:
+    async def get_pending_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
         items = list(self._store.queue(queue or self.config.default_queue))
-        return [Signature.from_json(body) for body in items]
+        return _decode(items[:limit])
 
-    async def get_delayed_tasks(self) -> list[Signature]:
-        return [Signature.from_json(body) for _, _, _, body in sorted(self._store.delayed)]
+    async def count_pending(self, queue: str | None = None) -> int:
+        return len(self._store.queue(queue or self.config.default_queue))
 
-    async def get_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
-        return list(self._store.dead.get(queue or self.config.default_queue, ()))
+    async def get_held_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
+        store = self._store
+        name = queue or self.config.default_queue
+        bodies = [d.body for d in store.held.get(name, {}).values()]
+        bodies += [body for _, _, q, body, back in sorted(store.delayed) if q == name and back]
+        return _decode(bodies[:limit])
+
+    async def get_delayed_tasks(self, limit: int | None = None) -> list[Signature]:
+        return _decode([body for _, _, _, body, back in sorted(self._store.delayed) if not back][:limit])
+
+    async def get_dead_letters(self, queue: str | None = None, limit: int | None = None) -> list[DeadLetter]:
+        return list(self._store.dead.get(queue or self.config.default_queue, ()))[:limit]
 
     async def purge(self, queue: str | None = None) -> int:
         items = self._store.queue(queue or self.config.default_queue)
@@ -106,26 +123,39 @@ class MemoryBroker(Broker):
         return count
 
 
+def _decode(bodies: list[bytes]) -> list[Signature]:
+    out = []
+    for body in bodies:
+        try:
+            out.append(Signature.from_json(body))
+        except InvalidMessageError:
+            continue
+    return out
+
+
 class _MemoryConsumer(Consumer):
-    def __init__(self, store: _Store, queue: str) -> None:
+    def __init__(self, store: _Store, queue: str, prefetch: int) -> None:
         self.store = store
         self.queue = queue
-        self.held: dict[int, Delivery] = {}
+        self.prefetch = max(1, prefetch)
+        self.held = store.held.setdefault(queue, {})
+        self.mine: set[int] = set()
         self.closed = False
-        self.timers: set[asyncio.TimerHandle] = set()
 
-    async def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+    async def fetch(self, max_count: int) -> list[Delivery]:
         store = self.store
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + WAIT
         async with store.changed:
             while not self.closed:
                 next_due = store.move_due()
                 items = store.queue(self.queue)
-                if items:
+                room = min(max_count, self.prefetch - len(self.mine))
+                if items and room > 0:
                     out: list[Delivery] = []
-                    while items and len(out) < max_count:
+                    while items and len(out) < room:
                         delivery = Delivery(items.popleft(), self.queue)
                         self.held[id(delivery)] = delivery
+                        self.mine.add(id(delivery))
                         out.append(delivery)
                     return out
                 wait = deadline - time.monotonic()
@@ -139,17 +169,27 @@ class _MemoryConsumer(Consumer):
                     pass
         return []
 
-    async def ack(self, delivery: Delivery) -> None:
+    def _settle(self, delivery: Delivery) -> bool:
+        """Forget ``delivery``; False if it was not ours (already settled)."""
+        if id(delivery) not in self.mine:
+            return False
+        self.mine.discard(id(delivery))
         self.held.pop(id(delivery), None)
+        return True
+
+    async def ack(self, delivery: Delivery) -> None:
+        if self._settle(delivery):
+            await self.store.notify()  # room for another fetch
 
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
-        if self.held.pop(id(delivery), None) is None:
+        if not self._settle(delivery):
             return
-        self.store.delay(time.time() + delay, delivery.queue, delivery.body)
-        await self._notify()
+        self.store.delay(time.time() + delay, delivery.queue, delivery.body, handed_back=delay > 0)
+        await self.store.notify()
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        self.held.pop(id(delivery), None)
+        if not self._settle(delivery):
+            return
         letter = DeadLetter(
             queue=delivery.queue,
             reason=reason,
@@ -157,18 +197,15 @@ class _MemoryConsumer(Consumer):
             failed_at=datetime.now(UTC).isoformat(),
         )
         self.store.dead.setdefault(delivery.queue, []).append(letter)
+        await self.store.notify()
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         items = self.store.queue(self.queue)
         for delivery in reversed(deliveries):
-            if self.held.pop(id(delivery), None) is not None:
+            if self._settle(delivery):
                 items.appendleft(delivery.body)
-        await self._notify()
+        await self.store.notify()
 
     async def close(self) -> None:
         self.closed = True
-        await self.release(list(self.held.values()))
-
-    async def _notify(self) -> None:
-        async with self.store.changed:
-            self.store.changed.notify_all()
+        await self.release([self.held[key] for key in list(self.mine) if key in self.held])

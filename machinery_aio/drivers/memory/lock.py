@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from ..lock import Lock
+from ..lock import Lock, LockCapabilities
 from .store import shared, store_name
 
 __all__ = ["MemoryLock"]
@@ -19,7 +19,7 @@ class _Store:
 class MemoryLock(Lock):
     """In-process lock; ``memory://name`` instances with the same name share keys."""
 
-    scheme = "memory"
+    capabilities = LockCapabilities(in_process=True)
 
     @property
     def _store(self) -> _Store:

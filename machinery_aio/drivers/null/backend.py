@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ...state import GroupMeta, TaskState
-from ..backend import ResultBackend
+from ..backend import BackendCapabilities, ResultBackend
 
 __all__ = ["NullBackend"]
 
@@ -18,11 +18,7 @@ __all__ = ["NullBackend"]
 class NullBackend(ResultBackend):
     """Discards every state; reads find nothing."""
 
-    scheme = "null"
-    stores_results = False
-
-    async def set_state(self, state: TaskState) -> None:
-        return None
+    capabilities = BackendCapabilities(stores_results=False)
 
     async def set_states(self, states: Sequence[TaskState]) -> None:
         return None
@@ -49,9 +45,3 @@ class NullBackend(ResultBackend):
         self, task_uuid: str, timeout: float | None, interval: float = 0.05
     ) -> TaskState:
         raise RuntimeError("the null:// backend stores no results; configure a real backend")
-
-    async def purge_state(self, task_uuid: str) -> None:
-        return None
-
-    async def purge_group_meta(self, group_uuid: str) -> None:
-        return None

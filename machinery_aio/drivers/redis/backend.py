@@ -63,8 +63,6 @@ def chord_owner_key(group_uuid: str) -> str:
 class RedisBackend(ResultBackend):
     """Task states and group metadata in Redis, as Go Machinery stores them."""
 
-    scheme = "redis"
-
     def __init__(self, config: Config, url: str | None = None) -> None:
         super().__init__(config, url)
         self.cluster = is_cluster(self.url, config)
@@ -90,7 +88,7 @@ class RedisBackend(ResultBackend):
 
     async def connect(self) -> None:
         self._redis.attach(self)
-        self.batcher  # noqa: B018 - creates the client; connections open on first use
+        await self._redis.reach()
 
     async def close(self) -> None:
         if self._notifier is not None:
@@ -99,9 +97,6 @@ class RedisBackend(ResultBackend):
         await self._redis.close(self)
 
     # -- writes ------------------------------------------------------------------------
-
-    async def set_state(self, state: TaskState) -> None:
-        await self.batcher.run(self._write([state]))
 
     async def set_states(self, states: Sequence[TaskState]) -> None:
         """One round trip, in order; a task's consecutive states (RECEIVED then STARTED)
@@ -112,17 +107,17 @@ class RedisBackend(ResultBackend):
         else:
             await self.batcher.execute_all(commands)
 
-    def set_states_soon(self, states: Sequence[TaskState]) -> Awaitable[Any] | None:
-        """Queue one task's states for the next pipeline. The script keeps them from
-        replacing what they must not: a PENDING never replaces the worker's first state,
-        RECEIVED or STARTED never replace SUCCESS or FAILURE."""
+    async def set_states_soon(self, states: Sequence[TaskState]) -> Awaitable[Any]:
+        """Queue one task's states for the next pipeline and return without waiting. The
+        script keeps them from replacing what they must not: a PENDING never replaces the
+        worker's first state, RECEIVED or STARTED never replace SUCCESS or FAILURE."""
         first = states[0]
         if first.state is State.PENDING and len(states) == 1:
             guard = "pending"
         elif all(s.state in (State.RECEIVED, State.STARTED) for s in states):
             guard = "started"
         else:
-            return None
+            return await super().set_states_soon(states)
         return self.batcher.submit(self._write(list(states), guard))
 
     def _write(self, states: list[TaskState], guard: str = "") -> Command:
@@ -258,13 +253,6 @@ class RedisBackend(ResultBackend):
                     if state.is_completed():
                         return state
                 pause = min(POLL_MAX, pause * 2)
-
-    async def purge_state(self, task_uuid: str) -> None:
-        await self.batcher.execute("DEL", task_uuid)
-
-    async def purge_group_meta(self, group_uuid: str) -> None:
-        self._members.pop(group_uuid, None)
-        await self.batcher.execute("DEL", group_uuid, chord_owner_key(group_uuid))
 
 
 def _task_uuid(state: TaskState) -> str:

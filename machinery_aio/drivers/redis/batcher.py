@@ -415,6 +415,7 @@ class RedisHandle:
         self._client: RedisClient | None = None
         self._batcher: CommandBatcher | None = None
         self._owners: set[int] = set()
+        self._reached = False
 
     @classmethod
     def shared(cls, url: str, config: Config, owner: object) -> RedisHandle:
@@ -429,6 +430,12 @@ class RedisHandle:
     def attach(self, owner: object) -> None:
         """``owner`` uses this handle (again): the connections stay until it closes."""
         self._owners.add(id(owner))
+
+    async def reach(self) -> None:
+        """PING once, so that a Redis that cannot be reached is reported at connect time."""
+        if not self._reached:
+            await self.client.ping()
+            self._reached = True
 
     @property
     def client(self) -> RedisClient:
@@ -455,4 +462,5 @@ class RedisHandle:
             await batcher.close()
         if self._client is not None:
             client, self._client = self._client, None
+            self._reached = False
             await client.aclose()

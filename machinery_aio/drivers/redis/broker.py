@@ -42,15 +42,7 @@ logger = get_logger("machinery_aio.drivers.redis.broker")
 class RedisBroker(Broker):
     """Publishes to and consumes from Redis lists, as Go Machinery lays them out."""
 
-    scheme = "redis"
-    capabilities = BrokerCapabilities(
-        at_least_once=True,
-        delayed_delivery=True,
-        priority=False,
-        dead_letters=True,
-        inspect_pending=True,
-        persistent=True,
-    )
+    capabilities = BrokerCapabilities()
 
     def __init__(self, config: Config, url: str | None = None) -> None:
         super().__init__(config, url)
@@ -71,7 +63,7 @@ class RedisBroker(Broker):
 
     async def connect(self) -> None:
         self._redis.attach(self)
-        self.batcher  # noqa: B018 - creates the client; connections open on first use
+        await self._redis.reach()
 
     async def close(self) -> None:
         if self._mover is not None:
@@ -135,7 +127,7 @@ class RedisBroker(Broker):
     # -- consuming -------------------------------------------------------------------------
 
     def consumer(self, queue: str, *, prefetch: int, tag: str) -> Consumer:
-        return RedisConsumer(self, queue, tag=tag)
+        return RedisConsumer(self, queue, prefetch=prefetch, tag=tag)
 
     def consumer_started(self) -> None:
         """A consumer started: make sure this process moves due delayed tasks."""
@@ -167,20 +159,44 @@ class RedisBroker(Broker):
 
     # -- inspection and admin ----------------------------------------------------------------
 
-    async def get_pending_tasks(self, queue: str | None = None) -> list[Signature]:
+    async def get_pending_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
         """Tasks waiting in ``queue`` (not those claimed by a worker), oldest first."""
-        bodies = await self.client.execute_command("LRANGE", queue or self.config.default_queue, 0, -1)
-        return _decode_all(bodies, f"queue {queue or self.config.default_queue!r}")
+        if limit == 0:
+            return []
+        name = queue or self.config.default_queue
+        bodies = await self.client.execute_command("LRANGE", name, 0, _last(limit))
+        return _decode_all(bodies, f"queue {name!r}")
 
-    async def get_delayed_tasks(self) -> list[Signature]:
+    async def count_pending(self, queue: str | None = None) -> int:
+        return int(await self.client.execute_command("LLEN", queue or self.config.default_queue))
+
+    async def get_held_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
+        """Tasks in the processing lists of ``queue``'s consumers: running, acked but not yet
+        confirmed, or waiting out a hand-back delay (names no worker knows)."""
+        name = queue or self.config.default_queue
+        keys = QueueKeys(name)
+        bodies: list[bytes] = []
+        for consumer in await self.client.execute_command("ZRANGE", keys.consumers, 0, -1):
+            left = None if limit is None else limit - len(bodies)
+            if left is not None and left <= 0:
+                break
+            processing = keys.processing(consumer.decode())
+            bodies += await self.client.execute_command("LRANGE", processing, 0, _last(left))
+        return _decode_all(bodies, f"the processing lists of {name!r}")
+
+    async def get_delayed_tasks(self, limit: int | None = None) -> list[Signature]:
         """Tasks waiting for their ETA, earliest first."""
-        bodies = await self.client.execute_command("ZRANGE", self.delayed_key, 0, -1)
+        if limit == 0:
+            return []
+        bodies = await self.client.execute_command("ZRANGE", self.delayed_key, 0, _last(limit))
         return _decode_all(bodies, f"delayed set {self.delayed_key!r}")
 
-    async def get_dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+    async def get_dead_letters(self, queue: str | None = None, limit: int | None = None) -> list[DeadLetter]:
         """Messages set aside from ``queue``, with the reasons, oldest first."""
+        if limit == 0:
+            return []
         keys = QueueKeys(queue or self.config.default_queue)
-        raw = await self.client.lrange(keys.dead, 0, -1)
+        raw = await self.client.execute_command("LRANGE", keys.dead, 0, _last(limit))
         return [DeadLetter.model_validate_json(item) for item in raw]
 
     async def purge(self, queue: str | None = None) -> int:
@@ -193,6 +209,11 @@ class RedisBroker(Broker):
         keys = QueueKeys(queue or self.config.default_queue)
         count = await run_script(self.client, PURGE, [keys.dead])
         return int(count)
+
+
+def _last(limit: int | None) -> int:
+    """The last index of an LRANGE/ZRANGE for ``limit`` items (-1: all)."""
+    return -1 if limit is None else limit - 1
 
 
 def _decode_all(bodies: list[bytes], where: str) -> list[Signature]:

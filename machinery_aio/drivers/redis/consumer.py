@@ -15,6 +15,7 @@ after ``redis.consumer_timeout`` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -39,9 +40,10 @@ logger = get_logger("machinery_aio.drivers.redis.broker")
 class RedisConsumer(Consumer):
     """A worker's reliable view of one Redis queue (see the module docstring)."""
 
-    def __init__(self, broker: RedisBroker, queue: str, *, tag: str) -> None:
+    def __init__(self, broker: RedisBroker, queue: str, *, prefetch: int, tag: str) -> None:
         self.broker = broker
         self.queue = queue
+        self.prefetch = max(1, prefetch)
         self.keys = QueueKeys(queue)
         self.consumer_id = f"{tag or 'consumer'}-{uuid.uuid4().hex[:8]}"
         self.processing = self.keys.processing(self.consumer_id)
@@ -57,11 +59,25 @@ class RedisConsumer(Consumer):
         self._reconcile = False
         self._heartbeat: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._room = asyncio.Event()  # set when a delivery is settled
 
     # -- fetching ----------------------------------------------------------------------
 
-    async def fetch(self, max_count: int, timeout: float) -> list[Delivery]:
+    @property
+    def wait(self) -> float:
+        """Seconds one fetch blocks on an empty queue: ``redis.normal_tasks_poll_period``,
+        below the broker's longest safe block."""
+        period = self.broker.config.redis.normal_tasks_poll_period / 1000
+        return min(max(0.1, period), self.broker.max_block)
+
+    async def fetch(self, max_count: int) -> list[Delivery]:
         if self._closed:
+            return []
+        room = min(max_count, self.prefetch - len(self._held))
+        if room <= 0:
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), self.wait)
             return []
         if not self._started:
             await self._start()
@@ -69,12 +85,10 @@ class RedisConsumer(Consumer):
             await self._retry_acks()
         if self._reconcile:
             await self._return_untracked()
-        bodies = await self._claim(max_count)
+        bodies = await self._claim(room)
         if bodies:
             return self._deliver(bodies)
-        wait = min(timeout, self.broker.max_block)
-        if wait < 0.01:
-            return []
+        wait = self.wait
         try:
             body: bytes | None = await self.broker.client.execute_command(
                 "BLMOVE", self.queue, self.processing, "LEFT", "RIGHT", round(wait, 3)
@@ -120,6 +134,7 @@ class RedisConsumer(Consumer):
         the next fetch or heartbeat, and :meth:`close` waits for every ack."""
         if self._held.pop(id(delivery), None) is None:
             return
+        self._room.set()
         self._unacked.append(delivery)
         self._start_acks()
 
@@ -157,9 +172,6 @@ class RedisConsumer(Consumer):
         if self._unacked:
             await asyncio.shield(self._start_acks())
 
-    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        await asyncio.gather(*(self.ack(d) for d in deliveries))
-
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
         """Back to the tail of the queue, bytes unchanged. With a delay, the message stays
         claimed (so it survives a crash) until the delay is over."""
@@ -169,6 +181,7 @@ class RedisConsumer(Consumer):
             await self._requeue_now(delivery)
             return
         self._held.pop(id(delivery))
+        self._room.set()
         handle = asyncio.get_running_loop().call_later(delay, self._requeue_later, delivery)
         self._later[id(delivery)] = (delivery, handle)
 
@@ -207,6 +220,7 @@ class RedisConsumer(Consumer):
         finally:
             for delivery in deliveries:
                 self._held.pop(id(delivery), None)
+            self._room.set()
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         if id(delivery) not in self._held:

@@ -35,8 +35,6 @@ class LockNotAcquiredError(RuntimeError):
 class RedisLock(Lock):
     """A lock on one Redis (or a cluster: every lock is a single key)."""
 
-    scheme = "redis"
-
     def __init__(self, config: Any, url: str | None = None) -> None:
         super().__init__(config, url)
         self._client: RedisClient | None = None
