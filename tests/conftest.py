@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from machinery_aio import Config, Server
-from tests.processes import cli_process  # noqa: F401 - a fixture for CLI subprocess tests
+from tests.support.processes import cli_process  # noqa: F401 - a fixture for CLI subprocess tests
 from tests.services import is_open
 
 DATA = Path(__file__).parent / "data"

@@ -16,7 +16,7 @@ from machinery_aio import Arg, Config, Server, Signature, State
 from machinery_aio.cli import CLIError, banner, build_parser, load_app, main, parse_cli_arg
 from machinery_aio.urls import MASK
 from tests.apps import memory_app
-from tests.processes import StartCLI
+from tests.support.processes import StartCLI
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.memory_app:server"

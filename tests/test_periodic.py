@@ -21,7 +21,7 @@ from machinery_aio.periodic import (
     format_tick,
     run_beat,
 )
-from tests.periodic_support import assert_each_tick_once
+from tests.support.periodic import assert_each_tick_once
 
 MakeServer = Callable[[Config], Server]
 
@@ -580,7 +580,7 @@ async def test_describe_shows_next_runs_in_the_entry_timezone(memory_server: Ser
 
 
 def test_cli_inspect_periodic(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", "periodic", "-A", "tests.periodic_app:inspect_server"]) == 0
+    assert main(["inspect", "periodic", "-A", "tests.apps.periodic_app:inspect_server"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["type"], r["timezone"]) for r in rows] == [
         ("morning-report", "task", "Europe/Paris"),
@@ -591,7 +591,7 @@ def test_cli_inspect_periodic(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_beat_without_periodic_tasks_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["beat", "-A", "tests.periodic_app:empty_server"]) == 2
+    assert main(["beat", "-A", "tests.apps.periodic_app:empty_server"]) == 2
     assert "no periodic tasks are registered" in capsys.readouterr().err
 
 

@@ -21,8 +21,8 @@ import redis
 
 from machinery_aio import Config, Server, Signature
 from tests.conftest import IN_CI, require_server
-from tests.periodic_app import build
-from tests.periodic_support import (
+from tests.apps.periodic_app import build
+from tests.support.periodic import (
     REDIS_URL,
     Processes,
     app_env,
@@ -88,7 +88,7 @@ def test_three_workers_send_each_tick_once(
     env = app_env(unique, broker=REDIS_URL, result_backend=REDIS_URL, kind=kind)
     for i in range(3):
         processes.start(
-            ["worker", "-A", "tests.periodic_app:make_server", "-c", "4", "-t", f"{unique}-w{i}"],
+            ["worker", "-A", "tests.apps.periodic_app:make_server", "-c", "4", "-t", f"{unique}-w{i}"],
             env,
             f"worker{i}",
         )

@@ -15,7 +15,7 @@ import redis.asyncio
 
 from machinery_aio import Arg, Config, Server, Signature
 from tests.conftest import require_server
-from tests.periodic_support import (
+from tests.support.periodic import (
     REDIS_URL,
     Processes,
     app_env,
@@ -141,7 +141,7 @@ def test_three_beat_processes_send_each_tick_once(
     # the app records every send in Redis from the process that sends it.
     env = app_env(unique, broker="memory://", result_backend="memory://", lock=REDIS_URL)
     for i in range(3):
-        processes.start(["beat", "-A", "tests.periodic_app:make_server"], env, f"beat{i}")
+        processes.start(["beat", "-A", "tests.apps.periodic_app:make_server"], env, f"beat{i}")
     up, sent = f"ptest:{unique}:up", f"ptest:{unique}:sent"
     wait_for(lambda: redis5.scard(up) == 3, "three beat processes", logs=processes.logs)
     seen = len({r["tick"] for r in records(redis5, sent)})
@@ -161,7 +161,7 @@ def test_beat_runs_until_sigterm_and_exits_cleanly(
     unique: str, redis5: redis.Redis, processes: Processes
 ) -> None:
     env = app_env(unique, broker="memory://", result_backend="memory://", lock=REDIS_URL)
-    proc = processes.start(["beat", "-A", "tests.periodic_app:make_server"], env, "beat")
+    proc = processes.start(["beat", "-A", "tests.apps.periodic_app:make_server"], env, "beat")
     sent = f"ptest:{unique}:sent"
     wait_for(lambda: redis5.llen(sent) >= 2, "two sends", logs=processes.logs)
     processes.stop_all()

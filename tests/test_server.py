@@ -29,7 +29,7 @@ from machinery_aio import (
     TaskResult,
 )
 from machinery_aio.gotime import ZERO_TIME
-from tests.recording import RecordingBackend, RecordingBroker
+from tests.support.recording import RecordingBackend, RecordingBroker
 
 
 @pytest.fixture

@@ -32,8 +32,8 @@ from machinery_aio import (
 from machinery_aio.drivers.broker import Consumer, Delivery
 from machinery_aio.gotime import unix_nanos
 from machinery_aio.retry import fibonacci_next
-from tests.processes import StartCLI
-from tests.recording import RecordingBackend, RecordingBroker, push_raw
+from tests.support.processes import StartCLI
+from tests.support.recording import RecordingBackend, RecordingBroker, push_raw
 
 P, R, S = State.PENDING, State.RECEIVED, State.STARTED
 CLOCK_SLACK = timedelta(milliseconds=1)

@@ -19,7 +19,7 @@ import pytest
 from machinery_aio import Config
 from machinery_aio.config import AMQPConfig
 from machinery_aio.drivers.redis.connection import RedisClient, create_redis
-from tests.amqp.conftest import rabbitmq, vhost  # noqa: F401 - fixtures
+from tests.drivers.amqp.conftest import rabbitmq, vhost  # noqa: F401 - fixtures
 from tests.conftest import require_server
 
 ROOT = Path(__file__).resolve().parents[2]

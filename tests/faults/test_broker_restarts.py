@@ -14,7 +14,7 @@ import pytest
 
 from machinery_aio import Arg, Config, Server, Signature
 from machinery_aio.drivers.redis.connection import RedisClient
-from tests.amqp.conftest import close_vhost_connections
+from tests.drivers.amqp.conftest import close_vhost_connections
 from tests.faults.conftest import PASSWORD, PrivateRedis, Workers, amqp_config, record_figures, redis_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -12,7 +12,7 @@ from aio_pika.abc import AbstractConnection
 
 from machinery_aio import Config, ConfigError, Signature, State, TaskResult, TaskState
 from machinery_aio.drivers.amqp.backend import AMQPBackend
-from tests.amqp.conftest import AMQP_URL, Cleanup
+from tests.drivers.amqp.conftest import AMQP_URL, Cleanup
 from tests.conftest import golden
 
 

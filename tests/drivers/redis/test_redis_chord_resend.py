@@ -10,7 +10,7 @@ from machinery_aio.drivers.redis.backend import RedisBackend, chord_owner_key
 from machinery_aio.drivers.redis.batcher import run_script
 from machinery_aio.drivers.redis.connection import RedisClient
 from machinery_aio.drivers.redis.state_scripts import TRIGGER_CHORD
-from tests.redis.conftest import make_config
+from tests.drivers.redis.conftest import make_config
 
 
 @pytest.mark.parametrize("go_compatible", [True, False])

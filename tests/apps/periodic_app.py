@@ -60,7 +60,7 @@ def build(env: Mapping[str, str]) -> Server:
 
 
 def make_server() -> Server:
-    """``-A tests.periodic_app:make_server``: the server with its periodic entry."""
+    """``-A tests.apps.periodic_app:make_server``: the server with its periodic entry."""
     env = os.environ
     server = build(env)
     record_url, prefix, name = env["PTEST_RECORD"], env["PTEST_PREFIX"], env["PTEST_NAME"]

@@ -8,7 +8,7 @@ from typing import Any
 from machinery_aio import Server
 from machinery_aio.drivers.redis.batcher import Command, CommandBatcher, LuaScript
 from machinery_aio.drivers.redis.connection import RedisClient, create_redis
-from tests.redis.conftest import make_config
+from tests.drivers.redis.conftest import make_config
 
 ECHO = LuaScript("return {KEYS[1], ARGV[1]}")
 

@@ -13,7 +13,7 @@ from machinery_aio.drivers.redis.backend import CHORD_MUTEX, RedisBackend
 from machinery_aio.drivers.redis.connection import RedisClient
 from machinery_aio.gotime import ZERO_TIME
 from tests.conftest import GOLDEN, golden
-from tests.redis.helpers import eventually
+from tests.support.redis import eventually
 
 GOLDEN_TASK = "task_b6e536c9-a877-493d-8201-6ed9ed1aefd0"
 GOLDEN_GROUP = "group_ae13d723-0c02-4101-8392-2d5aff8c4ce4"

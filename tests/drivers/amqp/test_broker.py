@@ -19,7 +19,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 from machinery_aio import Arg, Config, ConfigError, Server, Signature, State, gotime
 from machinery_aio.config import AMQPConfig
 from machinery_aio.drivers.amqp.broker import AMQPBroker
-from tests.amqp.conftest import AMQP_URL, Cleanup, amqp_test_config
+from tests.drivers.amqp.conftest import AMQP_URL, Cleanup, amqp_test_config
 
 ServerFactory = Callable[[Config], Server]
 

@@ -12,7 +12,7 @@ from machinery_aio import Config
 from machinery_aio.drivers import create_lock
 from machinery_aio.drivers.redis.connection import RedisClient
 from machinery_aio.drivers.redis.lock import LockNotAcquiredError, RedisLock, RedsyncMutex
-from tests.redis.helpers import eventually
+from tests.support.redis import eventually
 
 
 @pytest.fixture

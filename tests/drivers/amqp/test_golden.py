@@ -14,7 +14,7 @@ import aio_pika
 import pytest
 
 from machinery_aio import Config, Server, Signature, State, TaskState
-from tests.amqp.conftest import (
+from tests.drivers.amqp.conftest import (
     AMQP_URL,
     REDIS_BACKEND_URL,
     Cleanup,

@@ -26,7 +26,7 @@ from machinery_aio.drivers.redis.broker import RedisBroker
 from machinery_aio.drivers.redis.connection import RedisClient
 from machinery_aio.drivers.redis.keys import QueueKeys
 from tests.conftest import golden
-from tests.redis.helpers import eventually, sig
+from tests.support.redis import eventually, sig
 
 
 @pytest.fixture
@@ -249,7 +249,7 @@ async def test_dropped_connections_lose_nothing(
 ) -> None:
     """Our own connections are killed again and again (CLIENT KILL by our client name)
     while tasks run: the worker, the backend and the waiters reconnect; every task ends."""
-    from tests.redis.conftest import make_config
+    from tests.drivers.redis.conftest import make_config
 
     config = make_config(redis_url, unique, client_name=f"{unique}-conn")
     server = Server(config)

@@ -13,7 +13,7 @@ from typing import IO, Protocol
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class CLIProcess:

@@ -16,12 +16,12 @@ import pytest
 from machinery_aio import Chord, Group, Server
 from machinery_aio.drivers.redis.connection import RedisClient
 from machinery_aio.drivers.redis.keys import QueueKeys
-from tests.redis.conftest import make_config
-from tests.redis.helpers import eventually, sig
+from tests.drivers.redis.conftest import make_config
+from tests.support.redis import eventually, sig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 Starter = Callable[..., subprocess.Popen[bytes]]
 

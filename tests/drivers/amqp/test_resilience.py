@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from machinery_aio import Arg, Config, Server, Signature
-from tests.amqp.conftest import AMQP_URL, amqp_test_config, close_vhost_connections
+from tests.drivers.amqp.conftest import AMQP_URL, amqp_test_config, close_vhost_connections
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GATE_FROM = 5
 CONCURRENCY = 3
 

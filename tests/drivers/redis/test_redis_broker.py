@@ -16,8 +16,8 @@ from machinery_aio.drivers.redis.consumer import RedisConsumer
 from machinery_aio.drivers.redis.keys import QueueKeys, slot_prefix
 from machinery_aio.gotime import parse_time, unix_nanos
 from tests.conftest import golden
-from tests.redis.conftest import make_config
-from tests.redis.helpers import eventually, sig
+from tests.drivers.redis.conftest import make_config
+from tests.support.redis import eventually, sig
 
 
 @pytest.fixture
@@ -413,7 +413,7 @@ async def test_our_mover_and_gos_mover_move_each_task_once(
 
 async def test_cluster_mover_recovers_a_dead_movers_staging_list(unique: str, ids: Any) -> None:
     from machinery_aio.drivers.redis.keys import DelayedKeys
-    from tests.redis.conftest import CLUSTER, need
+    from tests.drivers.redis.conftest import CLUSTER, need
 
     config = make_config(need(CLUSTER), unique)
     broker = RedisBroker(config)
@@ -429,7 +429,7 @@ async def test_cluster_mover_recovers_a_dead_movers_staging_list(unique: str, id
         assert not await client.exists(keys.staging("deadmover"))
         assert await client.zscore(keys.movers, "deadmover") is None
     finally:
-        from tests.redis.conftest import delete_matching
+        from tests.drivers.redis.conftest import delete_matching
 
         await delete_matching(client, f"*{unique}*")
         await broker.close()

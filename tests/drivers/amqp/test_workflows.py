@@ -22,7 +22,7 @@ from machinery_aio import (
     gotime,
 )
 from machinery_aio.runner import ETA_TOLERANCE
-from tests.amqp.conftest import (
+from tests.drivers.amqp.conftest import (
     REDIS_BACKEND_URL,
     Cleanup,
     amqp_test_config,

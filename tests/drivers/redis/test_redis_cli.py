@@ -15,9 +15,9 @@ from machinery_aio.drivers.redis.backend import RedisBackend
 from machinery_aio.drivers.redis.broker import RedisBroker
 from machinery_aio.drivers.redis.connection import RedisClient
 from machinery_aio.drivers.redis.consumer import RedisConsumer
-from tests.redis.helpers import sig
+from tests.support.redis import sig
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def cli(config: Config, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError
 from machinery_aio import Config, ConfigError, Server
 from machinery_aio.drivers.redis.connection import create_redis, is_cluster, parse_redis_url
 from tests.conftest import IN_CI
-from tests.redis.conftest import CLUSTER, STANDALONE, need
+from tests.drivers.redis.conftest import CLUSTER, STANDALONE, need
 
 # -- parsing ------------------------------------------------------------------------------------
 

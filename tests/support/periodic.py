@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/5"
 """This work's Redis database; tests use unique key names in it and delete them."""
 
@@ -109,7 +109,7 @@ class Processes:
 
 
 def app_env(unique: str, **settings: str) -> dict[str, str]:
-    """Environment for ``tests.periodic_app`` (see its docstring)."""
+    """Environment for ``tests.apps.periodic_app`` (see its docstring)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTEST_")}
     env.update(
         {
