@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import machine, report
-from benchmarks.envs import EnvError, interpreter
-from benchmarks.targets import SMOKE, Target, select
+from benchmarks.envs import EnvError, interpreter, run_dir
+from benchmarks.targets import SMOKE, Target, baseline, select
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -57,6 +57,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated targets, libraries or brokers "
         "(e.g. machinery-aio,arq or redis or celery/redis)",
     )
+    run.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure machinery-aio as it was at this git revision (same brokers, same run)",
+    )
     run.add_argument("--json", help="where to write the JSON (default benchmarks/results/<time>.json)")
     run.add_argument("--markdown", help="also write the table as Markdown to this file")
     run.add_argument("--timeout", type=float, default=600.0, help="hang guard per phase, seconds")
@@ -86,9 +91,10 @@ def run_target(target: Target, args: argparse.Namespace, logs: Path) -> dict[str
     if target.broker == "amqp" and not machine.reachable(args.amqp, 5672):
         return {"unavailable": "RabbitMQ is not reachable"}
     try:
-        python = interpreter(target.env, logs / f"pip-{target.env}.log")
+        python = interpreter(target.env, logs / f"pip-{target.env.replace(':', '-')}.log")
     except EnvError as exc:
         return {"unavailable": str(exc)}
+    home = run_dir(target.env) or ROOT
     url, backend = target.urls(args.broker, args.amqp)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
@@ -125,10 +131,10 @@ def run_target(target: Target, args: argparse.Namespace, logs: Path) -> dict[str
         ]
         if target.broker != "memory":
             cmd += ["--flush", args.broker]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **dict(target.variables), "PYTHONPATH": str(home)}
         log = logs / f"{target.library}-{target.broker}-driver.log"
         with open(log, "ab") as sink:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, cwd=home, env=env, stdout=sink, stderr=subprocess.STDOUT)
             try:
                 proc.wait(args.timeout * 4 + 120)
             except BaseException:  # timed out or interrupted: the driver stops its workers on SIGTERM
@@ -160,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.baseline:
+        mine = {t.broker for t in targets if t.library == report.LIBRARY}
+        targets += baseline(args.baseline, mine)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     logs = RESULTS / "logs" / stamp
     logs.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MACHINERY = "benchmarks.peers.machinery_bench"
+
 
 @dataclass(frozen=True)
 class Target:
@@ -12,7 +14,9 @@ class Target:
     """memory, redis or amqp."""
     adapter: str
     env: str
-    """main (this interpreter), peers or arq (see :mod:`benchmarks.envs`)."""
+    """main (this interpreter), peers, arq or baseline:<git revision> (see :mod:`benchmarks.envs`)."""
+    variables: tuple[tuple[str, str], ...] = ()
+    """Environment variables for the driver and its workers."""
 
     @property
     def name(self) -> str:
@@ -32,9 +36,11 @@ def _peer(library: str, module: str, env: str = "peers") -> Target:
 
 
 TARGETS: list[Target] = [
-    Target("machinery-aio", "memory", "benchmarks.peers.machinery_bench", "main"),
-    Target("machinery-aio", "redis", "benchmarks.peers.machinery_bench", "main"),
-    Target("machinery-aio", "amqp", "benchmarks.peers.machinery_bench", "main"),
+    Target("machinery-aio", "memory", MACHINERY, "main"),
+    Target("machinery-aio", "redis", MACHINERY, "main"),
+    Target("machinery-aio", "amqp", MACHINERY, "main"),
+    # one no-op middleware with all four hooks: what the seam costs when it is used
+    Target("machinery-aio+mw", "redis", MACHINERY, "main", (("BENCH_MIDDLEWARE", "1"),)),
     _peer("arq", "arq_bench", env="arq"),
     _peer("taskiq", "taskiq_bench"),
     _peer("saq", "saq_bench"),
@@ -45,6 +51,15 @@ TARGETS: list[Target] = [
 ]
 
 SMOKE = ["machinery-aio/memory", "machinery-aio/redis"]
+
+
+def baseline(revision: str, brokers: set[str]) -> list[Target]:
+    """machinery-aio as it was at git ``revision``, on ``brokers``, through the same adapter."""
+    return [
+        Target(f"machinery-aio@{revision}", broker, MACHINERY, f"baseline:{revision}")
+        for broker in ("memory", "redis", "amqp")
+        if broker in brokers
+    ]
 
 
 def select(only: list[str] | None) -> list[Target]:

@@ -10,8 +10,9 @@ or the run goes on.
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +123,7 @@ class Middlewares:
     def _rebuild(self) -> None:
         chain = list(self)
         for hook in HOOKS:
-            bound = [getattr(m, hook) for m in chain if _overrides(m, hook)]
+            bound = [_as_coroutine(getattr(m, hook)) for m in chain if _overrides(m, hook)]
             if hook.startswith("after"):
                 bound.reverse()
             setattr(self, f"{hook}_hooks", bound)
@@ -134,22 +135,34 @@ class Middlewares:
     async def before_publish(self, signature: Signature) -> None:
         self._fresh()
         for hook in self.before_publish_hooks:
-            await _call(hook, "before_publish", signature.uuid, signature)
+            try:
+                await hook(signature)
+            except Exception:
+                _failed(hook, signature.uuid)
 
     async def after_publish(self, signature: Signature) -> None:
         self._fresh()
         for hook in self.after_publish_hooks:
-            await _call(hook, "after_publish", signature.uuid, signature)
+            try:
+                await hook(signature)
+            except Exception:
+                _failed(hook, signature.uuid)
 
     async def before_task(self, ctx: TaskContext) -> None:
         self._fresh()
         for hook in self.before_task_hooks:
-            await _call(hook, "before_task", ctx.task_uuid, ctx)
+            try:
+                await hook(ctx)
+            except Exception:
+                _failed(hook, ctx.task_uuid)
 
     async def after_task(self, ctx: TaskContext, outcome: TaskOutcome) -> None:
         self._fresh()
         for hook in self.after_task_hooks:
-            await _call(hook, "after_task", ctx.task_uuid, ctx, outcome)
+            try:
+                await hook(ctx, outcome)
+            except Exception:
+                _failed(hook, ctx.task_uuid)
 
     @property
     def publishing(self) -> bool:
@@ -164,14 +177,24 @@ class Middlewares:
         return bool(self.before_task_hooks or self.after_task_hooks)
 
 
-async def _call(hook: Callable[..., Any], name: str, task_uuid: str, *args: Any) -> None:
-    try:
-        result = hook(*args)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        owner = type(getattr(hook, "__self__", hook)).__name__
-        logger.exception("middleware %s.%s failed for %s (the task goes on)", owner, name, task_uuid)
+def _as_coroutine(method: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``method`` itself if it is ``async def``; else a coroutine function calling it (and
+    awaiting what it returns, if that is awaitable)."""
+    if inspect.iscoroutinefunction(method):
+        return method
+
+    @functools.wraps(method)
+    async def call(*args: Any) -> None:
+        await _maybe_await(method(*args))
+
+    return call
+
+
+def _failed(hook: Callable[..., Any], task_uuid: str) -> None:
+    hook = getattr(hook, "__wrapped__", hook)
+    owner = type(getattr(hook, "__self__", hook)).__name__
+    name = getattr(hook, "__name__", "hook")
+    logger.exception("middleware %s.%s failed for %s (the task goes on)", owner, name, task_uuid)
 
 
 # -- Go Machinery's handlers, as middlewares ---------------------------------------------

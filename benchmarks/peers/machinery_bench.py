@@ -2,30 +2,53 @@
 
 Workers run as ``machinery-aio worker -A benchmarks.peers.machinery_bench:server``;
 on ``memory://`` the worker is embedded in the producer's process (it has no other way).
+Only names every version exports are imported, so an earlier release (``--baseline``)
+runs through this same adapter. With ``BENCH_MIDDLEWARE=1`` the server gets one no-op
+middleware with all four hooks (the ``machinery-aio+mw`` target).
 """
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import version
 from typing import Any
 
+import machinery_aio
 from benchmarks.protocol import ENV_BACKEND, ENV_QUEUE, ENV_URL, Adapter, Unavailable, env
-from machinery_aio import Config, Server
-from machinery_aio.config import ConfigError
-from machinery_aio.drivers import MissingExtraError
-from machinery_aio.result import AsyncResult
-from machinery_aio.tasks import Task
-from machinery_aio.worker import Worker
+from machinery_aio import AsyncResult, Config, ConfigError, MissingExtraError, Server, Task, Worker
+
+MIDDLEWARE = os.environ.get("BENCH_MIDDLEWARE") == "1"
 
 
 def make_server(url: str, backend: str, queue: str) -> tuple[Server, Task[[int, int], int]]:
     server = Server(Config(broker=url, result_backend=backend, default_queue=queue))
+    if MIDDLEWARE:
+        server.add_middleware(_noop_middleware())
 
     @server.task("add")
     async def add(x: int, y: int) -> int:
         return x + y
 
     return server, add
+
+
+def _noop_middleware() -> Any:
+    base: Any = getattr(machinery_aio, "Middleware")  # noqa: B009 - absent before issue 11
+
+    class NoOp(base):  # type: ignore[misc]
+        async def before_publish(self, signature: Any) -> None:
+            return None
+
+        async def after_publish(self, signature: Any) -> None:
+            return None
+
+        async def before_task(self, ctx: Any) -> None:
+            return None
+
+        async def after_task(self, ctx: Any, outcome: Any) -> None:
+            return None
+
+    return NoOp()
 
 
 server, add = make_server(
