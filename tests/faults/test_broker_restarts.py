@@ -15,7 +15,15 @@ import pytest
 from machinery_aio import Arg, Config, Server, Signature
 from machinery_aio.drivers.redis.connection import RedisClient
 from tests.drivers.amqp.conftest import close_vhost_connections
-from tests.faults.conftest import PASSWORD, PrivateRedis, Workers, amqp_config, record_figures, redis_config
+from tests.faults.conftest import (
+    PASSWORD,
+    PrivateRedis,
+    Workers,
+    amqp_config,
+    record_figures,
+    redis_config,
+    wait_for_success,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -78,8 +86,7 @@ async def finish(
         raise AssertionError(
             f"missing {[s.uuid for s in missing][:5]} states {states[:3]} keys {odd} log {lines[-60:]}"
         ) from None
-    states = await server.backend.get_states([s.uuid for s in sent])
-    assert all(s is not None and s.is_success() for s in states)
+    await wait_for_success(server.backend, sent)  # the count is written before the state
     counts = [int(v) for v in (await raw.hgetall(key)).values()]
     for tag, proc in workers.procs.items():
         proc.send_signal(signal.SIGTERM)
