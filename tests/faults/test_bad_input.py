@@ -230,7 +230,11 @@ async def test_malformed_messages_are_dead_lettered_and_good_ones_run(
         assert listed.stderr.strip() == f"{len(bad)} dead letters"
         assert "message is not valid JSON" in listed.stdout
         assert "bad arguments for task count" in listed.stdout
-        counts = [int(v) for v in (await raw.hgetall(key)).values()]
+        runs = {k.decode(): int(v) for k, v in (await raw.hgetall(key)).items()}
+        counts = list(runs.values())
+        note = f"{len(letters)} of {len(bad)} bad dead-lettered with a reason"
+        if twice := explain_duplicates(runs, good, workers.log("w")):
+            note += f"; {twice}"
     finally:
         if connection is not None:
             await connection.close()
@@ -241,8 +245,20 @@ async def test_malformed_messages_are_dead_lettered_and_good_ones_run(
         completed=len(counts),
         lost=GOOD - len(counts),
         duplicated=sum(counts) - len(counts),
-        note=f"{len(letters)} of {len(bad)} bad dead-lettered with a reason",
+        note=note,
     )
+
+
+def explain_duplicates(runs: dict[str, int], good: list[Signature], log: str) -> str:
+    """For the good tasks counted more than once (none expected: no worker dies and no
+    connection drops here): how often the worker logged receiving each, and its warnings."""
+    twice = {item: n for item, n in runs.items() if n > 1}
+    if not twice:
+        return ""
+    uuids = {str(sig.args[1].value): sig.uuid for sig in good}
+    received = {item: log.count(f"received count[{uuids[item]}]") for item in twice}
+    warnings = [line for line in log.splitlines() if " WARNING " in line]
+    return f"counted {twice}, received {received}, worker warnings {warnings[:5]}"
 
 
 async def held_and_pending(server: Server, queue: str) -> tuple[list[Signature], list[Signature]]:
