@@ -98,6 +98,17 @@ def amqp_config(unique: str, vhost_name: str) -> Config:
     )
 
 
+def text(value: bytes | str) -> str:
+    """A key or member read from Redis, as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def item_of(sig: Signature) -> str:
+    """The item a ``count`` or ``long`` task counts (its second argument)."""
+    assert sig.args is not None
+    return str(sig.args[1].value)
+
+
 async def wait_for_success(backend: ResultBackend, sigs: Sequence[Signature], timeout: float = 60) -> None:
     """Wait until every task of ``sigs`` has its SUCCESS state stored; fail at once on a
     FAILURE, and after ``timeout`` seconds on anything else. The suite's tasks count their run

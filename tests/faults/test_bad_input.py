@@ -26,8 +26,10 @@ from tests.faults.conftest import (
     Workers,
     amqp_config,
     cpu_seconds,
+    item_of,
     record_figures,
     redis_config,
+    text,
     wait_for_success,
 )
 
@@ -230,7 +232,7 @@ async def test_malformed_messages_are_dead_lettered_and_good_ones_run(
         assert listed.stderr.strip() == f"{len(bad)} dead letters"
         assert "message is not valid JSON" in listed.stdout
         assert "bad arguments for task count" in listed.stdout
-        runs = {k.decode(): int(v) for k, v in (await raw.hgetall(key)).items()}
+        runs = {text(k): int(v) for k, v in (await raw.hgetall(key)).items()}
         counts = list(runs.values())
         note = f"{len(letters)} of {len(bad)} bad dead-lettered with a reason"
         if twice := explain_duplicates(runs, good, workers.log("w")):
@@ -255,7 +257,7 @@ def explain_duplicates(runs: dict[str, int], good: list[Signature], log: str) ->
     twice = {item: n for item, n in runs.items() if n > 1}
     if not twice:
         return ""
-    uuids = {str(sig.args[1].value): sig.uuid for sig in good}
+    uuids = {item_of(sig): sig.uuid for sig in good}
     received = {item: log.count(f"received count[{uuids[item]}]") for item in twice}
     warnings = [line for line in log.splitlines() if " WARNING " in line]
     return f"counted {twice}, received {received}, worker warnings {warnings[:5]}"

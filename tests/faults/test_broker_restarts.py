@@ -20,8 +20,10 @@ from tests.faults.conftest import (
     PrivateRedis,
     Workers,
     amqp_config,
+    item_of,
     record_figures,
     redis_config,
+    text,
     wait_for_success,
 )
 
@@ -72,10 +74,10 @@ async def finish(
     try:
         await progress(raw, key, len(sent), workers, timeout=60)
     except AssertionError:
-        done = {k.decode() for k in await raw.hkeys(key)}
-        missing = [s for s in sent if s.args[1].value not in done]
+        done = {text(k) for k in await raw.hkeys(key)}
+        missing = [s for s in sent if item_of(s) not in done]
         client = server.backend.client  # type: ignore[attr-defined]
-        where = {k.decode(): await client.type(k) async for k in client.scan_iter(match="*")}
+        where = {text(k): await client.type(k) async for k in client.scan_iter(match="*")}
         states = await server.backend.get_states([s.uuid for s in missing])
         lines = [
             line

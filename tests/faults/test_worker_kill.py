@@ -14,7 +14,7 @@ import pytest
 
 from machinery_aio import Arg, Config, Server, Signature
 from machinery_aio.drivers.redis.connection import RedisClient
-from tests.faults.conftest import Workers, amqp_config, record_figures, redis_config, wait_for_success
+from tests.faults.conftest import Workers, amqp_config, record_figures, redis_config, text, wait_for_success
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -51,7 +51,7 @@ async def drain_with_kills(
         assert time.monotonic() < deadline, f"drain stuck at {await raw.hlen(key)}"
         await asyncio.sleep(0.1)
     await wait_for_success(server.backend, sigs)
-    counts = {k.decode(): int(v) for k, v in (await raw.hgetall(key)).items()}
+    counts = {text(k): int(v) for k, v in (await raw.hgetall(key)).items()}
     assert sorted(counts, key=int) == [str(i) for i in range(TASKS)]
     last.send_signal(signal.SIGTERM)
     assert last.wait(60) == 0, workers.log("last")
