@@ -4,23 +4,25 @@ completed, lost, duplicated per case) printed at the end of the run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 
-from machinery_aio import Config
+from machinery_aio import Config, Signature
 from machinery_aio.config import AMQPConfig
+from machinery_aio.drivers.backend import ResultBackend
 from machinery_aio.drivers.redis.connection import RedisClient, create_redis
-from tests.drivers.amqp.conftest import rabbitmq, vhost  # noqa: F401 - fixtures
 from tests.conftest import require_server
+from tests.drivers.amqp.conftest import rabbitmq, vhost  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/7"
@@ -94,6 +96,43 @@ def amqp_config(unique: str, vhost_name: str) -> Config:
         results_expire_in=600,
         amqp=AMQPConfig(exchange=f"{unique}_exchange"),
     )
+
+
+def text(value: bytes | str) -> str:
+    """A key or member read from Redis, as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def item_of(sig: Signature) -> str:
+    """The item a ``count`` or ``long`` task counts (its second argument)."""
+    assert sig.args is not None
+    return str(sig.args[1].value)
+
+
+async def wait_for_success(backend: ResultBackend, sigs: Sequence[Signature], timeout: float = 60) -> None:
+    """Wait until every task of ``sigs`` has its SUCCESS state stored; fail at once on a
+    FAILURE, and after ``timeout`` seconds on anything else. The suite's tasks count their run
+    in Redis inside the task, and the worker stores SUCCESS after the task returns, so a full
+    count does not mean every state is there yet."""
+    uuids = [s.uuid for s in sigs]
+    deadline = time.monotonic() + timeout
+    while True:
+        states = await backend.get_states(uuids)
+        failed = [
+            (u, st.error) for u, st in zip(uuids, states, strict=True) if st is not None and st.is_failure()
+        ]
+        assert not failed, f"{len(failed)} tasks failed: {failed[:5]}"
+        unfinished = [
+            (u, st.state if st else None)
+            for u, st in zip(uuids, states, strict=True)
+            if st is None or not st.is_success()
+        ]
+        if not unfinished:
+            return
+        assert time.monotonic() < deadline, (
+            f"{len(unfinished)} of {len(uuids)} states not SUCCESS after {timeout:g} s: {unfinished[:5]}"
+        )
+        await asyncio.sleep(0.1)
 
 
 class Workers:

@@ -15,7 +15,17 @@ import pytest
 from machinery_aio import Arg, Config, Server, Signature
 from machinery_aio.drivers.redis.connection import RedisClient
 from tests.drivers.amqp.conftest import close_vhost_connections
-from tests.faults.conftest import PASSWORD, PrivateRedis, Workers, amqp_config, record_figures, redis_config
+from tests.faults.conftest import (
+    PASSWORD,
+    PrivateRedis,
+    Workers,
+    amqp_config,
+    item_of,
+    record_figures,
+    redis_config,
+    text,
+    wait_for_success,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -64,10 +74,10 @@ async def finish(
     try:
         await progress(raw, key, len(sent), workers, timeout=60)
     except AssertionError:
-        done = {k.decode() for k in await raw.hkeys(key)}
-        missing = [s for s in sent if s.args[1].value not in done]
+        done = {text(k) for k in await raw.hkeys(key)}
+        missing = [s for s in sent if item_of(s) not in done]
         client = server.backend.client  # type: ignore[attr-defined]
-        where = {k.decode(): await client.type(k) async for k in client.scan_iter(match="*")}
+        where = {text(k): await client.type(k) async for k in client.scan_iter(match="*")}
         states = await server.backend.get_states([s.uuid for s in missing])
         lines = [
             line
@@ -78,8 +88,7 @@ async def finish(
         raise AssertionError(
             f"missing {[s.uuid for s in missing][:5]} states {states[:3]} keys {odd} log {lines[-60:]}"
         ) from None
-    states = await server.backend.get_states([s.uuid for s in sent])
-    assert all(s is not None and s.is_success() for s in states)
+    await wait_for_success(server.backend, sent)  # the count is written before the state
     counts = [int(v) for v in (await raw.hgetall(key)).values()]
     for tag, proc in workers.procs.items():
         proc.send_signal(signal.SIGTERM)

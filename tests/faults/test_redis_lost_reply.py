@@ -37,9 +37,9 @@ async def test_a_claim_whose_reply_is_lost_is_given_back(
 
         monkeypatch.setattr(batcher, "script", reply_lost)
         with pytest.raises(RedisConnectionError):
-            await consumer.fetch(10, 0.1)
+            await consumer.fetch(10)
         monkeypatch.setattr(batcher, "script", real)
-        deliveries = await consumer.fetch(10, 1.0)
+        deliveries = await consumer.fetch(10)
         assert sorted(Signature.from_json(d.body).uuid for d in deliveries) == sorted(s.uuid for s in sigs)
         await consumer.release(deliveries)
         await consumer.close()
@@ -58,7 +58,7 @@ async def test_a_claim_run_twice_by_a_client_retry_is_given_back(raw: RedisClien
         await server.send_tasks(sigs)
         consumer = server.broker.consumer(config.default_queue, prefetch=10, tag="twice")
         assert isinstance(consumer, RedisConsumer)
-        first = await consumer.fetch(2, 0.1)
+        first = await consumer.fetch(2)
         # The lost first run of a claim of 3 (as Redis ran it, before the retry).
         await server.broker.batcher.script(  # type: ignore[attr-defined]
             CLAIM,
@@ -66,7 +66,7 @@ async def test_a_claim_run_twice_by_a_client_retry_is_given_back(raw: RedisClien
             [3, consumer.consumer_id, consumer.timeout_ms],
         )
         await consumer.beat()  # the heartbeat notices what no delivery stands for
-        rest = await consumer.fetch(10, 1.0)
+        rest = await consumer.fetch(10)
         assert sorted(Signature.from_json(d.body).uuid for d in [*first, *rest]) == sorted(
             s.uuid for s in sigs
         )

@@ -11,7 +11,7 @@ import pytest
 
 from machinery_aio import Arg, Config, Server, Signature
 from machinery_aio.drivers.redis.connection import RedisClient
-from tests.faults.conftest import Workers, amqp_config, record_figures, redis_config
+from tests.faults.conftest import Workers, amqp_config, record_figures, redis_config, text
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -49,8 +49,8 @@ async def test_sigterm_finishes_running_tasks_and_returns_the_rest(
         sent_at = time.monotonic()
         assert first.wait(GRACE + 30) == 0, workers.log("first")
         assert time.monotonic() - sent_at < GRACE, "exited within the grace period"
-        started = {m.decode() for m in await raw.smembers(f"{key}:started")}
-        finished = {k.decode() for k in await raw.hkeys(key)}
+        started = {text(m) for m in await raw.smembers(f"{key}:started")}
+        finished = {text(k) for k in await raw.hkeys(key)}
         assert started == finished  # the running ones finished
         assert len(finished) == CONCURRENCY
         if config.broker.startswith("redis"):

@@ -13,7 +13,7 @@ from tests.faults.conftest import Workers, record_figures, redis_config
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 CASES = [
-    ("raise_unpicklable", [], "UnpicklableError: holding a lock"),
+    ("raise_unpicklable", [], "failed: holding a lock"),
     ("raise_bad_str", [], "<unprintable BadStrError>"),
     ("return_unserialisable", [], "lock"),
     ("block_loop", [1.5], "time limit of 0.5 s"),

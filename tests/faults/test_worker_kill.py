@@ -14,7 +14,7 @@ import pytest
 
 from machinery_aio import Arg, Config, Server, Signature
 from machinery_aio.drivers.redis.connection import RedisClient
-from tests.faults.conftest import Workers, amqp_config, record_figures, redis_config
+from tests.faults.conftest import Workers, amqp_config, record_figures, redis_config, text, wait_for_success
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -50,20 +50,8 @@ async def drain_with_kills(
         assert last.poll() is None, workers.log("last")
         assert time.monotonic() < deadline, f"drain stuck at {await raw.hlen(key)}"
         await asyncio.sleep(0.1)
-    # The count goes up inside the task, its SUCCESS is written right after: wait for it.
-    deadline = time.monotonic() + 30
-    while True:
-        states = await server.backend.get_states([s.uuid for s in sigs])
-        unfinished = [
-            (sig.uuid, st.state if st else None)
-            for sig, st in zip(sigs, states, strict=True)
-            if st is None or not st.is_success()
-        ]
-        if not unfinished:
-            break
-        assert time.monotonic() < deadline, f"{len(unfinished)} states not SUCCESS: {unfinished[:5]}"
-        await asyncio.sleep(0.1)
-    counts = {k.decode(): int(v) for k, v in (await raw.hgetall(key)).items()}
+    await wait_for_success(server.backend, sigs)
+    counts = {text(k): int(v) for k, v in (await raw.hgetall(key)).items()}
     assert sorted(counts, key=int) == [str(i) for i in range(TASKS)]
     last.send_signal(signal.SIGTERM)
     assert last.wait(60) == 0, workers.log("last")
