@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from machinery_aio import Arg, Chain, Chord, Config, ConfigError, Group, Server, Signature, TaskContext
-from machinery_aio.drivers.memory.broker import MemoryBroker
 from machinery_aio.cli import main
+from machinery_aio.drivers.memory.broker import MemoryBroker
 from machinery_aio.periodic import (
     PERIODIC_NAME_HEADER,
     PERIODIC_TICK_HEADER,
@@ -90,14 +90,10 @@ async def test_nothing_to_describe_until_something_is_registered(memory_server: 
     assert await memory_server.describe_periodic() == []
 
 
-async def test_workers_run_the_scheduler_unless_told_not_to(memory_server: Server) -> None:
+async def test_a_worker_runs_the_scheduler_as_one_of_its_services(memory_server: Server) -> None:
     memory_server.register_periodic_task("@daily", "job", add_sig())
-    assert memory_server.scheduler in memory_server.new_worker("w").services
-    assert memory_server.scheduler not in memory_server.new_worker("w", run_scheduler=False).services
-    async with memory_server.new_worker("w") as worker:
-        await asyncio.wait_for(memory_server.scheduler.started.wait(), 30)
-        assert worker.services == [memory_server.scheduler]
-    assert not memory_server.scheduler.started.is_set()  # stopped with its worker
+    assert memory_server.new_worker("w").services == [memory_server.scheduler]
+    assert memory_server.new_worker("w", run_scheduler=False).services == []
 
 
 async def test_groups_and_chains_may_be_given_as_objects(memory_server: Server) -> None:
