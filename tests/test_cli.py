@@ -511,17 +511,31 @@ UNREACHABLE_COMMANDS = [
     ["send", "add", "1"],
     ["send", "add", "1", "--no-wait"],
     ["inspect", "pending"],
-    ["inspect", "delayed"],
+    ["inspect", "delayed"],  # RabbitMQ cannot list delayed tasks: refused before connecting
     ["inspect", "state", "task_x"],
     ["purge", "--yes"],
     ["worker"],
 ]
 
 
-def test_unreachable_redis_is_one_line_naming_the_masked_url_for_every_command() -> None:
-    pytest.importorskip("redis")
+@pytest.mark.parametrize(
+    ("package", "url"),
+    [
+        ("redis", "redis://:hunter2@127.0.0.1:{port}/0"),
+        ("aio_pika", "amqp://guest:hunter2@127.0.0.1:{port}/"),
+    ],
+    ids=["redis", "amqp"],
+)
+def test_an_unreachable_server_is_one_line_naming_the_masked_url_for_every_command(
+    package: str, url: str
+) -> None:
+    pytest.importorskip(package)
     port = free_port()
-    url = f"redis://:hunter2@127.0.0.1:{port}/0"
+    url = url.format(port=port)
+    masked = url.replace("hunter2", MASK)
+    commands = [
+        c for c in UNREACHABLE_COMMANDS if not (package == "aio_pika" and c == ["inspect", "delayed"])
+    ]
     env = {**os.environ, "BROKER": url, "RESULT_BACKEND": url, "PYTHONUNBUFFERED": "1"}
     procs = [
         subprocess.Popen(
@@ -532,7 +546,7 @@ def test_unreachable_redis_is_one_line_naming_the_masked_url_for_every_command()
             stderr=subprocess.PIPE,
             text=True,
         )
-        for command in UNREACHABLE_COMMANDS
+        for command in commands
     ]
     try:
         finished = [proc.communicate(timeout=90) for proc in procs]  # all at once: seconds each
@@ -541,7 +555,7 @@ def test_unreachable_redis_is_one_line_naming_the_masked_url_for_every_command()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for command, proc, (out, err) in zip(UNREACHABLE_COMMANDS, procs, finished, strict=True):
+    for command, proc, (out, err) in zip(commands, procs, finished, strict=True):
         where = f"{command}: {err}"
         assert proc.returncode == 1, where
         lines = err.strip().splitlines()
@@ -552,7 +566,7 @@ def test_unreachable_redis_is_one_line_naming_the_masked_url_for_every_command()
         assert "Traceback" not in err, where
         assert "hunter2" not in err + out, where
         [error] = [line for line in lines if line.startswith("machinery-aio: error: ")]
-        assert f"cannot connect to the broker redis://:{MASK}@127.0.0.1:{port}/0" in error, where
+        assert f"cannot connect to the broker {masked}" in error, where
 
 
 # -- held tasks (Redis): a task no worker knows is visible in inspect pending -----------------------------
