@@ -368,3 +368,5 @@ async def test_server_context_and_workers(unique: str) -> None:
             server.new_worker(concurrency=-1)
         with pytest.raises(ValueError, match="grace_period"):
             server.new_worker(grace_period=-1)
+        with pytest.raises(TypeError, match="fetch_timeout"):
+            server.new_worker(fetch_timeout=1.0)  # each broker decides how long a fetch waits
