@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -231,6 +232,50 @@ def test_unknown_scheme_and_bad_environment_exit_2(
     code, _, err = run(capsys, "send", "--env-prefix", "CLITEST_", "add", "1")
     assert code == 2
     assert "CLITEST_REDIS_MAX_IDLE: 'lots' is not an integer" in err
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "message"),
+    [
+        (
+            {"BROKER": "redis://:hunter2@127.0.0.1:1/0", "RESULT_BACKEND": "null://"},
+            ["send", "add", "1"],
+            "the result backend null:// stores no results: use --no-wait",
+        ),
+        (
+            {"BROKER": "redis://:hunter2@127.0.0.1:1/0", "RESULT_BACKEND": "memory://"},
+            ["send", "add", "1"],
+            "the result backend is memory://, which no worker process can write to",
+        ),
+        (
+            {"BROKER": "amqp://guest:hunter2@127.0.0.1:1/", "RESULT_BACKEND": "null://"},
+            ["inspect", "delayed"],
+            f"amqp://guest:{MASK}@127.0.0.1:1/ cannot list delayed tasks",
+        ),
+    ],
+)
+def test_what_a_setup_cannot_do_is_refused_before_connecting(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    argv: list[str],
+    message: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(f"CLITEST_{name}", value)
+    code, out, err = run(capsys, *argv, "--env-prefix", "CLITEST_")
+    assert (code, out) == (2, "")
+    [line] = err.splitlines()
+    assert line.startswith("machinery-aio: error: ")
+    assert message in line
+    assert "hunter2" not in line
+
+
+def test_send_with_a_countdown_waits_for_it(capsys: pytest.CaptureFixture[str], unique: str) -> None:
+    started = time.monotonic()
+    code, out, _ = run(capsys, "send", "-A", APP, "add", "2", "3", "--countdown", "0.3", "-Q", unique)
+    assert (code, json.loads(out)) == (0, 5)
+    assert time.monotonic() - started >= 0.3  # the task could not run before its ETA
 
 
 @pytest.mark.parametrize(

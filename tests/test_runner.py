@@ -52,6 +52,7 @@ from tests.support.engine import (  # noqa: F401 - config_fixture and server_fix
     task,
     until,
 )
+from tests.support.recording import RecordingBackend
 
 CLOCK_SLACK = timedelta(milliseconds=1)
 """Clock granularity allowed when comparing wall-clock times (not a timing threshold)."""
@@ -562,6 +563,28 @@ async def test_chord_member_failure_fails_the_callback_with_a_clear_error(server
     # the callback itself never ran; its OnError callback got the error text prepended
     [on_error_args] = calls["collect"]
     assert on_error_args == [info.value.error, 5]
+
+
+class ForgetfulBackend(RecordingBackend):
+    """Its group records are gone by the time the last member ends (expired or purged)."""
+
+    async def group_task_states(self, group_uuid: str, group_task_count: int) -> list[TaskState]:
+        raise LookupError(f"group {group_uuid}: no state for task_gone")
+
+
+async def test_a_chord_whose_member_records_are_gone_fails_its_callback(config: Config) -> None:
+    server = Server(config, backend=ForgetfulBackend(config))
+    calls: dict[str, list[list[Any]]] = {}
+    register_math(server, calls)
+    callback = task("collect", on_error=[task("collect", 5)])
+    async with server, server.new_worker("w", concurrency=0) as worker:
+        chord = await server.send_chord(Chord(Group(task("add", 1), task("add", 2)), callback))
+        with pytest.raises(TaskFailedError) as info:
+            await chord.callback.get(timeout=30)
+        await until(lambda: len(calls.get("collect", [])) == 1 and worker.running_tasks == 0)
+    group_uuid = chord.group_results[0].signature.group_uuid
+    assert info.value.error == f"group {group_uuid}: no state for task_gone"
+    assert calls["collect"] == [[info.value.error, 5]]  # its OnError ran; the callback never did
 
 
 async def test_on_error_gets_the_error_text_prepended_and_on_success_is_not_sent(server: Server) -> None:

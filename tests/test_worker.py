@@ -218,6 +218,38 @@ async def test_broker_errors_are_reported_and_survived(
     assert "failed: connection reset by peer; retrying in" in caplog.text
 
 
+class FailingAckBroker(RecordingBroker):
+    """Every ack fails, as a broker connection that drops between fetch and ack."""
+
+    def consumer(self, queue: str, *, prefetch: int, tag: str) -> Consumer:
+        class FailingAck(CountingConsumer):
+            async def ack(self, delivery: Delivery) -> None:
+                raise ConnectionError("ack lost")
+
+        return FailingAck(super().consumer(queue, prefetch=prefetch, tag=tag), [])
+
+
+async def test_a_failed_ack_is_reported_and_the_message_comes_back(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs: list[int] = []
+    server = Server(config, broker=FailingAckBroker(config))
+    server.register_task("note", lambda x: runs.append(x))
+    reported: list[tuple[str, Signature | None]] = []
+    worker = server.new_worker("w")
+    worker.set_error_handler(lambda exc, sig: reported.append((str(exc), sig)))
+    with caplog.at_level(logging.ERROR, "machinery_aio.worker"):
+        async with server, worker:
+            result = await server.send_task(Signature(name="note", args=[Arg.of(1)]))
+            await result.get(timeout=30)
+            await until(lambda: bool(reported) and worker.running_tasks == 0)
+    assert reported[0] == ("ack lost", None)
+    assert "broker operation failed: ack lost; the message will be redelivered" in caplog.text
+    # never acked: the broker gives it back (at least once), here when the consumer closes
+    assert [s.uuid for s in await server.broker.get_pending_tasks()] == [result.task_uuid]
+    assert runs == [1]
+
+
 class FlakyBackend(RecordingBackend):
     """Fails the first RECEIVED write, as a result store that drops once."""
 
