@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from machinery_aio import Config, Server
-from tests.support.processes import cli_process  # noqa: F401 - a fixture for CLI subprocess tests
 from tests.services import is_open
+from tests.support.processes import cli_process  # noqa: F401 - a fixture for CLI subprocess tests
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"

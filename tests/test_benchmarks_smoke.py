@@ -7,6 +7,7 @@ and must otherwise be reported as unavailable rather than failing the run.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -78,3 +79,16 @@ def test_bad_arguments_are_refused_clearly(args: list[str], message: str) -> Non
     proc = run_suite(*args)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_benchmarks_never_import_the_tests() -> None:
+    """benchmarks/ runs on its own (a user's checkout, CI's benchmark job): no test helpers."""
+    sources = sorted((ROOT / "benchmarks").rglob("*.py"))
+    assert sources
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            for name in names:
+                assert name.split(".")[0] != "tests", f"{path.relative_to(ROOT)} imports {name}"

@@ -30,8 +30,6 @@ def test_defaults_use_the_embedded_memory_broker_and_gos_values() -> None:
     assert config.redis.normal_tasks_poll_period == 1000
     assert config.redis.delayed_tasks_poll_period == 500
     assert config.redis.delayed_tasks_key == "delayed_tasks"
-    assert config.dynamodb.task_states_table == "task_states"
-    assert config.dynamodb.group_metas_table == "group_metas"
     assert config.broker_urls() == ["memory://"]
     assert not config.reloads
 
@@ -71,9 +69,6 @@ GO_ENV = {
     "AMQP_PREFETCH_COUNT": "8",
     "AMQP_AUTO_DELETE": "1",
     "AMQP_DELAYED_QUEUE": "delayed",
-    "SQS_WAIT_TIME_SECONDS": "3",
-    "SQS_VISIBILITY_TIMEOUT": "40",
-    "SQS_VISIBILITY_HEARTBEAT": "false",
     "REDIS_MAX_IDLE": "5",
     "REDIS_MAX_ACTIVE": "20",
     "REDIS_IDLE_TIMEOUT": "100",
@@ -88,8 +83,6 @@ GO_ENV = {
     "REDIS_MASTER_NAME": "master",
     "REDIS_CLUSTER_ENABLED": "true",
     "REDIS_SENTINEL_PASSWORD": "pw",
-    "TASK_STATES_TABLE": "states",
-    "GROUP_METAS_TABLE": "metas",
 }
 
 
@@ -107,8 +100,6 @@ def test_go_environment_variables_load() -> None:
     assert amqp.queue_declare_args == {"x-max-priority": 10, "x-queue-type": "quorum"}
     assert amqp.queue_binding_args == {"image-type": "png", "x-match": "any"}
     assert (amqp.prefetch_count, amqp.auto_delete, amqp.delayed_queue) == (8, True, "delayed")
-    sqs = config.sqs
-    assert (sqs.wait_time_seconds, sqs.visibility_timeout, sqs.visibility_heartbeat) == (3, 40, False)
     redis = config.redis
     assert (redis.max_idle, redis.max_active, redis.idle_timeout, redis.wait) == (5, 20, 100, False)
     assert (redis.read_timeout, redis.write_timeout, redis.connect_timeout) == (1, 2, 3)
@@ -116,7 +107,23 @@ def test_go_environment_variables_load() -> None:
     assert (redis.delayed_tasks_key, redis.client_name, redis.master_name) == ("dt", "me", "master")
     assert redis.cluster_enabled is True
     assert redis.sentinel_password == "pw"
-    assert (config.dynamodb.task_states_table, config.dynamodb.group_metas_table) == ("states", "metas")
+
+
+REMOVED_DRIVER_ENV = {
+    # Go Machinery's variables for drivers this version does not have (SQS, DynamoDB, MongoDB)
+    "SQS_WAIT_TIME_SECONDS": "not a number",
+    "SQS_SQS_VISIBILITY_TIMEOUT": "-1",
+    "TASK_STATES_TABLE": "states",
+    "DYNAMODB_GROUP_METAS_TABLE": "metas",
+    "MONGODB_DATABASE": "machinery",
+}
+
+
+def test_variables_of_drivers_that_do_not_exist_are_not_read() -> None:
+    config = Config.from_env(environ=REMOVED_DRIVER_ENV)  # values that would not parse: never read
+    assert config == Config()
+    for section in ("sqs", "dynamodb", "mongodb"):
+        assert not hasattr(config, section)
 
 
 def test_envconfig_struct_prefixed_names_win_as_in_go() -> None:
@@ -125,15 +132,11 @@ def test_envconfig_struct_prefixed_names_win_as_in_go() -> None:
             "AMQP_EXCHANGE": "plain",
             "AMQP_AMQP_EXCHANGE": "prefixed",
             "REDIS_REDIS_MAX_IDLE": "9",
-            "SQS_SQS_WAIT_TIME_SECONDS": "7",
-            "TASK_STATES_TABLE": "plain",
-            "DYNAMODB_TASK_STATES_TABLE": "prefixed",
+            "REDIS_MAX_IDLE": "2",
         }
     )
     assert config.amqp.exchange == "prefixed"
     assert config.redis.max_idle == 9
-    assert config.sqs.wait_time_seconds == 7
-    assert config.dynamodb.task_states_table == "prefixed"
 
 
 def test_correctly_spelled_separator_works_too() -> None:
@@ -164,7 +167,7 @@ def test_unset_variables_keep_defaults_and_os_environ_is_read(monkeypatch: pytes
         ({"NO_UNIX_SIGNALS": "maybe"}, "NO_UNIX_SIGNALS: 'maybe' is not a boolean"),
         ({"AMQP_QUEUE_DECLARE_ARGS": "x-max-priority"}, "'x-max-priority' is not key:value"),
         ({"RESULTS_EXPIRE_IN": "-5"}, "results_expire_in"),
-        ({"SQS_WAIT_TIME_SECONDS": "30"}, "sqs.wait_time_seconds"),
+        ({"REDIS_NORMAL_TASKS_POLL_PERIOD": "-1"}, "redis.normal_tasks_poll_period"),
         ({"AMQP_PREFETCH_COUNT": "1.5"}, "AMQP_PREFETCH_COUNT"),
     ],
 )
@@ -212,9 +215,6 @@ def test_go_config_yml_loads_unchanged_beyond_1000_bytes(caplog: pytest.LogCaptu
     assert (amqp.prefetch_count, amqp.auto_delete, amqp.delayed_queue) == (7, True, "delay_queue")
     assert amqp.queue_declare_args == {"x-max-priority": 10, "x-queue-mode": "lazy"}
     assert amqp.queue_binding_args == {"image-type": "png", "x-match": "any"}
-    # Go's SQS keys, including "visibility_hearth_beat"
-    assert (config.sqs.wait_time_seconds, config.sqs.visibility_timeout) == (5, 45)
-    assert config.sqs.visibility_heartbeat is False
     redis = config.redis
     assert redis.idle_timeout == 120  # from max_idle_timeout
     assert (redis.max_idle, redis.max_active, redis.wait) == (4, 50, False)
@@ -222,22 +222,34 @@ def test_go_config_yml_loads_unchanged_beyond_1000_bytes(caplog: pytest.LogCaptu
     assert (redis.normal_tasks_poll_period, redis.delayed_tasks_poll_period) == (900, 250)
     assert (redis.delayed_tasks_key, redis.client_name) == ("my_delayed_tasks", "billing-worker")
     assert (redis.master_name, redis.sentinel_password) == ("mymaster", "sentinel-pass")
-    # past byte 1000, where Go's reader stops
-    assert config.dynamodb.task_states_table == "billing_task_states"
-    assert config.dynamodb.group_metas_table == "billing_group_metas"
-    assert config.no_unix_signals is True
-    assert "ignoring unknown settings gcppubsub_subscription" in caplog.text
+    assert config.no_unix_signals is True  # past byte 1000, where Go's reader stops
+    # the sections of drivers this version does not have are named, once, and ignored
+    [warning] = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert "ignoring unknown settings dynamodb, gcppubsub_subscription, sqs" in warning
+    for section in ("sqs", "dynamodb"):
+        assert not hasattr(config, section)
     assert not config.reloads
 
 
 def test_python_spellings_load_from_yaml_too(tmp_path: Path) -> None:
     path = tmp_path / "c.yml"
-    path.write_text(
-        "sqs:\n  wait_time_seconds: 2\n  visibility_heartbeat: false\nredis:\n  idle_timeout: 9\n"
-    )
+    path.write_text("redis:\n  idle_timeout: 9\n  normal_tasks_poll_period: 20\namqp:\n  prefetch_count: 2\n")
     config = Config.from_yaml(path)
-    assert (config.sqs.wait_time_seconds, config.sqs.visibility_heartbeat) == (2, False)
-    assert config.redis.idle_timeout == 9
+    assert (config.redis.idle_timeout, config.redis.normal_tasks_poll_period) == (9, 20)
+    assert config.amqp.prefetch_count == 2
+
+
+def test_sections_of_missing_drivers_load_with_a_warning_even_when_their_values_are_bad(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text(
+        "default_queue: q\nsqs:\n  receive_wait_time_seconds: 99\nmongodb:\n  database: x\ndynamodb: 5\n"
+    )
+    with caplog.at_level(logging.WARNING, "machinery_aio.config"):
+        config = Config.from_yaml(path)
+    assert config.default_queue == "q"
+    assert f"{path}: ignoring unknown settings dynamodb, mongodb, sqs" in caplog.text
 
 
 def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:
@@ -252,8 +264,8 @@ def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:
         ("results_expire_in: soon\n", "results_expire_in"),
         ("redis:\n  max_idle: -1\n", "redis.max_idle"),
         (
-            "sqs:\n  receive_wait_time_seconds: 99\n",
-            "sqs.receive_wait_time_seconds: Input should be less than or equal to 20",
+            "redis:\n  delayed_tasks_poll_period: -3\n",
+            "redis.delayed_tasks_poll_period: Input should be greater than or equal to 0",
         ),
         ("- just\n- a list\n", "must hold a mapping of settings, not list"),
         ("broker: [unclosed\n", "is not valid YAML"),

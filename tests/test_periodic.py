@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from machinery_aio import Arg, Chain, Chord, Config, Group, Server, Signature, TaskContext
+from machinery_aio import Arg, Chain, Chord, Config, ConfigError, Group, Server, Signature, TaskContext
 from machinery_aio.cli import main
+from machinery_aio.drivers.memory.broker import MemoryBroker
 from machinery_aio.periodic import (
     PERIODIC_NAME_HEADER,
     PERIODIC_TICK_HEADER,
@@ -78,15 +79,21 @@ async def test_register_each_kind(memory_server: Server) -> None:
     assert [task.kind, group.kind, chain.kind, chord.kind] == ["task", "group", "chain", "chord"]
     assert group.send_concurrency == 2
     assert set(server.scheduler.entries) == {"t", "g", "c", "ch"}
-    assert server.scheduler_for_worker() is server.scheduler
     rows = await server.describe_periodic()
     assert [r["name"] for r in rows] == ["c", "ch", "g", "t"]
     assert rows[1]["tasks"] == ["add", "add", "sum"]
 
 
-async def test_no_scheduler_until_something_is_registered(memory_server: Server) -> None:
-    assert memory_server.scheduler_for_worker() is None
+async def test_nothing_to_describe_until_something_is_registered(memory_server: Server) -> None:
     assert await memory_server.describe_periodic() == []
+    memory_server.new_worker("w")  # a worker's scheduler with no entries describes nothing either
+    assert await memory_server.describe_periodic() == []
+
+
+async def test_a_worker_runs_the_scheduler_as_one_of_its_services(memory_server: Server) -> None:
+    memory_server.register_periodic_task("@daily", "job", add_sig())
+    assert memory_server.new_worker("w").services == [memory_server.scheduler]
+    assert memory_server.new_worker("w", run_scheduler=False).services == []
 
 
 async def test_groups_and_chains_may_be_given_as_objects(memory_server: Server) -> None:
@@ -464,37 +471,44 @@ async def test_lock_errors_are_logged_and_the_scheduler_keeps_going(
     assert sent == []
 
 
-async def test_send_errors_are_retried(unique: str, make_server: MakeServer) -> None:
-    server = make_server(config_for(unique))
-    calls: list[str] = []
+class FailingBroker(MemoryBroker):
+    """Its first ``failures`` publishes raise, as a broker connection that drops."""
 
-    def flaky(sig: Signature) -> None:
-        calls.append(sig.uuid)
-        if len(calls) == 1:
-            raise ConnectionError("broker went away")
+    def __init__(self, config: Config, failures: int) -> None:
+        super().__init__(config)
+        self.failures = failures
+        self.attempts: list[str] = []
 
-    server.set_pre_publish_handler(flaky)
-    entry = server.register_periodic_task("@every 1h", "job", add_sig())
-    assert await server.scheduler.fire(entry, latest_tick(entry))
-    assert len(calls) == 2
-    assert calls[0] == calls[1]  # the same copy is retried
-    assert len(await server.broker.get_pending_tasks()) == 1
+    async def publish(self, signature: Signature) -> None:
+        self.attempts.append(signature.uuid)
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker is down")
+        await super().publish(signature)
 
 
-async def test_send_gives_up_at_the_deadline(
-    unique: str, make_server: MakeServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    server = make_server(config_for(unique))
+async def test_send_errors_are_retried(unique: str) -> None:
+    config = config_for(unique)
+    broker = FailingBroker(config, failures=1)
+    async with Server(config, broker=broker) as server:
+        entry = server.register_periodic_task("@every 1h", "job", add_sig())
+        assert await server.scheduler.fire(entry, latest_tick(entry))
+        assert len(broker.attempts) == 2
+        assert broker.attempts[0] == broker.attempts[1]  # the same copy is retried
+        assert len(await server.broker.get_pending_tasks()) == 1
 
-    def broken(sig: Signature) -> None:
-        raise ConnectionError("broker is down")
 
-    server.set_pre_publish_handler(broken)
-    entry = server.register_periodic_task("@every 1h", "job", add_sig())
-    with caplog.at_level(logging.ERROR, "machinery_aio.periodic"):
-        assert not await server.scheduler.fire(
-            entry, latest_tick(entry), deadline=datetime.now(UTC) + timedelta(seconds=0.2)
-        )
+async def test_send_gives_up_at_the_deadline(unique: str, caplog: pytest.LogCaptureFixture) -> None:
+    config = config_for(unique)
+    broker = FailingBroker(config, failures=1_000_000)
+    async with Server(config, broker=broker) as server:
+        entry = server.register_periodic_task("@every 1h", "job", add_sig())
+        with caplog.at_level(logging.ERROR, "machinery_aio.periodic"):
+            assert not await server.scheduler.fire(
+                entry, latest_tick(entry), deadline=datetime.now(UTC) + timedelta(seconds=0.2)
+            )
+        assert await server.broker.get_pending_tasks() == []
+    assert broker.attempts
     assert "not sent: broker is down" in caplog.text
 
 
@@ -595,23 +609,21 @@ def test_cli_beat_without_periodic_tasks_fails_clearly(capsys: pytest.CaptureFix
     assert "no periodic tasks are registered" in capsys.readouterr().err
 
 
-async def test_a_lock_url_that_cannot_work_stops_the_scheduler_loudly(
-    unique: str, make_server: MakeServer, caplog: pytest.LogCaptureFixture
+async def test_a_lock_url_that_cannot_work_fails_at_registration_and_at_new_worker(
+    unique: str, make_server: MakeServer
 ) -> None:
     server = make_server(config_for(unique, lock="zookeeper://127.0.0.1/"))
-    server.register_periodic_task("@daily", "job", add_sig())
-    with (
-        caplog.at_level(logging.ERROR, "machinery_aio.periodic"),
-        pytest.raises(ValueError, match="unknown lock URL scheme 'zookeeper'"),
-    ):
-        await server.scheduler.run()
-    assert "periodic tasks cannot run" in caplog.text
+    with pytest.raises(ConfigError, match="unknown lock URL scheme 'zookeeper'"):
+        server.register_periodic_task("@daily", "job", add_sig())
+    with pytest.raises(ConfigError, match="unknown lock URL scheme 'zookeeper'"):
+        server.new_worker("w")
+    assert server.new_worker("w", run_scheduler=False).services == []  # no scheduler, no lock
 
 
 def test_scheduler_settings_must_not_be_negative(memory_server: Server) -> None:
     for setting in ("clock_skew", "misfire_grace", "stop_timeout"):
         with pytest.raises(ValueError, match="must not be negative"):
-            Scheduler(memory_server, **{setting: -1.0})  # type: ignore[arg-type]
+            Scheduler(memory_server.publisher, memory_server.lock, **{setting: -1.0})  # type: ignore[arg-type]
 
 
 async def test_beat_stops_on_a_signal_and_at_once_on_a_second(unique: str, make_server: MakeServer) -> None:

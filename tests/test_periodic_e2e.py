@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from machinery_aio import Config, Server, Signature
-from tests.conftest import IN_CI, require_server
 from tests.apps.periodic_app import build
+from tests.conftest import IN_CI, require_server
 from tests.support.periodic import (
     REDIS_URL,
     Processes,

@@ -1,22 +1,20 @@
-"""Server: registry, typed task handles, send_* paths, pre-publish hooks, result handles."""
+"""Server: registry, typed task handles, sending through its publisher, result handles, workers.
+
+What the publisher itself does (PENDING, batches, workflows, hooks) is in test_publisher.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import BaseModel
 
 from machinery_aio import (
-    Arg,
     AsyncResult,
     Chain,
-    ChainAsyncResult,
     Chord,
-    ChordAsyncResult,
     Config,
     Group,
     Server,
@@ -27,29 +25,19 @@ from machinery_aio import (
     TaskFailedError,
     TaskNotRegisteredError,
     TaskResult,
+    TaskState,
 )
+from machinery_aio.drivers.memory.broker import MemoryBroker
 from machinery_aio.gotime import ZERO_TIME
+from machinery_aio.publisher import Publisher
+from tests.support.engine import config_fixture, server_fixture  # noqa: F401 - fixtures
 from tests.support.recording import RecordingBackend, RecordingBroker
-
-
-@pytest.fixture
-async def server(unique: str) -> AsyncIterator[Server]:
-    config = Config(
-        broker=f"memory://{unique}", result_backend=f"memory://{unique}", default_queue=f"{unique}_q"
-    )
-    srv = Server(config, broker=RecordingBroker(config), backend=RecordingBackend(config))
-    yield srv
-    await srv.close()
 
 
 def recorded(server: Server) -> tuple[RecordingBroker, RecordingBackend]:
     assert isinstance(server.broker, RecordingBroker)
     assert isinstance(server.backend, RecordingBackend)
     return server.broker, server.backend
-
-
-def int_args(*values: int) -> list[Arg]:
-    return [Arg(type="int64", value=v) for v in values]
 
 
 # -- registry ------------------------------------------------------------------------------------
@@ -230,7 +218,7 @@ async def test_delay_records_pending_and_publishes_gos_json(server: Server) -> N
     assert isinstance(result, AsyncResult)
     uuid = result.task_uuid
     assert uuid.startswith("task_")
-    assert backend.calls == [("set_state", (uuid, State.PENDING))]
+    assert backend.calls == [("set_states", [(uuid, State.PENDING)])]
     [body] = broker.calls[0][1]
     doc = json.loads(body)
     assert doc["UUID"] == uuid
@@ -266,142 +254,39 @@ async def test_apply_async_is_celery_style(server: Server) -> None:
         await add.apply_async((1, 2), retries=3)
 
 
-async def test_send_task_fills_uuid_and_headers_and_refuses_bad_input(server: Server) -> None:
+async def test_the_server_sends_through_one_publisher_on_its_own_drivers(server: Server) -> None:
     broker, backend = recorded(server)
-    sig = Signature(name="anything", args=int_args(1))
-    result = await server.send_task(sig)
-    assert sig.uuid.startswith("task_")
-    assert result.task_uuid == sig.uuid
-    assert sig.headers == {}
-    kept = Signature(uuid="task_mine", name="x", headers={"a": "b"}, routing_key="q2")
-    await server.send_task(kept)
-    assert (kept.uuid, kept.headers, kept.routing_key) == ("task_mine", {"a": "b"}, "q2")
-    count = len(broker.calls)
-    with pytest.raises(ValueError, match="needs a task name"):
-        await server.send_task(Signature())
-    with pytest.raises(TypeError, match="expected a Signature, got dict"):
-        await server.send_task({"Name": "x"})  # type: ignore[arg-type]
-    assert len(broker.calls) == count  # nothing published for bad input
-    assert len(backend.calls) == 2
-
-
-async def test_send_tasks_batches_state_writes_and_publishes(server: Server) -> None:
-    broker, backend = recorded(server)
-    sigs = [Signature(name="t", args=int_args(i)) for i in range(5)]
-    results = await server.send_tasks(sigs)
-    assert [r.task_uuid for r in results] == [s.uuid for s in sigs]
-    assert backend.calls == [("set_states", [(s.uuid, State.PENDING) for s in sigs])]
-    assert [kind for kind, _ in broker.calls] == ["publish_many"]
-    assert len(await server.broker.get_pending_tasks()) == 5
-    with pytest.raises(ValueError, match="needs a task name"):
-        await server.send_tasks([Signature(name="ok"), Signature()])
-    assert len(broker.calls) == 1
-
-
-async def test_send_group_writes_meta_and_states_before_publishing(server: Server) -> None:
-    broker, backend = recorded(server)
-    group = Group(*(Signature(name="t", args=int_args(i)) for i in range(3)))
-    results = await server.send_group(group)
-    assert [r.task_uuid for r in results] == group.task_uuids()
-    assert backend.calls == [
-        ("init_group", (group.group_uuid, group.task_uuids())),
-        ("set_states", [(u, State.PENDING) for u in group.task_uuids()]),
-    ]
-    assert [kind for kind, _ in broker.calls] == ["publish_many"]
-    for sig in broker.published():
-        assert (sig.group_uuid, sig.group_task_count, sig.headers) == (group.group_uuid, 3, {})
-
-
-async def test_send_group_concurrency_caps_publishes_in_flight(unique: str) -> None:
-    config = Config(broker=f"memory://{unique}", result_backend=f"memory://{unique}")
-    in_flight = peak = 0
-
-    class SlowBroker(RecordingBroker):
-        async def publish(self, signature: Signature) -> None:
-            nonlocal in_flight, peak
-            in_flight += 1
-            peak = max(peak, in_flight)
-            await asyncio.sleep(0.01)
-            await super().publish(signature)
-            in_flight -= 1
-
-    server = Server(config, broker=SlowBroker(config))
-    group = Group(*(Signature(name="t", args=int_args(i)) for i in range(8)))
-    await server.send_group(group, send_concurrency=2)
-    assert peak == 2
-    assert len(await server.broker.get_pending_tasks()) == 8
-    with pytest.raises(ValueError, match="send_concurrency"):
-        await server.send_group(Group(Signature(name="t")), send_concurrency=-1)
-    with pytest.raises(TypeError, match="expected a Group"):
-        await server.send_group([Signature(name="t")])  # type: ignore[arg-type]
-    await server.close()
-
-
-async def test_send_chord_sends_only_the_group(server: Server) -> None:
-    broker, _ = recorded(server)
-    callback = Signature(name="sum")
-    chord = Chord(
-        Group(Signature(name="t", args=int_args(1)), Signature(name="t", args=int_args(2))), callback
+    publisher = server.publisher
+    assert isinstance(publisher, Publisher)
+    assert (publisher.broker, publisher.backend, publisher.middlewares) == (
+        broker,
+        backend,
+        server.middlewares,
     )
-    result = await server.send_chord(chord)
-    assert isinstance(result, ChordAsyncResult)
-    assert [r.task_uuid for r in result.group_results] == chord.group.task_uuids()
-    assert result.callback.task_uuid == callback.uuid
-    assert [s.name for s in broker.published()] == ["t", "t"]
-    assert all(
-        s.chord_callback is not None and s.chord_callback.uuid == callback.uuid for s in broker.published()
-    )
-    assert (await result.callback.get_state()).state is State.PENDING  # nothing stored yet
-    with pytest.raises(TypeError, match="expected a Chord"):
-        await server.send_chord(chord.group)  # type: ignore[arg-type]
-
-
-async def test_send_chain_publishes_only_the_head(server: Server) -> None:
-    broker, backend = recorded(server)
-    chain = Chain(*(Signature(name=f"link{i}") for i in range(3)))
-    result = await server.send_chain(chain)
-    assert isinstance(result, ChainAsyncResult)
-    assert [r.task_uuid for r in result.results] == [s.uuid for s in chain.tasks]
-    [head] = broker.published()
-    assert head.name == "link0"
-    assert head.on_success is not None
-    assert head.on_success[0].name == "link1"
-    assert backend.calls == [("set_state", (chain.tasks[0].uuid, State.PENDING))]
-    with pytest.raises(TypeError, match="expected a Chain"):
-        await server.send_chain(chain.tasks)  # type: ignore[arg-type]
-
-
-async def test_pre_publish_hooks_run_before_every_publish(server: Server) -> None:
-    broker, _ = recorded(server)
-    seen: list[str] = []
-
-    def stamp(sig: Signature) -> None:
-        assert sig.headers is not None
-        sig.headers["trace"] = "abc"
-        seen.append(f"sync:{sig.name}")
-
-    async def record(sig: Signature) -> None:
-        await asyncio.sleep(0)
-        seen.append(f"async:{sig.name}")
-
-    server.set_pre_publish_handler(stamp)
-    server.set_pre_task_handler(record)  # Go's name for the same hook
+    group = Group(Signature(name="a"), Signature(name="b"))
     await server.send_task(Signature(name="one"))
     await server.send_tasks([Signature(name="two")])
-    await server.send_group(Group(Signature(name="three")))
-    await server.republish(Signature(uuid="task_x", name="four", headers={}))
-    assert seen == [
-        f"{kind}:{name}" for name in ("one", "two", "three", "four") for kind in ("sync", "async")
-    ]
-    assert all(sig.headers == {"trace": "abc"} for sig in broker.published())
+    await server.send_group(group)
+    await server.send_chord(Chord(Group(Signature(name="c")), Signature(name="cb")))
+    await server.send_chain(Chain(Signature(name="d"), Signature(name="e")))
+    assert [s.name for s in broker.published()] == ["one", "two", "a", "b", "c", "d"]
+    assert await backend.get_group_meta(group.group_uuid) is not None
 
 
-async def test_republish_keeps_the_uuid_and_writes_no_pending(server: Server) -> None:
-    broker, backend = recorded(server)
-    sig = Signature(uuid="task_same", name="again", headers={})
-    await server.republish(sig)
-    assert broker.published()[0].uuid == "task_same"
-    assert backend.calls == []
+async def test_close_then_send_connects_again(config: Config) -> None:
+    connects: list[str] = []
+
+    class Broker(MemoryBroker):
+        async def connect(self) -> None:
+            connects.append(self.url)
+
+    server = Server(config, broker=Broker(config))
+    async with server:
+        await server.send_task(Signature(name="first"))
+    assert len(connects) == 1
+    await server.send_task(Signature(name="after close"))
+    assert len(connects) == 2
+    await server.close()
 
 
 # -- result handles --------------------------------------------------------------------------------
@@ -411,11 +296,10 @@ async def test_async_result_reads_states_written_by_anyone(server: Server) -> No
     sig = Signature(name="t")
     result = await server.send_task(sig)
     assert await result.touch() is None
-    await server.backend.set_state_started(sig)
+    await server.backend.set_state(TaskState.new(sig, State.STARTED))
     assert await result.touch() is None
-    await server.backend.set_state_success(
-        sig, [TaskResult(type="int64", value=3), TaskResult(type="string", value="x")]
-    )
+    results = [TaskResult(type="int64", value=3), TaskResult(type="string", value="x")]
+    await server.backend.set_state(TaskState.new(sig, State.SUCCESS, results=results))
     assert await result.touch() == (3, "x")
     assert await result.get(timeout=5) == (3, "x")
     same = server.get_async_result(sig.uuid)
@@ -430,7 +314,7 @@ async def test_async_result_raises_the_tasks_error_and_times_out(server: Server)
     result = await server.send_task(sig)
     with pytest.raises(TimeoutError):
         await result.get(timeout=0.01)
-    await server.backend.set_state_failure(sig, "ValueError: bad")
+    await server.backend.set_state(TaskState.new(sig, State.FAILURE, error="ValueError: bad"))
     with pytest.raises(TaskFailedError) as info:
         await result.get(timeout=5)
     assert info.value.error == "ValueError: bad"
@@ -453,7 +337,7 @@ async def test_delay_result_is_converted_to_the_return_annotation(server: Server
 
     result = await point.delay(2)
     point_json = TaskResult(type="json", value={"x": 2, "y": 2})
-    await server.backend.set_state_success(result.signature, [point_json])
+    await server.backend.set_state(TaskState.new(result.signature, State.SUCCESS, results=[point_json]))
     value = await result.get(timeout=5)
     assert value == Point(x=2, y=2)
 
@@ -484,3 +368,5 @@ async def test_server_context_and_workers(unique: str) -> None:
             server.new_worker(concurrency=-1)
         with pytest.raises(ValueError, match="grace_period"):
             server.new_worker(grace_period=-1)
+        with pytest.raises(TypeError, match="fetch_timeout"):
+            server.new_worker(fetch_timeout=1.0)  # each broker decides how long a fetch waits

@@ -3,8 +3,10 @@
 ``python -m machinery_aio worker -A tests.apps.memory_app:server`` runs it.
 memory:// lives inside one process, so a test that needs work done in a worker
 subprocess names it in the environment variable ``MEMORY_APP_SEED``
-(``"sleep:0.5;add:1:2"``): those tasks are sent as soon as the worker connects.
+(``"sleep:0.5;add:1:2"``): each worker sends those tasks once it has started.
 Tasks print ``started NAME`` and ``finished NAME`` lines on stdout.
+
+``CALLED`` notes every call of the objects here that ``-A`` must never call.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Any
 
-from machinery_aio import Arg, Config, Server, Signature
+from machinery_aio import Arg, Config, Server, Signature, Worker
 from machinery_aio.drivers.memory.backend import MemoryBackend
 from machinery_aio.drivers.memory.broker import MemoryBroker
+
+CALLED: list[str] = []
 
 
 def say(text: str) -> None:
@@ -23,21 +28,37 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-class SeedingServer(Server):
-    """Sends the tasks named in MEMORY_APP_SEED once, right after connecting."""
+class Seeder:
+    """A worker's background service: sends the tasks named in MEMORY_APP_SEED, once."""
 
-    _seeded = False
+    def __init__(self, server: Server, seed: str) -> None:
+        self.server = server
+        self.seed = seed
 
-    async def connect(self) -> None:
-        await super().connect()
-        seed = os.environ.get("MEMORY_APP_SEED", "")
-        if self._seeded or not seed:
-            return
-        self._seeded = True
-        for item in filter(None, seed.split(";")):
+    async def run(self) -> None:
+        for item in filter(None, self.seed.split(";")):
             name, *values = item.split(":")
             args = [Arg.of(float(v) if "." in v else int(v)) for v in values]
-            await self.send_task(Signature(name=name, args=args))
+            await self.server.send_task(Signature(name=name, args=args))
+
+
+class SeedingServer(Server):
+    """Its workers send the tasks named in MEMORY_APP_SEED once they have started."""
+
+    def new_worker(
+        self,
+        tag: str = "",
+        concurrency: int = 10,
+        queue: str | None = None,
+        *,
+        run_scheduler: bool = True,
+        **options: Any,
+    ) -> Worker:
+        worker = super().new_worker(tag, concurrency, queue, run_scheduler=run_scheduler, **options)
+        seed = os.environ.get("MEMORY_APP_SEED", "")
+        if seed:
+            worker.services.append(Seeder(self, seed))
+        return worker
 
 
 CONFIG = Config(
@@ -89,3 +110,38 @@ def make_server() -> Server:
 
 
 not_a_server = "just a string"
+
+
+# -- objects -A must refuse without calling them (each notes a call in CALLED) --------------
+
+
+@server.task("touch")
+def touch() -> Server:
+    """A task (a Task handle): calling the handle would run it here."""
+    CALLED.append("touch")
+    return server
+
+
+def needs_argument(name: str) -> Server:
+    """A function with a required parameter: not a factory."""
+    CALLED.append("needs_argument")
+    return server
+
+
+def returns_a_number() -> int:
+    """A function annotated to return something other than a Server."""
+    CALLED.append("returns_a_number")
+    return 1
+
+
+class NotAServer:
+    """A class: calling it would build one."""
+
+    def __init__(self) -> None:
+        CALLED.append("NotAServer")
+
+
+def returns_nothing_useful():  # type: ignore[no-untyped-def]
+    """An unannotated factory that returns something else: called, then refused."""
+    CALLED.append("returns_nothing_useful")
+    return "not a server"

@@ -10,15 +10,16 @@ from machinery_aio.drivers.memory.broker import MemoryBroker
 
 
 class RecordingBackend(MemoryBackend):
-    """A MemoryBackend that keeps a log of every write."""
+    """A MemoryBackend that keeps a log of every write.
+
+    Every state write of the engine ends in ``set_states`` (``set_state``,
+    ``set_states_soon`` and ``set_final_state`` are built on it), so one call
+    there is one write: ``("set_states", [(uuid, state), ...])``.
+    """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.calls: list[tuple[str, object]] = []
-
-    async def set_state(self, state: TaskState) -> None:
-        self.calls.append(("set_state", (state.task_uuid, state.state)))
-        await super().set_state(state)
 
     async def set_states(self, states: Sequence[TaskState]) -> None:
         self.calls.append(("set_states", [(s.task_uuid, s.state) for s in states]))
@@ -32,11 +33,7 @@ class RecordingBackend(MemoryBackend):
         """Every state written for ``task_uuid``, in order."""
         out: list[State] = []
         for kind, data in self.calls:
-            if kind == "set_state":
-                uuid, state = data  # type: ignore[misc]
-                if uuid == task_uuid:
-                    out.append(state)
-            elif kind == "set_states":
+            if kind == "set_states":
                 out.extend(state for uuid, state in data if uuid == task_uuid)  # type: ignore[attr-defined]
         return out
 
@@ -58,11 +55,3 @@ class RecordingBroker(MemoryBroker):
 
     def published(self) -> list[Signature]:
         return [Signature.from_json(body) for _, bodies in self.calls for body in bodies]
-
-
-async def push_raw(broker: MemoryBroker, queue: str, body: bytes) -> None:
-    """Put raw bytes on a memory:// queue, as a foreign producer (or a Go one) would."""
-    store = broker._store
-    store.queue(queue).append(body)
-    async with store.changed:
-        store.changed.notify_all()
