@@ -8,6 +8,7 @@ one, so every publish passes the same middlewares.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -78,7 +79,11 @@ class Publisher:
         if hooked:
             await middlewares.before_publish(signature)
         written = await self.backend.set_states_soon((TaskState.new(signature, State.PENDING),))
-        await self.broker.publish(signature)
+        try:
+            await self.broker.publish(signature)
+        except BaseException:
+            _forget(written)  # the publish error is what the caller needs to see
+            raise
         await written
         if hooked:
             await middlewares.after_publish(signature)
@@ -168,3 +173,11 @@ async def _reach(role: str, where: str, connect: Callable[[], Awaitable[None]]) 
     except Exception as exc:
         reason = mask_secrets(str(exc)) or type(exc).__name__
         raise ConnectionFailedError(f"cannot connect to the {role} {where}: {reason}") from exc
+
+
+def _forget(written: Awaitable[Any]) -> None:
+    """Let a state write still under way finish on its own, its error (if any) retrieved."""
+    if isinstance(written, asyncio.Future):
+        written.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+    elif inspect.iscoroutine(written):
+        written.close()

@@ -308,3 +308,45 @@ async def test_configuration_errors_pass_through_connect_unwrapped(config: Confi
     publisher = Publisher(Misconfigured(config), MemoryBackend(config))
     with pytest.raises(ConfigError, match=r"^bad setting$"):
         await publisher.connect()
+
+
+class _FailingPublish(MemoryBroker):
+    async def publish(self, signature: Signature) -> None:
+        raise ConnectionError("broker gone")
+
+
+class _SlowFailingStates(MemoryBackend):
+    """Returns from set_states_soon before the write, which then fails (as a Redis write can)."""
+
+    futures: list[asyncio.Future[None]]
+
+    async def set_states_soon(self, states: Sequence[TaskState]) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, future.set_exception, ConnectionError("write lost"))
+        self.futures.append(future)
+        return future
+
+
+async def test_a_failed_publish_raises_its_error_and_leaves_no_unretrieved_write_error(
+    config: Config,
+) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
+    backend = _SlowFailingStates(config)
+    backend.futures = []
+    publisher = Publisher(_FailingPublish(config), backend)
+    try:
+        with pytest.raises(ConnectionError, match="broker gone"):
+            await publisher.send_task(Signature(name="add"))
+        [written] = backend.futures
+        await asyncio.wait([written])
+        del written
+        backend.futures.clear()
+        import gc
+
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert not [m for m in reported if "never retrieved" in m]
