@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.drivers.amqp.conftest import AMQP_URL, Cleanup
 from tests.support.drivers import run_left_open
+from tests.support.rabbitmq import AMQP_URL, Cleanup
 
 
 @pytest.mark.parametrize("close", [False, True], ids=["left-open", "closed"])
