@@ -117,15 +117,21 @@ RABBITMQ = ("127.0.0.1", 5672, "RabbitMQ")
 
 DRIVERS: list[Driver] = [
     Driver("memory", "memory://{unique}"),
-    Driver("redis", "redis://127.0.0.1:6379/1", (REDIS,), redis_settings, redis_cleanup),
+    Driver(
+        "redis",
+        "redis://127.0.0.1:6379/1",
+        servers=(REDIS,),
+        configure=redis_settings,
+        cleanup=redis_cleanup,
+    ),
     Driver(
         "redis-cluster",
         "redis://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002",
-        (CLUSTER,),
-        redis_settings,
-        redis_cleanup,
+        servers=(CLUSTER,),
+        configure=redis_settings,
+        cleanup=redis_cleanup,
     ),
-    Driver("rabbitmq", AMQP_URL, (RABBITMQ,), amqp_settings, amqp_cleanup),
+    Driver("rabbitmq", AMQP_URL, servers=(RABBITMQ,), configure=amqp_settings, cleanup=amqp_cleanup),
 ]
 """Every driver the contract suite runs against: add one line for a new driver."""
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from machinery_aio import Signature
-from machinery_aio.drivers.broker import Consumer, Delivery
+from machinery_aio.drivers.broker import Broker, Consumer, DeadLetter, Delivery
 from tests.conftest import golden
 from tests.contract.conftest import Kit
 from tests.support.drivers import eventually, run_python
@@ -209,11 +209,10 @@ async def test_a_message_handed_back_with_a_delay_is_held_then_delivered_again(k
     assert again.body == first.body
     await consumer.ack(again)
     await consumer.flush()
-    assert await eventually(lambda: _nothing_held(kit), "the hand-back to be settled")
+    assert await eventually(lambda: _nothing_held(broker), "the hand-back to be settled")
 
 
-async def _nothing_held(kit: Kit) -> bool:
-    broker = await kit.broker()
+async def _nothing_held(broker: Broker) -> bool:
     return await broker.get_held_tasks() == []
 
 
@@ -235,10 +234,7 @@ async def test_release_and_close_return_what_is_held(kit: Kit) -> None:
     assert await again.fetch(10) == []
 
 
-async def _pending(broker: object, count: int) -> bool:
-    from machinery_aio.drivers.broker import Broker
-
-    assert isinstance(broker, Broker)
+async def _pending(broker: Broker, count: int) -> bool:
     return await broker.count_pending() == count
 
 
@@ -328,9 +324,6 @@ async def test_dead_letters_are_kept_with_the_reason(kit: Kit) -> None:
     assert await broker.get_dead_letters(kit.other_queue("clean")) == []
 
 
-async def _letters(broker: object, count: int) -> list[object]:
-    from machinery_aio.drivers.broker import Broker
-
-    assert isinstance(broker, Broker)
+async def _letters(broker: Broker, count: int) -> list[DeadLetter]:
     letters = await broker.get_dead_letters()
-    return list(letters) if len(letters) == count else []
+    return letters if len(letters) == count else []
