@@ -299,7 +299,7 @@ class AMQPBroker(Broker):
             target, arguments = layout.handback_queue(queue)
         copy = Message(
             message.body,
-            headers={k: v for k, v in (message.headers or {}).items() if not k.startswith("x-death")},
+            headers=layout.own_headers(message.headers),
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             delivery_mode=DeliveryMode.PERSISTENT,
@@ -323,7 +323,7 @@ class AMQPBroker(Broker):
         """Keep a message that cannot run in ``<queue>.dead``, with the reason in a header."""
         dead_queue = layout.dead_letter_queue(queue)
         headers = {
-            **{k: v for k, v in (headers or {}).items() if not k.startswith("x-death")},
+            **layout.own_headers(headers),
             layout.REASON_HEADER: reason,
             layout.QUEUE_HEADER: queue,
             layout.FAILED_AT_HEADER: gotime.format_time(gotime.now()),

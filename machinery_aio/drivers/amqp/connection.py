@@ -99,6 +99,11 @@ def check_url(url: str) -> URL:
     return parsed
 
 
+_CLOSERS: set[asyncio.Task[None]] = set()
+"""The tasks of :meth:`FailoverConnection.close_at_exit` (the loop keeps only weak references)."""
+_warned_left_open = False
+
+
 class FailoverConnection(RobustConnection):
     """aio-pika's robust connection with back-off and several URLs to fail over between."""
 
@@ -106,8 +111,39 @@ class FailoverConnection(RobustConnection):
         self._urls = list(urls)
         self._index = start
         self._failures = 0
+        self._owner_closed: asyncio.Future[None] | None = None
         super().__init__(self._urls[start], **kwargs)
         self.reconnect_interval = BACKOFF_START
+
+    def close_at_exit(self) -> None:
+        """Close this connection, with one warning line, if the event loop ends with it open.
+
+        ``asyncio.run`` cancels the tasks left when the main coroutine returns, then
+        closes the loop: aio-pika's connection tasks end on a closed loop ("Task was
+        destroyed but it is pending!", "Event loop is closed"). This task is cancelled
+        with them and closes the connection while the loop still runs.
+        """
+        loop = asyncio.get_running_loop()
+        self._owner_closed = loop.create_future()
+        task = loop.create_task(self._close_when_cancelled(self._owner_closed), name="close AMQP at exit")
+        _CLOSERS.add(task)
+        task.add_done_callback(_CLOSERS.discard)
+
+    async def _close_when_cancelled(self, owner_closed: asyncio.Future[None]) -> None:
+        try:
+            await owner_closed
+        except asyncio.CancelledError:
+            if not self.close_called:
+                _warn_left_open()
+                with contextlib.suppress(Exception):
+                    await self.close()
+            raise
+
+    async def close(self, exc: Any = asyncio.CancelledError) -> None:
+        owner_closed = self._owner_closed
+        if owner_closed is not None and not owner_closed.done():
+            owner_closed.set_result(None)
+        await super().close(exc)
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         # aio-pika calls this when an open connection drops and after every failed attempt.
@@ -125,6 +161,16 @@ class FailoverConnection(RobustConnection):
             logger.info("reconnected to %s", mask_url(str(self.url)))
         self._failures = 0
         self.reconnect_interval = BACKOFF_START
+
+
+def _warn_left_open() -> None:
+    global _warned_left_open
+    if not _warned_left_open:
+        _warned_left_open = True
+        logger.warning(
+            "a RabbitMQ connection was still open when the event loop ended; closing it "
+            "(close it yourself with `await server.close()` or `async with server`)"
+        )
 
 
 def connection_name(role: str) -> str:
@@ -154,6 +200,7 @@ async def connect(
             await connection.close()
             errors.append(f"{mask_url(str(url))}: {type(exc).__name__}: {exc}")
             continue
+        connection.close_at_exit()
         return connection
     raise ConnectionError("cannot connect to RabbitMQ: " + "; ".join(errors))
 

@@ -154,6 +154,8 @@ class AMQPConsumer(Consumer):
 
     async def ack(self, delivery: Delivery) -> None:
         message: AbstractIncomingMessage = delivery.token
+        if message.processed:
+            return  # settled already
         if not is_live(message):
             logger.info(
                 "not acking a task from %r: its channel closed, so RabbitMQ will deliver it again", self.queue
@@ -171,7 +173,7 @@ class AMQPConsumer(Consumer):
         If the copy cannot be published, the delivery is nacked with requeue.
         """
         message: AbstractIncomingMessage = delivery.token
-        if not is_live(message):
+        if message.processed or not is_live(message):
             return
         try:
             await self.broker.return_to_queue(self.queue, message, delay)
@@ -185,6 +187,8 @@ class AMQPConsumer(Consumer):
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         message: AbstractIncomingMessage = delivery.token
+        if message.processed:
+            return
         try:
             await self.broker.publish_dead_letter(
                 self.queue, delivery.body, dict(message.headers or {}), reason
@@ -200,7 +204,7 @@ class AMQPConsumer(Consumer):
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
             message: AbstractIncomingMessage = delivery.token
-            if is_live(message):
+            if not message.processed and is_live(message):
                 with contextlib.suppress(Exception):
                     await message.nack(requeue=True)
 

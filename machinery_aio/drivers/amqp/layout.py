@@ -21,6 +21,7 @@ __all__ = [
     "delay_queue",
     "delayed_queue",
     "handback_queue",
+    "own_headers",
     "queue_binding_key",
     "route",
 ]
@@ -160,6 +161,15 @@ def handback_queue(queue: str) -> tuple[str, dict[str, Any]]:
 
 
 # -- headers -----------------------------------------------------------------------
+
+DEAD_LETTERING_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+"""Headers RabbitMQ adds when it dead-letters a message (from a delay or hand-back queue)."""
+
+
+def own_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A message's headers without those RabbitMQ added when it dead-lettered it, for a
+    copy published again (a hand-back, a dead letter)."""
+    return {k: v for k, v in (headers or {}).items() if not k.startswith(DEAD_LETTERING_HEADERS)}
 
 
 def _text(value: Any) -> str:

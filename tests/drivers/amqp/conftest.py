@@ -7,95 +7,35 @@ group UUIDs they publish, so their result queues are deleted too.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 
-import aio_pika
 import pytest
 
-from machinery_aio import Config, Server, Signature
+from machinery_aio import Config, Server
 from machinery_aio.config import AMQPConfig
-from machinery_aio.drivers.amqp.layout import DEAD_LETTER_EXCHANGE
+from machinery_aio.drivers.redis.backend import RedisBackend, chord_owner_key
 from tests.conftest import IN_CI, require_server
+from tests.support.rabbitmq import AMQP_URL, Cleanup
 
 RABBIT_HOST, RABBIT_PORT = "127.0.0.1", 5672
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_BACKEND_URL = "redis://127.0.0.1:6379/4"
 
 
 def require_redis_backend() -> None:
-    """The Redis result backend is written on another branch: skip until it is merged (fail under CI)."""
-    if importlib.util.find_spec("machinery_aio.drivers.redis.backend") is None:
-        message = (
-            "machinery_aio.drivers.redis.backend is not in this tree yet; the RabbitMQ + Redis "
-            "backend tests run once it is merged"
-        )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
     require_server("127.0.0.1", 6379, "Redis")
 
 
-@dataclass
-class Cleanup:
-    """Names a test declared on RabbitMQ, deleted when it ends."""
-
-    vhost_url: str = AMQP_URL
-    queues: set[str] = field(default_factory=set)
-    exchanges: set[str] = field(default_factory=set)
-
-    def signature(self, sig: Signature) -> None:
-        self.queues.add(sig.uuid)
-        for callback in [*(sig.on_success or ()), *(sig.on_error or ())]:
-            self.signature(callback)
-        if sig.chord_callback is not None:
-            self.signature(sig.chord_callback)
-        if sig.group_uuid:
-            g = sig.group_uuid
-            self.queues.update({g, f"{g}_meta", f"{g}_chord_lock", f"{g}_chord_triggered"})
-
-    def config(self, config: Config) -> None:
-        self.exchanges.add(config.amqp.exchange)
-        queue = config.default_queue
-        self.queues.update({queue, f"{queue}.dead"})
-        if config.amqp.delayed_queue:
-            self.queues.add(config.amqp.delayed_queue)
-
-    async def run(self) -> None:
-        connection = await aio_pika.connect(self.vhost_url)
-        try:
-            for name in self.queues:
-                channel = await connection.channel()
-                with contextlib.suppress(Exception):
-                    await channel.queue_delete(name)
-                with contextlib.suppress(Exception):
-                    await channel.close()
-            for name in self.exchanges:
-                channel = await connection.channel()
-                with contextlib.suppress(Exception):
-                    await channel.exchange_delete(name)
-                with contextlib.suppress(Exception):
-                    await channel.close()
-            # The shared dead-letter exchange goes once no test has a queue bound to it.
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.exchange_delete(DEAD_LETTER_EXCHANGE, if_unused=True)
-        finally:
-            await connection.close()
-
-
 async def purge_recorded(server: Server, cleanup: Cleanup) -> None:
-    """Delete the result records of every task and group the test published (any backend)."""
-    for name in cleanup.queues:
-        if name.startswith(("task_", "chord_")):
-            await server.backend.purge_state(name)
-        elif name.startswith("group_") and not name.endswith(("_meta", "_lock", "_triggered")):
-            await server.backend.purge_group_meta(name)
+    """Delete the Redis result records of every task and group the test published."""
+    backend = server.backend
+    assert isinstance(backend, RedisBackend)
+    names = [n for n in cleanup.queues if n.startswith(("task_", "chord_", "group_")) and "." not in n]
+    names += [chord_owner_key(n) for n in names if n.startswith("group_")]
+    if names:
+        await backend.client.delete(*names)
 
 
 def amqp_test_config(unique: str, url: str = AMQP_URL, backend: str | None = None, **amqp: object) -> Config:

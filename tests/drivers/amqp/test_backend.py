@@ -12,8 +12,8 @@ from aio_pika.abc import AbstractConnection
 
 from machinery_aio import Config, ConfigError, Signature, State, TaskResult, TaskState
 from machinery_aio.drivers.amqp.backend import AMQPBackend
-from tests.drivers.amqp.conftest import AMQP_URL, Cleanup
 from tests.conftest import golden
+from tests.support.rabbitmq import AMQP_URL, Cleanup
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ async def test_states_are_stored_in_gos_layout(
     backend = backends[0]
     sig = Signature(name="add", uuid=f"task_{unique}")
     cleanup.signature(sig)
-    await backend.set_state_pending(sig)
+    await backend.set_state(TaskState.new(sig, State.PENDING))
     channel = await raw.channel()
     # Go declares the queue with these arguments: declaring it the same way is accepted.
     ttl = amqp_config.results_expire_in * 1000
@@ -74,12 +74,12 @@ async def test_reads_keep_the_result_and_walk_nothing_away(
     writer, reader = backends
     sig = Signature(name="add", uuid=f"task_{unique}")
     cleanup.signature(sig)
-    await writer.set_state_pending(sig)
+    await writer.set_state(TaskState.new(sig, State.PENDING))
     pending = await reader.get_state(sig.uuid)
     assert pending is not None
-    await writer.set_state_received(sig)
-    await writer.set_state_started(sig)
-    await writer.set_state_success(sig, result(3))
+    await writer.set_state(TaskState.new(sig, State.RECEIVED))
+    await writer.set_state(TaskState.new(sig, State.STARTED))
+    await writer.set_final_state(sig, TaskState.new(sig, State.SUCCESS, results=result(3)))
     for _ in range(3):
         state = await reader.get_state(sig.uuid)
         assert state is not None
@@ -123,72 +123,39 @@ async def test_reads_a_state_written_by_go(
     assert state.results == [TaskResult(type=r["Type"], value=r["Value"]) for r in record["Results"]]
 
 
-async def test_waiting_is_woken_by_a_state_from_another_connection(
+async def test_a_finished_wait_unbinds_its_queue(
     backends: list[AMQPBackend], unique: str, cleanup: Cleanup
 ) -> None:
     writer, waiter = backends
     sig = Signature(name="add", uuid=f"task_{unique}")
     cleanup.signature(sig)
-    await writer.set_state_pending(sig)
+    await writer.set_state(TaskState.new(sig, State.PENDING))
     waiting = asyncio.create_task(waiter.wait_for_state(sig.uuid, timeout=30))
-    await writer.set_state_started(sig)
-    await asyncio.sleep(0.1)
-    assert not waiting.done()
-    await writer.set_state_success(sig, result(7))
-    state = await waiting
-    assert state.state is State.SUCCESS
-    assert state.value == 7
+    await writer.set_final_state(sig, TaskState.new(sig, State.SUCCESS, results=result(7)))
+    assert (await waiting).value == 7
     assert not waiter._waiters  # its binding is gone again
-
-
-async def test_waiting_times_out(backends: list[AMQPBackend], unique: str, cleanup: Cleanup) -> None:
-    sig = Signature(name="add", uuid=f"task_{unique}")
-    cleanup.signature(sig)
-    await backends[0].set_state_pending(sig)
-    with pytest.raises(TimeoutError):
-        await backends[1].wait_for_state(sig.uuid, timeout=0.3)
-
-
-async def test_group_meta_round_trip(backends: list[AMQPBackend], unique: str, cleanup: Cleanup) -> None:
-    group = f"group_{unique}"
-    cleanup.queues.update({group, f"{group}_meta"})
-    await backends[0].init_group(group, ["task_a", "task_b"])
-    meta = await backends[1].get_group_meta(group)
-    assert meta is not None
-    assert meta.task_uuids == ["task_a", "task_b"]
-    assert not meta.chord_triggered
-    assert await backends[1].get_group_meta(f"group_none_{unique}") is None
 
 
 async def finish_and_try(backend: AMQPBackend, sig: Signature, value: int) -> bool:
     """What a worker does when a chord member succeeds (runner._member_done, up to the trigger)."""
-    await backend.set_state_success(sig, result(value))
+    await backend.set_final_state(sig, TaskState.new(sig, State.SUCCESS, results=result(value)))
     if not await backend.group_completed(sig.group_uuid, sig.group_task_count):
         return False
     return await backend.trigger_chord(sig.group_uuid)
 
 
-@pytest.mark.parametrize("with_meta", [True, False], ids=["sent-by-python", "sent-by-go"])
-async def test_chord_triggers_exactly_once_when_members_finish_together(
-    backends: list[AMQPBackend], unique: str, cleanup: Cleanup, with_meta: bool
+async def test_a_chord_sent_by_go_triggers_once_with_states_in_completion_order(
+    backends: list[AMQPBackend], unique: str, cleanup: Cleanup
 ) -> None:
+    """Go's AMQP backend keeps no GroupMeta: the group queue alone decides (the contract
+    suite covers groups sent from Python)."""
     group = f"group_{unique}"
     members = [member(group, i, 8, unique, cleanup) for i in range(8)]
-    if with_meta:
-        await backends[0].init_group(group, [m.uuid for m in members])
     outcomes = await asyncio.gather(*(finish_and_try(backends[i % 2], m, i) for i, m in enumerate(members)))
     assert outcomes.count(True) == 1
     winner = backends[outcomes.index(True) % 2]
     states = await winner.group_task_states(group, 8)
-    values = [s.value for s in states]
-    if with_meta:
-        assert values == list(range(8))  # group order
-    else:
-        assert sorted(values) == list(range(8))  # Go's AMQP backend: completion order
-    if with_meta:
-        meta = await backends[1].get_group_meta(group)
-        assert meta is not None
-        assert meta.chord_triggered
+    assert sorted(s.value for s in states) == list(range(8))
     # Later attempts (a redelivered member finishing again) do not trigger it again.
     assert not await finish_and_try(backends[1], members[3], 3)
 
@@ -208,37 +175,12 @@ async def test_chord_waits_for_every_member_even_with_duplicates(
     assert [s.task_uuid for s in states] == [a.uuid, b.uuid, c.uuid]
 
 
-async def test_failed_members_count_as_completed(
-    backends: list[AMQPBackend], unique: str, cleanup: Cleanup
-) -> None:
-    group = f"group_{unique}"
-    a, b = (member(group, i, 2, unique, cleanup) for i in range(2))
-    await backends[0].init_group(group, [a.uuid, b.uuid])
-    await backends[0].set_state_failure(a, "broken")
-    assert await finish_and_try(backends[1], b, 2)
-    states = await backends[1].group_task_states(group, 2)
-    assert [s.state for s in states] == [State.FAILURE, State.SUCCESS]
-
-
-async def test_purge(backends: list[AMQPBackend], unique: str, cleanup: Cleanup) -> None:
-    sig = Signature(name="add", uuid=f"task_{unique}")
-    cleanup.signature(sig)
-    await backends[0].set_state_success(sig, result(1))
-    await backends[0].purge_state(sig.uuid)
-    assert await backends[1].get_state(sig.uuid) is None
-    group = f"group_{unique}"
-    cleanup.queues.update({group, f"{group}_meta"})
-    await backends[0].init_group(group, [sig.uuid])
-    await backends[0].purge_group_meta(group)
-    assert await backends[1].get_group_meta(group) is None
-
-
 async def test_another_results_expiry_is_a_clear_error(
     backends: list[AMQPBackend], amqp_config: Config, unique: str, cleanup: Cleanup
 ) -> None:
     sig = Signature(name="add", uuid=f"task_{unique}")
     cleanup.signature(sig)
-    await backends[0].set_state_pending(sig)
+    await backends[0].set_state(TaskState.new(sig, State.PENDING))
     other = AMQPBackend(amqp_config.model_copy(update={"results_expire_in": 60}))
     try:
         with pytest.raises(ConfigError, match="results_expire_in"):

@@ -14,15 +14,14 @@ import aio_pika
 import pytest
 
 from machinery_aio import Config, Server, Signature, State, TaskState
+from tests.conftest import golden
 from tests.drivers.amqp.conftest import (
-    AMQP_URL,
     REDIS_BACKEND_URL,
-    Cleanup,
     amqp_test_config,
     purge_recorded,
     require_redis_backend,
 )
-from tests.conftest import golden
+from tests.support.rabbitmq import AMQP_URL, Cleanup
 
 UUID = re.compile(rb"(task|group|chord)_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -17,6 +17,7 @@ from machinery_aio.drivers.amqp.layout import (
     delay_bucket,
     delay_queue,
     delayed_queue,
+    own_headers,
     queue_binding_key,
     route,
 )
@@ -149,3 +150,15 @@ def test_tls_settings(tmp_path: Path) -> None:
         ssl_context(TLSConfig(ca_file=str(bad)))
     with pytest.raises(ConfigError, match="usable certificate and key"):
         ssl_context(TLSConfig(cert_file=str(bad)))
+
+
+def test_copies_leave_out_the_headers_dead_lettering_added() -> None:
+    headers = {
+        "trace": "abc",
+        "x-death": [{"count": 1}],
+        "x-first-death-queue": "q.handback",
+        "x-first-death-reason": "expired",
+        "x-last-death-exchange": "",
+    }
+    assert own_headers(headers) == {"trace": "abc"}
+    assert own_headers(None) == {}

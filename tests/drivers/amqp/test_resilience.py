@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from machinery_aio import Arg, Config, Server, Signature
-from tests.drivers.amqp.conftest import AMQP_URL, amqp_test_config, close_vhost_connections
+from tests.drivers.amqp.conftest import amqp_test_config, close_vhost_connections
+from tests.support.rabbitmq import AMQP_URL
 
 ROOT = Path(__file__).resolve().parents[3]
 GATE_FROM = 5

@@ -15,8 +15,8 @@ import pytest
 from machinery_aio import Arg, Config, Server, Signature
 from machinery_aio.config import TLSConfig
 from machinery_aio.drivers.amqp.broker import AMQPBroker
-from tests.drivers.amqp.conftest import RABBIT_HOST, RABBIT_PORT, amqp_test_config
 from tests.conftest import IN_CI
+from tests.drivers.amqp.conftest import RABBIT_HOST, RABBIT_PORT, amqp_test_config
 
 
 @pytest.fixture

@@ -24,11 +24,11 @@ from machinery_aio import (
 from machinery_aio.runner import ETA_TOLERANCE
 from tests.drivers.amqp.conftest import (
     REDIS_BACKEND_URL,
-    Cleanup,
     amqp_test_config,
     purge_recorded,
     require_redis_backend,
 )
+from tests.support.rabbitmq import Cleanup
 
 
 def int_args(*values: int) -> list[Arg]:

@@ -22,13 +22,16 @@ from tests.support.redis import eventually, sig
 
 @pytest.fixture
 async def broker(redis_config: Config, raw: RedisClient) -> Any:
+    redis_config.redis.normal_tasks_poll_period = 100  # an empty fetch waits 0.1 s
     made = RedisBroker(redis_config)
     yield made
     await made.close()
 
 
-def consumer_of(broker: RedisBroker, queue: str | None = None, tag: str = "t") -> RedisConsumer:
-    made = broker.consumer(queue or broker.config.default_queue, prefetch=10, tag=tag)
+def consumer_of(
+    broker: RedisBroker, queue: str | None = None, tag: str = "t", prefetch: int = 10
+) -> RedisConsumer:
+    made = broker.consumer(queue or broker.config.default_queue, prefetch=prefetch, tag=tag)
     assert isinstance(made, RedisConsumer)
     return made
 
@@ -98,12 +101,13 @@ async def test_fetch_claims_a_batch_into_the_processing_list(
     queue = broker.config.default_queue
     await broker.publish_many([sig(ids(i), "t", i) for i in range(8)])
     consumer = consumer_of(broker)
-    got = await consumer.fetch(5, 1.0)
+    got = await consumer.fetch(5)
     assert [Signature.from_json(d.body).uuid for d in got] == [ids(i) for i in range(5)]
     assert await raw.llen(queue) == 3
     assert await raw.lrange(consumer.processing, 0, -1) == [d.body for d in got]
     assert await raw.zscore(QueueKeys(queue).consumers, consumer.consumer_id) is not None
-    await consumer.ack_many(got[:2])
+    for delivery in got[:2]:
+        await consumer.ack(delivery)
     await consumer.flush()
     assert await raw.lrange(consumer.processing, 0, -1) == [d.body for d in got[2:]]
     await consumer.close()
@@ -124,8 +128,8 @@ async def test_acks_go_in_the_background_and_close_waits_for_them(
 ) -> None:
     queue = broker.config.default_queue
     await broker.publish_many([sig(ids(i), "t", i) for i in range(20)])
-    consumer = consumer_of(broker)
-    got = await consumer.fetch(20, 1.0)
+    consumer = consumer_of(broker, prefetch=20)
+    got = await consumer.fetch(20)
     assert len(got) == 20
     for delivery in got:
         await consumer.ack(delivery)  # queued; the claims go in one command
@@ -143,7 +147,7 @@ async def test_a_failed_ack_keeps_the_claim_and_is_sent_again(
 
     await broker.publish_many([sig(ids(i), "t", i) for i in range(3)])
     consumer = consumer_of(broker)
-    got = await consumer.fetch(3, 1.0)
+    got = await consumer.fetch(3)
     real = broker.batcher.script
 
     async def broken(script: Any, keys: Any, args: Any = ()) -> Any:
@@ -159,40 +163,20 @@ async def test_a_failed_ack_keeps_the_claim_and_is_sent_again(
     await consumer._check_untracked()
     assert not consumer._reconcile  # a pending ack is not an untracked claim
     monkeypatch.setattr(broker.batcher, "script", real)
-    assert await consumer.fetch(1, 0.1) == []  # the next fetch sends the ack again
+    assert await consumer.fetch(1) == []  # the next fetch sends the ack again
     await consumer.flush()
     assert await raw.lrange(consumer.processing, 0, -1) == [d.body for d in got[1:]]
-    await consumer.ack_many(got[1:])
+    for delivery in got[1:]:
+        await consumer.ack(delivery)
     await consumer.close()
     assert await raw.llen(broker.config.default_queue) == 0
-
-
-async def test_fetch_blocks_until_a_message_arrives(broker: RedisBroker, ids: Any) -> None:
-    consumer = consumer_of(broker)
-    fetching = asyncio.create_task(consumer.fetch(10, 5.0))
-    await asyncio.sleep(0.2)
-    assert not fetching.done()
-    await broker.publish(sig(ids(1), "t"))
-    got = await asyncio.wait_for(fetching, 10)
-    assert [Signature.from_json(d.body).uuid for d in got] == [ids(1)]
-    await consumer.ack(got[0])
-    await consumer.close()
-
-
-async def test_fetch_on_an_empty_queue_returns_nothing_after_the_timeout(
-    broker: RedisBroker,
-) -> None:
-    consumer = consumer_of(broker)
-    assert await consumer.fetch(10, 0.2) == []
-    await consumer.close()
-    assert await consumer.fetch(10, 0.2) == []  # closed
 
 
 async def test_release_requeue_and_dead_letter(broker: RedisBroker, raw: RedisClient, ids: Any) -> None:
     queue = broker.config.default_queue
     await broker.publish_many([sig(ids(i), "t", i) for i in range(4)])
     consumer = consumer_of(broker)
-    d0, d1, d2, d3 = await consumer.fetch(4, 1.0)
+    d0, d1, d2, d3 = await consumer.fetch(4)
     await consumer.release([d1, d2])  # back to the head, in order
     assert [Signature.from_json(b).uuid for b in await raw.lrange(queue, 0, -1)] == [ids(1), ids(2)]
     await consumer.requeue(d0)  # back to the tail, as Go does for unregistered tasks
@@ -216,7 +200,7 @@ async def test_requeue_with_a_delay_keeps_the_claim_until_it_is_handed_back(
     queue = broker.config.default_queue
     await broker.publish(sig(ids(1), "t"))
     consumer = consumer_of(broker)
-    [delivery] = await consumer.fetch(1, 1.0)
+    [delivery] = await consumer.fetch(1)
     await consumer.requeue(delivery, 2.0)
     assert await raw.lrange(consumer.processing, 0, -1) == [delivery.body]
     assert await eventually(lambda: raw.lrange(queue, 0, -1)) == [delivery.body]
@@ -232,7 +216,7 @@ async def test_a_dead_consumers_messages_go_back_to_the_head_of_the_queue(
     queue = config.default_queue
     await broker.publish_many([sig(ids(i), "t", i) for i in range(5)])
     dead = consumer_of(broker, tag="dead")
-    claimed = await dead.fetch(3, 1.0)
+    claimed = await dead.fetch(3)
     assert len(claimed) == 3
     # The process "dies": no more heartbeats, nothing acked or closed.
     assert dead._heartbeat is not None
@@ -253,7 +237,7 @@ async def test_consumers_close_promptly_right_after_starting(broker: RedisBroker
     while they talk to Redis (Python 3.11's wait_for can drop it)."""
     for _ in range(20):
         consumer = consumer_of(broker)
-        assert await consumer.fetch(1, 0.01) == []
+        assert await consumer.fetch(1) == []
         await asyncio.wait_for(consumer.close(), 30)
         assert broker._mover is not None
         assert not broker._mover.running
@@ -266,7 +250,7 @@ async def test_a_message_landing_after_close_is_swept_by_a_live_consumer(
     consumer that has closed; the next live consumer returns it to the queue."""
     queue = broker.config.default_queue
     closed = consumer_of(broker, tag="closed")
-    assert await closed.fetch(1, 0.01) == []
+    assert await closed.fetch(1) == []
     await closed.close()
     body = sig(ids(1), "t").to_json()
     await raw.rpush(closed.processing, body)  # what the late BLMOVE did
@@ -280,8 +264,9 @@ async def test_a_claim_interrupted_by_cancellation_is_not_lost(
     broker: RedisBroker, raw: RedisClient, ids: Any
 ) -> None:
     queue = broker.config.default_queue
+    broker.config.redis.normal_tasks_poll_period = 5000  # the fetch blocks for 5 s
     consumer = consumer_of(broker)
-    fetching = asyncio.create_task(consumer.fetch(1, 5.0))
+    fetching = asyncio.create_task(consumer.fetch(1))
     await asyncio.sleep(0.2)
     fetching.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -289,7 +274,7 @@ async def test_a_claim_interrupted_by_cancellation_is_not_lost(
     # Redis may have moved a message for the cancelled BLMOVE: here, one it did.
     body = sig(ids(1), "t").to_json()
     await raw.rpush(consumer.processing, body)
-    got = await consumer.fetch(5, 1.0)  # gives it back first, then claims it again
+    got = await consumer.fetch(5)  # gives it back first, then claims it again
     assert [d.body for d in got] == [body]
     assert await raw.lrange(consumer.processing, 0, -1) == [body]
     await consumer.close()
@@ -315,11 +300,12 @@ async def test_a_go_worker_and_a_python_worker_share_a_queue(
     python_taken = []
     go = asyncio.create_task(go_worker())
     while True:
-        got = await consumer.fetch(7, 0.5)
+        got = await consumer.fetch(7)
         if not got:
             break
         python_taken += got
-        await consumer.ack_many(got)
+        for delivery in got:
+            await consumer.ack(delivery)
     await go
     await consumer.close()
     uuids = [Signature.from_json(b).uuid for b in go_taken] + [
@@ -363,9 +349,9 @@ async def test_the_mover_moves_every_due_task_at_once_to_its_own_queue(
 
 async def test_a_consumer_starts_the_mover_and_eta_tasks_arrive(broker: RedisBroker, ids: Any) -> None:
     consumer = consumer_of(broker)
-    assert await consumer.fetch(1, 0.1) == []
+    assert await consumer.fetch(1) == []
     await broker.publish(sig(ids(1), "t", eta=datetime.now(UTC) + timedelta(seconds=0.5)))
-    got = await eventually(lambda: consumer.fetch(1, 0.5), timeout=20)
+    got = await eventually(lambda: consumer.fetch(1), timeout=20)
     assert Signature.from_json(got[0].body).uuid == ids(1)
     await consumer.ack(got[0])
     await consumer.close()

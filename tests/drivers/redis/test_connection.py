@@ -1,5 +1,6 @@
 """Redis URLs as Go Machinery accepts them, and real connections over each kind: TCP,
-unix socket with a password, TLS (with client certificates), Sentinel, Cluster."""
+unix socket with a password, TLS (with client certificates), Sentinel, Cluster; and a script
+that never closes its server exits quietly."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from machinery_aio import Config, ConfigError, Server
 from machinery_aio.drivers.redis.connection import create_redis, is_cluster, parse_redis_url
 from tests.conftest import IN_CI
 from tests.drivers.redis.conftest import CLUSTER, STANDALONE, need
+from tests.support.drivers import run_left_open
 
 # -- parsing ------------------------------------------------------------------------------------
 
@@ -375,3 +377,15 @@ async def test_a_worker_over_a_unix_socket(servers: dict[str, Any], unique: str)
 @pytest.mark.parametrize("url", [STANDALONE, CLUSTER], ids=["standalone", "cluster"])
 async def test_the_shared_servers(url: str) -> None:
     await _round_trip(create_redis(need(url), Config()))
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["left-open", "closed"])
+async def test_a_script_exits_quietly_whether_or_not_it_closes_its_server(
+    redis_url: str, raw: Any, unique: str, close: bool
+) -> None:
+    env = {"BROKER": redis_url, "RESULT_BACKEND": redis_url, "DEFAULT_QUEUE": f"{unique}_q"}
+    code, out, err = await run_left_open(env, close=close)
+    assert code == 0, err
+    assert out.strip().startswith("task_")
+    await raw.delete(out.strip())  # its PENDING state (the queue is deleted with the test's keys)
+    assert err == ""

@@ -46,7 +46,7 @@ async def test_inspect_and_purge(redis_config: Config, raw: RedisClient, ids: An
         await raw.rpush(redis_config.default_queue, b"garbage")
         consumer = broker.consumer(redis_config.default_queue, prefetch=1, tag="cli")
         assert isinstance(consumer, RedisConsumer)
-        [bad] = await consumer.fetch(1, 1.0)
+        [bad] = await consumer.fetch(1)
         assert bad.body == b"garbage"
         await consumer.dead_letter(bad, "message is not valid JSON")
         await consumer.close()

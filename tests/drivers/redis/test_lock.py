@@ -1,4 +1,5 @@
-"""The Redis lock (periodic tasks) and Go's redsync mutex, on a single Redis and the cluster."""
+"""The Redis lock (periodic tasks) as Go's keys look, and Go's redsync mutex, on a single Redis and
+the cluster. What every lock promises is in tests/contract/test_lock.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from machinery_aio import Config
 from machinery_aio.drivers import create_lock
 from machinery_aio.drivers.redis.connection import RedisClient
 from machinery_aio.drivers.redis.lock import LockNotAcquiredError, RedisLock, RedsyncMutex
-from tests.support.redis import eventually
 
 
 @pytest.fixture
@@ -43,24 +43,6 @@ async def test_a_given_value_is_stored_as_gos_periodic_lock_does(
     key = f"machinery_lock_app{unique}*/5 * * * *"
     assert await lock.acquire(key, 10, value="1736937000123456788") == "1736937000123456788"
     assert await raw.get(key) == b"1736937000123456788"
-
-
-async def test_the_lock_expires(lock: RedisLock, unique: str) -> None:
-    key = f"machinery_lock_{unique}"
-    assert await lock.acquire(key, 0.2) is not None
-    assert await eventually(lambda: lock.acquire(key, 10), timeout=10)
-
-
-async def test_only_one_of_many_takes_it(lock: RedisLock, unique: str) -> None:
-    key = f"machinery_lock_{unique}"
-    tokens = await asyncio.gather(*(lock.acquire(key, 30) for _ in range(20)))
-    assert sum(t is not None for t in tokens) == 1
-
-
-async def test_acquire_with_retries_waits_for_the_holder(lock: RedisLock, unique: str) -> None:
-    key = f"machinery_lock_{unique}"
-    assert await lock.acquire(key, 0.3) is not None
-    assert await lock.acquire_with_retries(key, 10, retries=50, interval=0.05) is not None
 
 
 async def test_redsync_mutex_is_exclusive(raw: RedisClient, unique: str) -> None:

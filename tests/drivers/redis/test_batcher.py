@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from machinery_aio import Server
+from machinery_aio import Server, State, TaskState
 from machinery_aio.drivers.redis.batcher import Command, CommandBatcher, LuaScript
 from machinery_aio.drivers.redis.connection import RedisClient, create_redis
 from tests.drivers.redis.conftest import make_config
@@ -53,11 +53,10 @@ async def test_a_servers_broker_and_backend_share_one_redis_handle(
     try:
         await server.connect()
         await broker.close()  # the backend still uses the connections
-        await backend.set_state_failure(server.get_async_result(f"task_{unique}").signature, "x")
+        await backend.set_state(TaskState(task_uuid=f"task_{unique}", state=State.FAILURE, error="x"))
         state = await backend.get_state(f"task_{unique}")
         assert state is not None
         assert state.error == "x"
     finally:
-        await backend.purge_state(f"task_{unique}")
         await server.close()
         await other.close()
