@@ -171,7 +171,7 @@ async def _reach(role: str, where: str, connect: Callable[[], Awaitable[None]]) 
     except (ConfigError, MissingExtraError):
         raise
     except Exception as exc:
-        reason = mask_secrets(str(exc)) or type(exc).__name__
+        reason = mask_secrets(str(exc)).replace(f"{where}: ", "") or type(exc).__name__
         raise ConnectionFailedError(f"cannot connect to the {role} {where}: {reason}") from exc
 
 
