@@ -121,8 +121,14 @@ class RedisBroker(Broker):
             await self.batcher.run(commands[0])
         elif commands:
             await self.batcher.execute_all(commands)
-        if earliest is not None and self._mover is not None:
-            self._mover.wake(earliest)
+        if earliest is not None:
+            self.delayed_added(earliest)
+
+    def delayed_added(self, due_unix: float) -> None:
+        """A task due at ``due_unix`` (s) went into the delayed set: wake this process's mover
+        in time for it."""
+        if self._mover is not None:
+            self._mover.wake(due_unix)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -171,8 +177,11 @@ class RedisBroker(Broker):
         return int(await self.client.execute_command("LLEN", queue or self.config.default_queue))
 
     async def get_held_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
-        """Tasks in the processing lists of ``queue``'s consumers: running, acked but not yet
-        confirmed, or waiting out a hand-back delay (names no worker knows)."""
+        """Tasks taken from ``queue`` and not finished: those in its consumers' processing
+        lists (running, or acked but not yet confirmed), then those handed back for later
+        (names no worker knows), which wait in the delayed set without an ETA of their own."""
+        if limit == 0:
+            return []
         name = queue or self.config.default_queue
         keys = QueueKeys(name)
         bodies: list[bytes] = []
@@ -182,7 +191,29 @@ class RedisBroker(Broker):
                 break
             processing = keys.processing(consumer.decode())
             bodies += await self.client.execute_command("LRANGE", processing, 0, _last(left))
-        return _decode_all(bodies, f"the processing lists of {name!r}")
+        held = _decode_all(bodies, f"the processing lists of {name!r}")
+        left = None if limit is None else limit - len(held)
+        return held + await self._handed_back(name, left)
+
+    async def _handed_back(self, queue: str, limit: int | None) -> list[Signature]:
+        """Hand-backs of ``queue`` in the delayed set: due later than the ETA they carry."""
+        found: list[Signature] = []
+        for start in range(0, HELD_SCAN, 500):
+            if limit is not None and len(found) >= limit:
+                break
+            chunk: Any = await self.client.zrange(self.delayed_key, start, start + 499, withscores=True)
+            if not chunk:
+                break
+            for body, score in chunk:
+                try:
+                    sig = Signature.from_json(body)
+                except InvalidMessageError:
+                    continue
+                if (sig.routing_key or self.config.default_queue) != queue:
+                    continue
+                if sig.eta is None or unix_nanos(sig.eta) < float(score) - 1e9:
+                    found.append(sig)
+        return found[:limit]
 
     async def get_delayed_tasks(self, limit: int | None = None) -> list[Signature]:
         """Tasks waiting for their ETA, earliest first."""
@@ -209,6 +240,10 @@ class RedisBroker(Broker):
         keys = QueueKeys(queue or self.config.default_queue)
         count = await run_script(self.client, PURGE, [keys.dead])
         return int(count)
+
+
+HELD_SCAN = 10_000
+"""At most this many delayed tasks are read to find the hand-backs of a queue."""
 
 
 def _last(limit: int | None) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -26,8 +27,9 @@ from ...log import get_logger
 from ..broker import Consumer, DeadLetter, Delivery
 from .batcher import LuaScript, run_script
 from .connection import cancel_and_wait
+from .delayed import routing_key_of
 from .keys import QueueKeys
-from .queue_scripts import ACK, CLAIM, DEAD_LETTER, HEARTBEAT, RELEASE, REQUEUE, RETURN_ALL
+from .queue_scripts import ACK, CLAIM, DEAD_LETTER, HAND_BACK, HEARTBEAT, RELEASE, REQUEUE, RETURN_ALL
 
 if TYPE_CHECKING:
     from .broker import RedisBroker
@@ -173,12 +175,17 @@ class RedisConsumer(Consumer):
             await asyncio.shield(self._start_acks())
 
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
-        """Back to the tail of the queue, bytes unchanged. With a delay, the message stays
-        claimed (so it survives a crash) until the delay is over."""
+        """Back to the tail of the queue, bytes unchanged. With a delay, it waits in the
+        delayed set (like a task with an ETA) and the mover puts it back when due; a message
+        whose RoutingKey names another queue stays claimed here (surviving a crash) until the
+        delay is over instead, so that it comes back to this queue."""
         if id(delivery) not in self._held:
             return
         if delay <= 0 or self._closed:
             await self._requeue_now(delivery)
+            return
+        if routing_key_of(delivery.body, self.broker.config.default_queue) == self.queue:
+            await self._delay(delivery, delay)
             return
         self._held.pop(id(delivery))
         self._room.set()
@@ -200,6 +207,20 @@ class RedisConsumer(Consumer):
             self._reconcile = True
         self._later.pop(id(delivery), None)
 
+    async def _delay(self, delivery: Delivery, delay: float) -> None:
+        broker = self.broker
+        due = time.time_ns() + int(delay * 1e9)
+        if broker.cluster:
+            # The processing list and the delayed set are in different slots: add, then drop
+            # the claim (a crash in between delivers the message twice, never loses it).
+            await broker.batcher.execute("ZADD", broker.delayed_key, due, delivery.body)
+            await self._settle([delivery], ACK, [self.processing], [delivery.body])
+        else:
+            await self._settle(
+                [delivery], HAND_BACK, [self.processing, broker.delayed_key], [delivery.body, due]
+            )
+        broker.delayed_added(due / 1e9)
+
     async def _requeue_now(self, delivery: Delivery) -> None:
         await self._settle([delivery], REQUEUE, [self.processing, self.queue], [delivery.body])
 
@@ -208,7 +229,7 @@ class RedisConsumer(Consumer):
         deliveries: Sequence[Delivery],
         script: LuaScript,
         keys: list[str],
-        args: list[bytes | str],
+        args: Sequence[bytes | str | int],
     ) -> None:
         """Run a script that moves ``deliveries`` out of the processing list. If it fails,
         the next fetch returns the messages to the queue (they are no longer tracked)."""

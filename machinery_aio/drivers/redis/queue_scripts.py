@@ -8,6 +8,7 @@ from .batcher import LuaScript
 __all__ = [
     "CLAIM",
     "DEAD_LETTER",
+    "HAND_BACK",
     "HEARTBEAT",
     "MOVE_DUE",
     "PURGE",
@@ -47,6 +48,15 @@ REQUEUE = LuaScript(r"""
 -- KEYS: processing list, queue; ARGV: body. Back to the tail, as Go does.
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then
   return redis.call('RPUSH', KEYS[2], ARGV[1])
+end
+return 0
+""")
+
+HAND_BACK = LuaScript(r"""
+-- KEYS: processing list, delayed set; ARGV: body, due (Unix ns). Into the delayed set, bytes
+-- unchanged: the delayed-task mover (Go's or ours) puts it back on its queue when due.
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then
+  return redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 end
 return 0
 """)

@@ -194,16 +194,59 @@ async def test_release_requeue_and_dead_letter(broker: RedisBroker, raw: RedisCl
     await consumer.close()
 
 
-async def test_requeue_with_a_delay_keeps_the_claim_until_it_is_handed_back(
+async def test_a_hand_back_with_a_delay_waits_in_the_delayed_set_not_in_the_claim(
     broker: RedisBroker, raw: RedisClient, ids: Any
 ) -> None:
     queue = broker.config.default_queue
+    delayed = broker.config.redis.delayed_tasks_key
     await broker.publish(sig(ids(1), "t"))
     consumer = consumer_of(broker)
     [delivery] = await consumer.fetch(1)
     await consumer.requeue(delivery, 2.0)
-    assert await raw.lrange(consumer.processing, 0, -1) == [delivery.body]
-    assert await eventually(lambda: raw.lrange(queue, 0, -1)) == [delivery.body]
+    assert await raw.llen(consumer.processing) == 0  # nothing stays claimed
+    assert await raw.zrange(delayed, 0, -1) == [delivery.body]  # bytes unchanged
+    assert [s.uuid for s in await broker.get_held_tasks()] == [ids(1)]
+    assert await raw.lrange(queue, 0, -1) == []
+    assert await eventually(lambda: raw.lrange(queue, 0, -1)) == [delivery.body]  # the mover
+    assert await raw.zcard(delayed) == 0
+    await consumer.close()
+
+
+async def test_hand_backs_take_no_prefetch_and_no_claim_however_many(
+    broker: RedisBroker, raw: RedisClient, ids: Any
+) -> None:
+    """A worker handing back messages no worker there knows does not hoard them: each goes to
+    the delayed set, so the consumer never holds more than its prefetch."""
+    await broker.publish_many([sig(ids(i), "unknown") for i in range(40)])
+    consumer = consumer_of(broker, prefetch=4)
+    handed_back = 0
+    while handed_back < 40:
+        batch = await consumer.fetch(10)
+        assert 0 < len(batch) <= 4
+        assert await raw.llen(consumer.processing) <= 4
+        for delivery in batch:
+            await consumer.requeue(delivery, 30.0)
+        handed_back += len(batch)
+    assert await raw.llen(consumer.processing) == 0
+    assert await raw.zcard(broker.config.redis.delayed_tasks_key) == 40
+    assert len(await broker.get_held_tasks(limit=25)) == 25
+    await consumer.close()
+
+
+async def test_a_hand_back_routed_elsewhere_keeps_its_claim_until_the_delay_is_over(
+    broker: RedisBroker, raw: RedisClient, ids: Any, unique: str
+) -> None:
+    """Pushed to a queue its RoutingKey does not name, a message handed back stays claimed here
+    (the delayed set would send it to the RoutingKey's queue instead) and comes back here."""
+    queue = broker.config.default_queue
+    body = sig(ids(1), "t", routing_key=f"{unique}_elsewhere").to_json()
+    await raw.rpush(queue, body)
+    consumer = consumer_of(broker)
+    [delivery] = await consumer.fetch(1)
+    await consumer.requeue(delivery, 1.0)
+    assert await raw.lrange(consumer.processing, 0, -1) == [body]
+    assert await raw.zcard(broker.config.redis.delayed_tasks_key) == 0
+    assert await eventually(lambda: raw.lrange(queue, 0, -1)) == [body]
     assert await raw.llen(consumer.processing) == 0
     await consumer.close()
 
