@@ -20,21 +20,34 @@ def test_core_depends_only_on_pydantic_and_croniter() -> None:
     assert PYPROJECT["build-system"]["build-backend"] == "hatchling.build"
 
 
-def test_every_driver_is_an_extra() -> None:
+def test_every_driver_is_an_extra_and_every_extra_a_driver_or_tool() -> None:
+    from machinery_aio.drivers import TECHNOLOGIES
+
     extras = PYPROJECT["project"]["optional-dependencies"]
     for extra, package in [
         ("redis", "redis"),
         ("amqp", "aio-pika"),
-        ("sqs", "aiobotocore"),
-        ("memcache", "aiomcache"),
-        ("mongo", "pymongo"),
         ("yaml", "PyYAML"),
+        ("uvloop", "uvloop"),
     ]:
         assert any(dep.startswith(package) for dep in extras[extra]), extra
-    for extra in ("redis", "amqp", "sqs", "memcache", "mongo"):
+    drivers = {tech.extra for tech in TECHNOLOGIES if tech.extra}
+    assert drivers == {"redis", "amqp"}
+    for extra in drivers | {"yaml", "uvloop"}:
         assert extra in extras["all"][0]
-    assert "test" in extras
-    assert "dev" in extras
+    # no extra promises a driver that does not exist (issue 11: they come with their driver)
+    assert set(extras) == drivers | {"yaml", "uvloop", "all", "test", "dev"}
+
+
+def test_redis_is_bounded_to_the_major_version_the_batcher_is_tested_with() -> None:
+    [redis] = PYPROJECT["project"]["optional-dependencies"]["redis"]
+    assert ">=8" in redis
+    assert "<9" in redis
+
+
+def test_license_file_is_mit() -> None:
+    assert PYPROJECT["project"]["license"] == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
 
 
 def test_console_script_and_typed_marker() -> None:
@@ -67,6 +80,9 @@ def test_public_api_names() -> None:
         "InvalidMessageError",
         "TaskTimeLimitExceeded",
         "Task",
+        "Middleware",
+        "TaskOutcome",
+        "ConnectionFailedError",
     ]:
         assert name in machinery_aio.__all__, name
         assert getattr(machinery_aio, name) is not None

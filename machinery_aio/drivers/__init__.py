@@ -101,7 +101,8 @@ def _load(url: str, role: Role) -> Any:
     tech = technology_of(url)
     cls_name = tech.cls_name(role) if tech is not None else None
     if tech is None or cls_name is None:
-        scheme = scheme_of(url) or "(none)"
+        word = url.strip()
+        scheme = scheme_of(url) or (word if word.isalnum() else "(none)")
         known = ", ".join(f"{s}://" for s in schemes(role))
         raise ConfigError(
             f"unknown {kind} URL scheme {scheme!r} in {mask_url(url)!r}; known schemes: {known}"
