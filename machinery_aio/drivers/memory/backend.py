@@ -22,6 +22,7 @@ __all__ = ["MemoryBackend"]
 class _Store:
     def __init__(self) -> None:
         self.records: dict[str, tuple[bytes, float]] = {}  # uuid -> (json, expires at)
+        self.states: dict[str, TaskState] = {}  # uuid -> the state last stored (saves a decode)
         self.waiters: dict[str, asyncio.Event] = {}
 
     def get(self, key: str) -> bytes | None:
@@ -31,6 +32,7 @@ class _Store:
         data, expires = found
         if expires < time.monotonic():
             del self.records[key]
+            self.states.pop(key, None)
             return None
         return data
 
@@ -61,8 +63,10 @@ class MemoryBackend(ResultBackend):
     def _write(self, state: TaskState) -> None:
         store = self._store
         if not state.task_name or state.created_at == ZERO_TIME:
-            state = keep_origin(state, self._read(state.task_uuid))
+            stored = store.states.get(state.task_uuid) if store.get(state.task_uuid) is not None else None
+            state = keep_origin(state, stored)
         store.put(state.task_uuid, state.to_json(), self.expires_in)
+        store.states[state.task_uuid] = state
         if state.is_completed():
             event = store.waiters.pop(state.task_uuid, None)
             if event is not None:

@@ -141,6 +141,7 @@ class _MemoryConsumer(Consumer):
         self.held = store.held.setdefault(queue, {})
         self.mine: set[int] = set()
         self.closed = False
+        self.full = False  # a fetch waits for room: settling a delivery must wake it
 
     async def fetch(self, max_count: int) -> list[Delivery]:
         store = self.store
@@ -150,6 +151,7 @@ class _MemoryConsumer(Consumer):
                 next_due = store.move_due()
                 items = store.queue(self.queue)
                 room = min(max_count, self.prefetch - len(self.mine))
+                self.full = room <= 0
                 if items and room > 0:
                     out: list[Delivery] = []
                     while items and len(out) < room:
@@ -178,8 +180,8 @@ class _MemoryConsumer(Consumer):
         return True
 
     async def ack(self, delivery: Delivery) -> None:
-        if self._settle(delivery):
-            await self.store.notify()  # room for another fetch
+        if self._settle(delivery) and self.full:
+            await self.store.notify()  # room for the fetch that waits
 
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
         if not self._settle(delivery):
