@@ -1,12 +1,16 @@
 """What the middleware seam costs per task, measured inside one worker's runner.
 
-    python -m benchmarks.middleware_cost [--tasks 20000] [--rounds 5]
+    python -m benchmarks.middleware_cost [--tasks 20000] [--rounds 5] [--variant none|empty|noop]
 
 Runs the same no-op task through ``TaskRunner.process`` (decode, states to ``null://``, the
 call, SUCCESS) with no middleware, with one middleware that overrides no hook, and with one
 no-op middleware that overrides all four, interleaved over several rounds; prints the median
 CPU microseconds per task of each and the difference to the first. No broker round trip is
 involved, so the differences are the seam's own cost.
+
+``--variant`` runs one variant once, for counting instructions on a noisy machine::
+
+    valgrind --tool=callgrind python -m benchmarks.middleware_cost --variant noop --tasks 2000
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ class NoOp(Middleware):
     async def after_task(self, ctx: TaskContext, outcome: TaskOutcome) -> None:
         return None
 
+
+SHORT = {
+    "none": "no middleware",
+    "empty": "a middleware without hooks",
+    "noop": "a no-op middleware, 4 hooks",
+}
 
 VARIANTS: dict[str, list[Middleware]] = {
     "no middleware": [],
@@ -79,7 +89,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variant", choices=sorted(SHORT), help="run only this variant, once")
     args = parser.parse_args()
+    if args.variant:
+        name = SHORT[args.variant]
+        cpu = asyncio.run(measure(VARIANTS[name], args.tasks))
+        print(f"{name}: {cpu:.2f} µs CPU per task ({args.tasks} tasks)")
+        return
     medians = asyncio.run(run(args.tasks, args.rounds))
     base = medians["no middleware"]
     print(f"runner CPU per task, median of {args.rounds} rounds of {args.tasks} tasks:")

@@ -238,16 +238,18 @@ class _Run:
 
     # -- outcomes --------------------------------------------------------------------
 
-    async def _finish(
-        self, state: State, error: str | None = None, exc: BaseException | None = None, value: Any = None
-    ) -> float:
-        """Tell the middlewares how the run ended; returns the run's duration."""
-        duration = time.perf_counter() - self.started
-        if self.hooked:
-            values = [] if value is None else list(value) if isinstance(value, tuple) else [value]
-            outcome = TaskOutcome(state, values, error, exc, duration)
-            await self.runner.middlewares.after_task(self.context(), outcome)
-        return duration
+    async def _after_task(
+        self,
+        duration: float,
+        state: State,
+        error: str | None = None,
+        exc: BaseException | None = None,
+        value: Any = None,
+    ) -> None:
+        """Tell the middlewares how the run ended."""
+        values = [] if value is None else list(value) if isinstance(value, tuple) else [value]
+        outcome = TaskOutcome(state, values, error, exc, duration)
+        await self.runner.middlewares.after_task(self.context(), outcome)
 
     async def _succeeded(self, results: list[TaskResult], value: Any) -> None:
         sig, runner = self.sig, self.runner
@@ -259,7 +261,9 @@ class _Run:
             await runner.publisher.send_task(callback)
         if sig.group_uuid and sig.chord_callback is not None:
             await _member_done(runner, sig)
-        duration = await self._finish(State.SUCCESS, value=value)
+        duration = time.perf_counter() - self.started
+        if self.hooked:
+            await self._after_task(duration, State.SUCCESS, value=value)
         if events.isEnabledFor(logging.INFO):
             events.info("%s[%s] succeeded in %.6fs", sig.name, sig.uuid, duration)
 
@@ -268,7 +272,9 @@ class _Run:
         await runner.backend.set_state(TaskState.new(sig, State.RETRY))
         sig.eta = gotime.now() + timedelta(seconds=exc.delay)
         await runner.publisher.republish(sig)
-        duration = await self._finish(State.RETRY, exc.msg, exc)
+        duration = time.perf_counter() - self.started
+        if self.hooked:
+            await self._after_task(duration, State.RETRY, exc.msg, exc)
         events.info(
             "%s[%s] retry in %g s (RetryTaskLater after %.6fs): %s",
             sig.name,
@@ -287,7 +293,9 @@ class _Run:
             sig.retry_timeout = fibonacci_next(sig.retry_timeout)
             sig.eta = gotime.now() + timedelta(seconds=sig.retry_timeout)
             await runner.publisher.republish(sig)
-            duration = await self._finish(State.RETRY, text, exc)
+            duration = time.perf_counter() - self.started
+            if self.hooked:
+                await self._after_task(duration, State.RETRY, text, exc)
             events.warning(
                 "%s[%s] failed in %.6fs: %s; retrying in %d s (%d retries left)",
                 sig.name,
@@ -308,7 +316,9 @@ class _Run:
             await runner.publisher.send_task(callback)
         if sig.group_uuid and sig.chord_callback is not None:
             await _member_done(runner, sig)
-        duration = await self._finish(State.FAILURE, text, exc)
+        duration = time.perf_counter() - self.started
+        if self.hooked:
+            await self._after_task(duration, State.FAILURE, text, exc)
         unexpected = not isinstance(exc, TaskTimeLimitExceeded | ArgTypeError)
         events.error(
             "%s[%s] failed in %.6fs: %s",

@@ -39,6 +39,7 @@ from .state_scripts import COUNT_COMPLETED, SET_STATE, TRIGGER_CHORD
 
 if TYPE_CHECKING:
     from ...config import Config
+    from ...signature import Signature
 
 __all__ = ["RedisBackend"]
 
@@ -119,6 +120,9 @@ class RedisBackend(ResultBackend):
         else:
             return await super().set_states_soon(states)
         return self.batcher.submit(self._write(list(states), guard))
+
+    async def set_final_state(self, signature: Signature, state: TaskState) -> None:
+        await self.batcher.run(self._write([state]))
 
     def _write(self, states: list[TaskState], guard: str = "") -> Command:
         """The command storing one task's ``states`` in order."""
