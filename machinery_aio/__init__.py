@@ -8,6 +8,7 @@ from .errors import (
     MachineryError,
     TaskFailedError,
     TaskNotRegisteredError,
+    TaskRevokedError,
     TaskTimeLimitExceeded,
 )
 from .middleware import Middleware, TaskOutcome
@@ -48,6 +49,7 @@ __all__ = [
     "TaskNotRegisteredError",
     "TaskOutcome",
     "TaskResult",
+    "TaskRevokedError",
     "TaskState",
     "TaskTimeLimitExceeded",
     "Worker",

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import TypeAdapter
 
-from .errors import TaskFailedError
+from .errors import TaskFailedError, TaskRevokedError
+from .revoke import is_revoked, revoke
 from .signature import Signature
 from .state import State, TaskState
 
@@ -55,6 +56,12 @@ class AsyncResult(Generic[R]):
             return None
         return self._value(state)
 
+    async def revoke(self, terminate: bool = False) -> bool:
+        """Revoke the task: if it has not started it never runs; with ``terminate`` a running
+        coroutine is cancelled where it runs. :meth:`get` then raises TaskRevokedError.
+        Returns False (changing nothing) if the task had already finished."""
+        return await revoke(self.backend, self.task_uuid, terminate=terminate)
+
     async def get(self, timeout: float | None = None, interval: float = 0.05) -> R:
         """Wait for the task to finish and return its value.
 
@@ -66,6 +73,8 @@ class AsyncResult(Generic[R]):
 
     def _value(self, state: TaskState) -> R:
         if state.state is State.FAILURE:
+            if is_revoked(state):
+                raise TaskRevokedError(state.task_uuid, state.error, state.task_name)
             raise TaskFailedError(state.task_uuid, state.error, state.task_name)
         value = state.value
         if self._adapter is not None and value is not None:
@@ -101,6 +110,11 @@ class ChainAsyncResult:
     async def get_states(self) -> list[TaskState]:
         return [await r.get_state() for r in self.results]
 
+    async def revoke(self, terminate: bool = False) -> None:
+        """Revoke every link: the chain stops where it is."""
+        for result in self.results:
+            await result.revoke(terminate)
+
     def __repr__(self) -> str:
         return f"<ChainAsyncResult of {len(self.results)}>"
 
@@ -120,6 +134,11 @@ class ChordAsyncResult:
             return await self.callback.get(_remaining(deadline), interval)
         except TimeoutError:
             raise TimeoutError(f"chord did not complete within {timeout} s") from None
+
+    async def revoke(self, terminate: bool = False) -> None:
+        """Revoke every member and the callback: the chord fails, its callback never runs."""
+        for result in [*self.group_results, self.callback]:
+            await result.revoke(terminate)
 
     def __repr__(self) -> str:
         return f"<ChordAsyncResult {len(self.group_results)} -> {self.callback.signature.name}>"

@@ -24,12 +24,13 @@ from typing import Any
 from . import gotime
 from .context import TaskContext
 from .drivers.backend import ResultBackend
-from .errors import TaskTimeLimitExceeded
+from .errors import TaskRevokedError, TaskTimeLimitExceeded
 from .gotypes import ArgTypeError
 from .log import get_logger
 from .middleware import Middlewares, TaskOutcome
 from .publisher import Publisher
 from .retry import RetryTaskLater, fibonacci_next
+from .revoke import REVOKED, TERMINATED, Revocations
 from .signature import Arg, InvalidMessageError, Signature
 from .state import State, TaskResult, TaskState
 from .tasks import TaskFunction
@@ -111,6 +112,9 @@ class TaskRunner:
         self.executor = executor
         self.time_limit = time_limit
         self.error_types = error_types
+        self.running: dict[str, _Run] = {}
+        """Task UUID -> its run in progress, for revocations with ``terminate``."""
+        self.revocations: Revocations | None = None
 
     async def process(self, body: bytes) -> Outcome:
         try:
@@ -125,6 +129,12 @@ class TaskRunner:
                 )
                 return _ACK
             return Outcome(Action.UNREGISTERED, task_name=sig.name)
+        if (revocations := self.revocations) is not None:
+            revoked = revocations.check(sig.uuid)
+            if revoked is None:
+                revoked = await revocations.read(sig.uuid)
+            if revoked:
+                return await _Run(self, function, sig).skip_revoked()
         if sig.eta is not None and sig.eta > gotime.now() + ETA_TOLERANCE:
             # Never hold an unacked message until its ETA: hand it back to the broker's delay.
             await self.publisher.republish(sig)
@@ -147,7 +157,7 @@ class TaskRunner:
 class _Run:
     """One run of one task: the steps of :meth:`TaskRunner.process` after the checks."""
 
-    __slots__ = ("ctx", "function", "hooked", "runner", "sig", "started")
+    __slots__ = ("cancellable", "ctx", "function", "hooked", "revoked", "runner", "sig", "started", "task")
 
     def __init__(self, runner: TaskRunner, function: TaskFunction, sig: Signature) -> None:
         self.runner = runner
@@ -156,6 +166,24 @@ class _Run:
         self.hooked = runner.middlewares.running
         self.ctx: TaskContext | None = None
         self.started = time.perf_counter()
+        self.revoked = False
+        self.cancellable = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def terminate(self) -> None:
+        """Revoked while running: cancel a coroutine now; a plain function's thread cannot
+        be stopped, so its result is discarded when it ends."""
+        if self.revoked:
+            return
+        self.revoked = True
+        if self.cancellable and self.task is not None:
+            self.task.cancel()
+
+    async def skip_revoked(self) -> Outcome:
+        """The task was revoked before it ran: record that and run its error callbacks."""
+        events.warning("%s[%s] revoked: not run", self.sig.name, self.sig.uuid)
+        await self._record_failure(REVOKED)
+        return _ACK
 
     def context(self) -> TaskContext:
         if self.ctx is None:
@@ -178,22 +206,41 @@ class _Run:
             return Outcome(Action.DEAD_LETTER, reason, sig.name)
         states = (TaskState.new(sig, State.RECEIVED), TaskState.new(sig, State.STARTED))
         started = await backend.set_states_soon(states)  # the task need not wait for the write
+        running = runner.running
+        running[sig.uuid] = self
         try:
             await self._run(args, started)
         finally:
+            if running.get(sig.uuid) is self:
+                del running[sig.uuid]
             await _recorded(started, sig)
         return _ACK
 
     async def _run(self, args: list[Any], started: Awaitable[Any]) -> None:
         sig = self.sig
         try:
-            value = await self._invoke(args)
+            if self.revoked:  # revoked (terminate) between its start and now
+                raise asyncio.CancelledError
+            if self.function.is_async:
+                self.task = asyncio.current_task()
+                self.cancellable = True
+            try:
+                value = await self._invoke(args)
+            finally:
+                self.cancellable = False
+            if self.revoked:
+                raise asyncio.CancelledError
             results = self.function.to_results(value)
         except RetryTaskLater as exc:
             await _recorded(started, sig)  # RETRY is not final: STARTED must not follow it
             await self._retry_later(exc)
         except asyncio.CancelledError:
-            raise
+            if not self.revoked:
+                raise
+            if self.task is not None:
+                self.task.uncancel()
+            await _recorded(started, sig)
+            await self._failed(TERMINATED, TaskRevokedError(sig.uuid, TERMINATED, sig.name))
         except (Exception, SystemExit) as exc:  # a task's sys.exit() fails only the task
             if sig.retry_count > 0:
                 await _recorded(started, sig)
@@ -308,7 +355,8 @@ class _Run:
             return
         await self._failed(text, exc)
 
-    async def _failed(self, text: str, exc: BaseException) -> None:
+    async def _record_failure(self, text: str) -> None:
+        """Store FAILURE, send the error callbacks, and fire the chord if this was its last member."""
         sig, runner = self.sig, self.runner
         await runner.backend.set_final_state(sig, TaskState.new(sig, State.FAILURE, error=text))
         for callback in sig.on_error or ():
@@ -316,10 +364,14 @@ class _Run:
             await runner.publisher.send_task(callback)
         if sig.group_uuid and sig.chord_callback is not None:
             await _member_done(runner, sig)
+
+    async def _failed(self, text: str, exc: BaseException) -> None:
+        sig = self.sig
+        await self._record_failure(text)
         duration = time.perf_counter() - self.started
         if self.hooked:
             await self._after_task(duration, State.FAILURE, text, exc)
-        unexpected = not isinstance(exc, TaskTimeLimitExceeded | ArgTypeError)
+        unexpected = not isinstance(exc, TaskTimeLimitExceeded | ArgTypeError | TaskRevokedError)
         events.error(
             "%s[%s] failed in %.6fs: %s",
             sig.name,

@@ -24,6 +24,7 @@ from .middleware import Middleware, Middlewares, PrePublishHandler, SignatureHan
 from .periodic import MissedPolicy, PeriodicEntry, Scheduler
 from .publisher import Publisher
 from .result import AsyncResult, ChainAsyncResult, ChordAsyncResult
+from .revoke import revoke
 from .signature import Signature
 from .tasks import Task, TaskFunction
 from .worker import BackgroundService, Worker
@@ -206,6 +207,13 @@ class Server:
     def get_async_result(self, task_uuid: str, name: str = "") -> AsyncResult[Any]:
         """An AsyncResult for a task sent elsewhere, by UUID."""
         return AsyncResult(Signature(uuid=task_uuid, name=name), self.backend)
+
+    async def revoke(self, task_uuid: str, terminate: bool = False) -> bool:
+        """Revoke a task by UUID: if it has not started it never runs; with ``terminate`` a
+        running coroutine is cancelled on the worker running it (docs/control.md).
+        Returns False (changing nothing) if the task had already finished."""
+        await self.publisher.connect()
+        return await revoke(self.backend, task_uuid, terminate=terminate)
 
     # -- workers -----------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from .middleware import (
     SignatureHandler,
 )
 from .publisher import Publisher
+from .revoke import Revocations
 from .runner import Action, TaskRunner
 from .tasks import TaskFunction
 
@@ -140,6 +141,9 @@ class Worker:
             time_limit=task_time_limit,
             error_types=error_types,
         )
+        self.revocations = Revocations(backend, self.runner.running)
+        self.runner.revocations = self.revocations
+        self.services.append(self.revocations)
         self._connect = publisher.connect
         self._own_executor = executor is None
         in_flight = concurrency or UNLIMITED_IN_FLIGHT

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from ...gotime import ZERO_TIME, now
 from ...state import GroupMeta, TaskState
 from ..backend import BackendCapabilities, ResultBackend, keep_origin
+from ..control import ControlChannel
+from .control import MemoryControl
 from .store import shared, store_name
 
 __all__ = ["MemoryBackend"]
@@ -55,6 +57,10 @@ class MemoryBackend(ResultBackend):
         store = shared(_Store, store_name(self.url), _Store)
         self.__dict__["_cached"] = (loop, store)
         return store
+
+    def control_channel(self) -> ControlChannel:
+        """Revocations reach the workers of this process's store (needs a running loop)."""
+        return shared(MemoryControl, store_name(self.url), MemoryControl)
 
     async def set_states(self, states: Sequence[TaskState]) -> None:
         for state in states:

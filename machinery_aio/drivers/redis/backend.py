@@ -31,6 +31,7 @@ from ...gotime import ZERO_TIME, format_time, now
 from ...log import get_logger
 from ...state import GroupMeta, State, TaskState
 from ..backend import ResultBackend
+from ..control import ControlChannel
 from .batcher import Command, CommandBatcher, RedisHandle, run_script
 from .connection import RedisClient, is_cluster
 from .lock import RedsyncMutex
@@ -70,6 +71,7 @@ class RedisBackend(ResultBackend):
         self._redis = RedisHandle.shared(self.url, config, self)
         self._notifier: ResultNotifier | None = None
         self._members: OrderedDict[str, list[str]] = OrderedDict()
+        self._control: ControlChannel | None = None
 
     # -- connections ---------------------------------------------------------------
 
@@ -96,6 +98,14 @@ class RedisBackend(ResultBackend):
             await self._notifier.close()
             self._notifier = None
         await self._redis.close(self)
+
+    def control_channel(self) -> ControlChannel:
+        """Revocations in a sorted set, announced by pub/sub (``control.py``)."""
+        if self._control is None:
+            from .control import RedisControl
+
+            self._control = RedisControl(self)
+        return self._control
 
     # -- writes ------------------------------------------------------------------------
 
