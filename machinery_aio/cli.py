@@ -42,6 +42,8 @@ examples:
   machinery-aio inspect state task_0d3c...
   machinery-aio inspect pending --queue machinery_tasks
   machinery-aio purge --queue machinery_tasks --yes
+  machinery-aio revoke task_0d3c... --terminate
+  machinery-aio worker -A myapp.tasks:server --processes auto
 
 Without -A, the server is built from Go Machinery's environment variables
 (BROKER, RESULT_BACKEND, DEFAULT_QUEUE ...) or from --config FILE.yml.
@@ -181,9 +183,18 @@ def banner(server: Server, worker_tag: str, queue: str, concurrency: int) -> str
 
 
 async def _worker(args: argparse.Namespace) -> int:
+    from .supervisor import CHILD_INDEX, Supervisor
+
     server = _server(args)
+    child = os.environ.get(CHILD_INDEX)
+    if (args.processes or 1) > 1 and child is None:
+        await server.close()  # the app loads (errors show here); the children connect
+        return await Supervisor(args.argv, args.processes).run()
+    tag = args.tag
+    if tag and child is not None:
+        tag = f"{tag}-{child}"
     worker = server.new_worker(
-        args.tag or f"{os.uname().nodename}-{os.getpid()}",
+        tag or f"{os.uname().nodename}-{os.getpid()}",
         args.concurrency,
         args.queue,
         grace_period=args.grace_period,
@@ -370,6 +381,25 @@ async def _purge(args: argparse.Namespace) -> int:
         return 0
 
 
+async def _revoke(args: argparse.Namespace) -> int:
+    server = _server(args)
+    if not args.uuid.strip():
+        raise CLIError("revoke needs a task UUID")
+    if server.backend.capabilities.in_process:
+        raise CLIError(
+            f"the result backend is {server.backend.describe()}, which no worker process reads: "
+            "set RESULT_BACKEND to a shared backend"
+        )
+    async with _closing(server):
+        revoked = await server.revoke(args.uuid.strip(), terminate=args.terminate)
+    if not revoked:
+        print(f"{args.uuid} has already finished; nothing revoked", file=sys.stderr)
+        return 1
+    how = " (running copies are cancelled)" if args.terminate else ""
+    print(f"revoked {args.uuid}{how}", file=sys.stderr)
+    return 0
+
+
 @contextlib.asynccontextmanager
 async def _closing(server: Server) -> AsyncIterator[Server]:
     """Close the server's connections afterwards; a failure to close is only logged."""
@@ -442,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="use uvloop (default: if installed)",
     )
+    worker.add_argument(
+        "--processes",
+        type=_processes,
+        default=None,
+        metavar="N",
+        help="run N worker processes under a supervisor that restarts any that dies "
+        "('auto': one per core; --concurrency is per process). Default 1",
+    )
     worker.set_defaults(func=_worker)
 
     beat = sub.add_parser(
@@ -487,7 +525,28 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("-Q", "--queue", help="queue (default: the config's default_queue)")
     purge.add_argument("--yes", action="store_true", help="confirm")
     purge.set_defaults(func=_purge)
+
+    revoke = sub.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke a task: it never runs (--terminate: cancel it where it runs)",
+        description="Revoke a task by UUID: a pending or delayed task never runs; with "
+        "--terminate a running coroutine is cancelled on its worker. Its state becomes "
+        "FAILURE 'revoked'. Exits 1 if the task had already finished.",
+    )
+    revoke.add_argument("uuid", help="the task's UUID")
+    revoke.add_argument("--terminate", action="store_true", help="also cancel it if it is running")
+    revoke.set_defaults(func=_revoke)
     return parser
+
+
+def _processes(text: str) -> int:
+    from .supervisor import parse_processes
+
+    try:
+        return parse_processes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run(coro: Awaitable[int], use_uvloop: bool | None) -> int:
@@ -505,6 +564,7 @@ def _run(coro: Awaitable[int], use_uvloop: bool | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(args.loglevel)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)

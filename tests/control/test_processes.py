@@ -1,0 +1,130 @@
+"""``machinery-aio worker --processes N``: children drain a queue while one is killed (it is
+replaced, nothing is lost); SIGTERM to the parent stops every child and exits 0; bad values
+are refused."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from machinery_aio import Config, Server
+from machinery_aio.cli import main
+from machinery_aio.drivers.redis.connection import RedisClient, create_redis
+from machinery_aio.supervisor import parse_processes
+from tests.drivers.redis.conftest import STANDALONE, delete_matching, make_config, need
+from tests.support.processes import CLIProcess, StartCLI
+from tests.support.redis import eventually, sig
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+STARTED = re.compile(r"worker process (\d+) started")
+
+
+@pytest.fixture
+async def redis(unique: str) -> AsyncIterator[tuple[Config, RedisClient]]:
+    url = need(STANDALONE)
+    client = create_redis(url, Config())
+    yield make_config(url, unique), client
+    await delete_matching(client, f"*{unique}*")
+    await client.aclose()
+
+
+def children(process: CLIProcess) -> list[int]:
+    return [int(m.group(1)) for line in process.err if (m := STARTED.search(line))]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_two_processes_drain_a_queue_while_one_is_killed(
+    redis: tuple[Config, RedisClient], unique: str, cli_process: StartCLI
+) -> None:
+    config, raw = redis
+    env = {
+        "BROKER": config.broker,
+        "RESULT_BACKEND": config.result_backend,
+        "DEFAULT_QUEUE": config.default_queue,
+        "REDIS_DELAYED_TASKS_KEY": config.redis.delayed_tasks_key,
+        "REDIS_CONSUMER_TIMEOUT": "3",
+        "RESULTS_EXPIRE_IN": "600",
+    }
+    done = f"{unique}:done"
+    count = 400
+    sigs = [sig(f"task_{unique}_{i}", "record", done, str(i), 0.05) for i in range(count)]
+    server = Server(config)
+    parent = cli_process(
+        "worker", "-A", "tests.apps.redis_app:server", "--processes", "2", "-c", "5",
+        "--no-scheduler", "--loglevel", "INFO", env=env,
+    )  # fmt: skip
+    try:
+        await eventually(lambda: _true(len(children(parent)) >= 2), timeout=60)
+        await server.send_tasks(sigs)
+        await eventually(lambda: _at_least(raw.scard(done), 40), timeout=120)
+        victim = children(parent)[0]
+        os.kill(victim, signal.SIGKILL)
+        await eventually(lambda: _true(len(children(parent)) >= 3), timeout=60)  # replaced
+        await eventually(lambda: _at_least(raw.scard(done), count), timeout=200, interval=0.2)
+        states = await server.backend.get_states([s.uuid for s in sigs])
+        assert all(s is not None and s.is_success() for s in states)
+        pids = children(parent)
+        assert len(set(pids)) == 3
+        parent.proc.send_signal(signal.SIGTERM)
+        assert parent.finish(90) == 0
+        assert not [pid for pid in pids if alive(pid)]
+    finally:
+        await server.close()
+
+
+async def test_sigterm_to_the_parent_stops_every_child(
+    redis: tuple[Config, RedisClient], cli_process: StartCLI
+) -> None:
+    config, _ = redis
+    env = {
+        "BROKER": config.broker,
+        "RESULT_BACKEND": config.result_backend,
+        "DEFAULT_QUEUE": config.default_queue,
+    }
+    parent = cli_process(
+        "worker", "-A", "tests.apps.redis_app:server", "--processes", "3", "--no-scheduler",
+        "--loglevel", "INFO", env=env,
+    )  # fmt: skip
+    await eventually(lambda: _true(len(children(parent)) >= 3), timeout=60)
+    pids = children(parent)
+    time.sleep(0.5)
+    parent.proc.send_signal(signal.SIGINT)
+    assert parent.finish(60) == 0
+    assert not [pid for pid in pids if alive(pid)]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", ""])
+def test_bad_process_counts_are_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "--processes", value])
+    assert exited.value.code == 2
+    assert "--processes must be" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--processes"):
+        parse_processes(value)
+
+
+def test_auto_is_the_number_of_cores() -> None:
+    assert parse_processes("auto") == (os.cpu_count() or 1)
+    assert parse_processes("3") == 3
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _at_least(value: Any, minimum: int) -> bool:
+    return int(await value) >= minimum
