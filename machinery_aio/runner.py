@@ -29,6 +29,7 @@ from .gotypes import ArgTypeError
 from .log import get_logger
 from .middleware import Middlewares, TaskOutcome
 from .publisher import Publisher
+from .ratelimit import LOCAL_WAIT, RateLimiter
 from .retry import RetryTaskLater, fibonacci_next
 from .revoke import REVOKED, TERMINATED, Revocations
 from .signature import Arg, InvalidMessageError, Signature
@@ -50,6 +51,7 @@ class Action(Enum):
     ACK = "ack"
     UNREGISTERED = "unregistered"
     DEAD_LETTER = "dead_letter"
+    REQUEUE = "requeue"
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class Outcome:
     action: Action
     reason: str = ""
     task_name: str = ""
+    delay: float = 0.0
 
 
 _ACK = Outcome(Action.ACK)
@@ -115,6 +118,13 @@ class TaskRunner:
         self.running: dict[str, _Run] = {}
         """Task UUID -> its run in progress, for revocations with ``terminate``."""
         self.revocations: Revocations | None = None
+        self.limiter: RateLimiter | None = None
+        """Gives rate-limited tasks their start times (set by the worker)."""
+        self.slots: asyncio.Semaphore | None = None
+        """The worker's concurrency slots: a rate-limited task gives its own back while it waits."""
+        self.max_local_waits = 1
+        """Rate-limited runs that may wait in the worker at once (the others wait in the broker)."""
+        self._local_waits = 0
 
     async def process(self, body: bytes) -> Outcome:
         try:
@@ -141,8 +151,43 @@ class TaskRunner:
             return _ACK
         if sig.eta is not None and (early := (sig.eta - gotime.now()).total_seconds()) > 0:
             await asyncio.sleep(early)  # due within the tolerance: wait here rather than run early
+        if function.rate_limit is not None and (limited := await self._rate_limited(sig, function)):
+            return limited
         run = _Run(self, function, sig)
         return await run.go()
+
+    async def _rate_limited(self, sig: Signature, function: TaskFunction) -> Outcome | None:
+        """None when the task may start now (waiting here first if its turn is near);
+        otherwise the outcome that hands it back to the broker until its turn."""
+        limiter, rate = self.limiter, function.rate_limit
+        if limiter is None or rate is None:
+            return None
+        while (wait := await limiter.acquire(sig.name, rate, sig.uuid)) > 0:
+            local = LOCAL_WAIT if self._local_waits < self.max_local_waits else 0.0
+            if wait > local:
+                return Outcome(Action.REQUEUE, f"rate limit {rate}", sig.name, wait)
+            await self._wait_without_slot(wait)
+        return None
+
+    async def _wait_without_slot(self, seconds: float) -> None:
+        """Sleep ``seconds`` while another task uses this one's concurrency slot."""
+        slots = self.slots
+        self._local_waits += 1
+        try:
+            if slots is None:
+                await asyncio.sleep(seconds)
+                return
+            slots.release()
+            try:
+                await asyncio.sleep(seconds)
+            except asyncio.CancelledError:
+                # The worker is stopping: take the slot back if it is free, never wait for it.
+                if not slots.locked():
+                    await slots.acquire()
+                raise
+            await slots.acquire()
+        finally:
+            self._local_waits -= 1
 
     async def _invalid_message(self, exc: InvalidMessageError) -> Outcome:
         logger.error("invalid message set aside: %s", exc.reason)

@@ -124,10 +124,18 @@ class Server:
     # -- registry ----------------------------------------------------------------
 
     def register_task(
-        self, name: str, fn: Callable[..., Any], *, time_limit: float | None = None
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        time_limit: float | None = None,
+        rate_limit: str | None = None,
     ) -> TaskFunction:
-        """Register ``fn`` under ``name``; a later registration of the same name replaces it."""
-        function = TaskFunction(name, fn, time_limit=time_limit)
+        """Register ``fn`` under ``name``; a later registration of the same name replaces it.
+
+        ``rate_limit`` (``"10/s"``, ``"100/m"``, ``"1000/h"``) spaces its runs evenly, across
+        every worker on a Redis broker, per worker elsewhere (docs/control.md)."""
+        function = TaskFunction(name, fn, time_limit=time_limit, rate_limit=rate_limit)
         self.registry[name] = function
         return function
 
@@ -137,7 +145,12 @@ class Server:
             self.register_task(name, fn)
 
     def task(
-        self, name: str | None = None, *, time_limit: float | None = None, **options: Any
+        self,
+        name: str | None = None,
+        *,
+        time_limit: float | None = None,
+        rate_limit: str | None = None,
+        **options: Any,
     ) -> TaskDecorator:
         """Decorator: register the function and return a typed :class:`Task` handle.
 
@@ -147,7 +160,7 @@ class Server:
 
         def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or str(getattr(fn, "__name__", ""))
-            function = self.register_task(task_name, fn, time_limit=time_limit)
+            function = self.register_task(task_name, fn, time_limit=time_limit, rate_limit=rate_limit)
             handle: Task[Any, Any] = Task(self.publisher, function)
             return handle.with_options(**options) if options else handle
 

@@ -24,6 +24,7 @@ from .middleware import (
     SignatureHandler,
 )
 from .publisher import Publisher
+from .ratelimit import LocalRateLimiter
 from .revoke import Revocations
 from .runner import Action, TaskRunner
 from .tasks import TaskFunction
@@ -148,6 +149,9 @@ class Worker:
         self._own_executor = executor is None
         in_flight = concurrency or UNLIMITED_IN_FLIGHT
         self._slots = asyncio.Semaphore(in_flight)
+        self.runner.slots = self._slots
+        self.runner.max_local_waits = max(1, in_flight // 2)
+        self.runner.limiter = broker.rate_limiter() or LocalRateLimiter()
         self._in_flight = in_flight
         self._running: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[Any]] = []
@@ -358,6 +362,8 @@ class Worker:
                 await self._safely(consumer.ack(delivery))
             elif outcome.action is Action.DEAD_LETTER:
                 await self._safely(consumer.dead_letter(delivery, outcome.reason))
+            elif outcome.action is Action.REQUEUE:
+                await self._safely(consumer.requeue(delivery, outcome.delay))
             else:
                 await self._hand_back(consumer, delivery, outcome.task_name)
         finally:

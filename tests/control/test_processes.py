@@ -107,6 +107,44 @@ async def test_sigterm_to_the_parent_stops_every_child(
     assert not [pid for pid in pids if alive(pid)]
 
 
+async def test_a_rate_limit_holds_across_two_processes(
+    redis: tuple[Config, RedisClient], unique: str, cli_process: StartCLI
+) -> None:
+    """40 tasks limited to 10/s on two processes start over about 4 s, about 10 in any
+    second (the slack covers timer jitter; benchmarks/ratelimit.py prints the figures)."""
+    config, raw = redis
+    name = f"limited_{unique}"
+    env = {
+        "BROKER": config.broker,
+        "RESULT_BACKEND": config.result_backend,
+        "DEFAULT_QUEUE": config.default_queue,
+        "REDIS_DELAYED_TASKS_KEY": config.redis.delayed_tasks_key,
+        "RATE_TASK_NAME": name,
+    }
+    parent = cli_process(
+        "worker", "-A", "tests.apps.redis_app:server", "--processes", "2", "-c", "4",
+        "--no-scheduler", "--loglevel", "INFO", env=env,
+    )  # fmt: skip
+    key = f"{unique}:starts"
+    server = Server(config)
+    try:
+        await eventually(lambda: _true(len(children(parent)) >= 2), timeout=60)
+        await eventually(lambda: _at_least(raw.zcard(f"{{{config.default_queue}}}:consumers"), 2), timeout=60)
+        sigs = [sig(f"task_{unique}_{i}", name, key) for i in range(40)]
+        await server.send_tasks(sigs)
+        await eventually(lambda: _at_least(raw.llen(key), 40), timeout=120, interval=0.2)
+        rows = [line.decode().split() for line in await raw.lrange(key, 0, -1)]
+        starts = sorted(float(t) for t, _ in rows)
+        busiest = max(sum(1 for s in starts if t <= s < t + 1.0) for t in starts)
+        assert busiest <= 13  # about 10: never a calendar-second burst of 20
+        assert starts[-1] - starts[0] >= 3.0  # about 3.9 s
+        assert len({pid for _, pid in rows}) == 2  # both processes ran some
+        parent.proc.send_signal(signal.SIGTERM)
+        assert parent.finish(60) == 0
+    finally:
+        await server.close()
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", ""])
 def test_bad_process_counts_are_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
