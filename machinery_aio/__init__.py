@@ -16,7 +16,7 @@ from .result import AsyncResult, ChainAsyncResult, ChordAsyncResult
 from .retry import RetryTaskLater
 from .server import Server
 from .signature import Arg, InvalidMessageError, Signature
-from .state import GroupMeta, State, TaskResult, TaskState
+from .state import GroupMeta, Progress, State, TaskResult, TaskState
 from .tasks import Task
 from .worker import Worker
 from .workflow import Chain, Chord, Group
@@ -39,6 +39,7 @@ __all__ = [
     "MachineryError",
     "Middleware",
     "MissingExtraError",
+    "Progress",
     "RetryTaskLater",
     "Server",
     "Signature",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -10,7 +11,7 @@ from pydantic import TypeAdapter
 from .errors import TaskFailedError, TaskRevokedError
 from .revoke import is_revoked, revoke
 from .signature import Signature
-from .state import State, TaskState
+from .state import Progress, State, TaskState
 
 if TYPE_CHECKING:
     from .drivers.backend import ResultBackend
@@ -32,6 +33,7 @@ class AsyncResult(Generic[R]):
         self.signature = signature
         self.backend = backend
         self._adapter: TypeAdapter[Any] | None = None
+        self._seen: Progress | None = None
 
     @property
     def task_uuid(self) -> str:
@@ -48,6 +50,21 @@ class AsyncResult(Generic[R]):
         if state is None:
             return TaskState(task_uuid=self.task_uuid, task_name=self.signature.name)
         return state
+
+    async def wait_progress(self, timeout: float | None = None, interval: float = 0.1) -> TaskState:
+        """Wait until the task reports progress other than the last seen here, or finishes,
+        and return its state (``.progress``). Reads the state every ``interval`` s; raises
+        TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = await self.get_state()
+            if state.is_completed() or (state.progress is not None and state.progress != self._seen):
+                self._seen = state.progress
+                return state
+            left = _remaining(deadline)
+            if left is not None and left <= 0:
+                raise TimeoutError(f"task {self.task_uuid} reported no progress within {timeout} s")
+            await asyncio.sleep(interval if left is None else min(interval, left))
 
     async def touch(self) -> R | None:
         """The value if the task has finished, else None; raises if it failed."""

@@ -28,6 +28,7 @@ from .errors import TaskRevokedError, TaskTimeLimitExceeded
 from .gotypes import ArgTypeError
 from .log import get_logger
 from .middleware import Middlewares, TaskOutcome
+from .progress import ProgressReporter
 from .publisher import Publisher
 from .ratelimit import LOCAL_WAIT, RateLimiter
 from .retry import RetryTaskLater, fibonacci_next
@@ -233,6 +234,7 @@ class _Run:
     def context(self) -> TaskContext:
         if self.ctx is None:
             self.ctx = TaskContext(self.sig, self.runner.tag)
+            self.ctx._progress = ProgressReporter(self.runner.backend, self.sig).report
         return self.ctx
 
     async def go(self) -> Outcome:

@@ -288,7 +288,7 @@ _PLAIN_MIDDLE = {s: f',"State":"{s.value}","Results":null,"Error":""'.encode() f
 def _state_parts(state: TaskState) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     """:func:`_split_state` of ``state.to_json()``; built directly for a state without
     results or error (RECEIVED, STARTED: twice per task)."""
-    if state.results is None and not state.error and not state.ttl:
+    if state.results is None and not state.error and not state.ttl and state.progress is None:
         return (
             b'{"TaskUUID":' + to_json(state.task_uuid),
             to_json(state.task_name),
