@@ -187,9 +187,15 @@ async def _worker(args: argparse.Namespace) -> int:
 
     server = _server(args)
     child = os.environ.get(CHILD_INDEX)
-    if (args.processes or 1) > 1 and child is None:
+    if ((args.processes or 1) > 1 or args.reload) and child is None:
         await server.close()  # the app loads (errors show here); the children connect
-        return await Supervisor(args.argv, args.processes).run()
+        reload = [os.getcwd()] if args.reload else []
+        if args.reload:
+            try:
+                import watchfiles  # noqa: F401
+            except ImportError:
+                raise CLIError("--reload needs watchfiles: pip install 'machinery-aio[reload]'") from None
+        return await Supervisor(args.argv, args.processes or 1, reload=reload).run()
     tag = args.tag
     if tag and child is not None:
         tag = f"{tag}-{child}"
@@ -479,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run N worker processes under a supervisor that restarts any that dies "
         "('auto': one per core; --concurrency is per process). Default 1",
+    )
+    worker.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart the worker when a Python file under the current directory changes "
+        "(development; needs the reload extra)",
     )
     worker.set_defaults(func=_worker)
 

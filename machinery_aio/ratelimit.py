@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import re
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+
+from .drivers.ratelimit import Rate, RateLimiter
 
 __all__ = ["LOCAL_WAIT", "LocalRateLimiter", "Rate", "RateLimiter", "parse_rate"]
 
@@ -42,23 +42,6 @@ _UNITS = {
 _RATE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*/\s*([a-z]+)\s*$")
 
 
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """``count`` runs per ``per`` seconds."""
-
-    count: float
-    per: float
-    text: str
-
-    @property
-    def interval(self) -> float:
-        """Seconds between two starts."""
-        return self.per / self.count
-
-    def __str__(self) -> str:
-        return self.text
-
-
 def parse_rate(text: str) -> Rate:
     """``"10/s"``, ``"100/m"``, ``"1000/h"`` (also ``/sec``, ``/minute``, ``/hour``).
 
@@ -75,19 +58,6 @@ def parse_rate(text: str) -> Rate:
     if count <= 0:
         raise ValueError(f"rate_limit {text!r}: the count must be more than 0")
     return Rate(count, _UNITS[unit], text.strip())
-
-
-class RateLimiter(ABC):
-    """Gives limited runs their start times."""
-
-    @abstractmethod
-    async def acquire(self, name: str, rate: Rate, task_uuid: str) -> float:
-        """Seconds until the run of ``task_uuid`` may start (0: now).
-
-        A run told to wait is reserved under its UUID: asked again for the same UUID, the
-        limiter gives the time left of that reservation, 0 once it is due (forgetting it),
-        or, more than half an interval after it, a new turn.
-        """
 
 
 class LocalRateLimiter(RateLimiter):

@@ -8,6 +8,9 @@ back-off that doubles (1 s up to 30 s) while children keep dying within 10 s of 
 start. SIGTERM or SIGINT to the parent is passed on as SIGTERM to every child (each stops
 gracefully); the parent exits 0 once none is left. A second signal is passed on too, so
 the children stop at once. On Linux a child also gets SIGTERM if the parent dies.
+
+With ``reload`` (``--reload``, for development) it watches directories with watchfiles and,
+when a Python file there changes, stops every child gracefully and starts them again.
 """
 
 from __future__ import annotations
@@ -73,13 +76,19 @@ class Supervisor:
     """
 
     def __init__(
-        self, child_args: Sequence[str], processes: int, backoff: tuple[float, float] = (1.0, 30.0)
+        self,
+        child_args: Sequence[str],
+        processes: int,
+        backoff: tuple[float, float] = (1.0, 30.0),
+        reload: Sequence[str] = (),
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be 1 or more")
         self.child_args = list(child_args)
         self.slots = [_Slot(i) for i in range(processes)]
         self.backoff = backoff
+        self.reload = list(reload)
+        self._reloading = False
         self._stopping = False
         self._signals = 0
         self._wake = asyncio.Event()
@@ -95,10 +104,14 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         logger.info("supervisor %d: starting %d worker processes", os.getpid(), len(self.slots))
+        watcher = asyncio.create_task(self._watch()) if self.reload else None
         try:
             keepers = [asyncio.create_task(self._keep(slot)) for slot in self.slots]
             await asyncio.gather(*keepers)
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         logger.info("supervisor %d: every worker process has stopped", os.getpid())
@@ -114,6 +127,23 @@ class Supervisor:
         else:
             logger.warning("second %s: the worker processes stop at once", sig.name)
         self._signal_children(signal.SIGTERM)
+
+    async def _watch(self) -> None:
+        """Restart every child when a Python file under ``self.reload`` changes."""
+        from watchfiles import PythonFilter, awatch
+
+        async for changes in awatch(*self.reload, watch_filter=PythonFilter()):
+            if self._stopping:
+                return
+            names = sorted({path for _, path in changes})
+            logger.warning("changed: %s; restarting the worker processes", ", ".join(names[:5]))
+            self._reloading = True
+            self._signal_children(signal.SIGTERM)
+            for slot in self.slots:
+                while slot.process is not None and slot.process.returncode is None:
+                    await slot.process.wait()
+            await asyncio.sleep(0.1)  # let the keepers start the new children
+            self._reloading = False
 
     def _signal_children(self, sig: signal.Signals) -> None:
         for slot in self.slots:
@@ -149,6 +179,8 @@ class Supervisor:
             code = await process.wait()
             if self._stopping:
                 break
+            if self._reloading:
+                continue
             lived = time.monotonic() - slot.started
             slot.backoff = min(longest, slot.backoff * 2 or first) if lived < QUICK_DEATH else first
             logger.error(

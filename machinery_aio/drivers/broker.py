@@ -29,7 +29,7 @@ from ..signature import Signature
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..ratelimit import RateLimiter
+    from .ratelimit import RateLimiter
 
 __all__ = ["Broker", "BrokerCapabilities", "Consumer", "DeadLetter", "Delivery"]
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +21,7 @@ from machinery_aio.cli import main
 from machinery_aio.drivers.redis.connection import RedisClient, create_redis
 from machinery_aio.supervisor import parse_processes
 from tests.drivers.redis.conftest import STANDALONE, delete_matching, make_config, need
-from tests.support.processes import CLIProcess, StartCLI
+from tests.support.processes import ROOT, CLIProcess, StartCLI
 from tests.support.redis import eventually, sig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -166,3 +169,55 @@ async def _true(value: bool) -> bool:
 
 async def _at_least(value: Any, minimum: int) -> bool:
     return int(await value) >= minimum
+
+
+def test_reload_restarts_the_worker_when_a_source_file_changes(tmp_path: Path) -> None:
+    app = tmp_path / "reloadapp.py"
+    app.write_text("from machinery_aio import Config, Server\n\nserver = Server(Config())\n")
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "machinery_aio",
+            "worker",
+            "-A",
+            "reloadapp:server",
+            "--reload",
+            "--no-scheduler",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        first = _wait_for_children(parent, lines, 1)
+        time.sleep(1.0)  # the watcher is running
+        app.write_text(app.read_text() + "\nCHANGED = True\n")
+        second = _wait_for_children(parent, lines, 2)
+        assert first[0] != second[1]
+        assert any("changed:" in line and "reloadapp.py" in line for line in lines)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(60) == 0
+        assert not alive(second[1])
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if parent.stderr is not None:
+            parent.stderr.close()
+
+
+def _wait_for_children(parent: subprocess.Popen[str], lines: list[str], count: int) -> list[int]:
+    """Read the supervisor's log until ``count`` children have started (a hang guard of 60 s)."""
+    assert parent.stderr is not None
+    deadline = time.monotonic() + 60
+    while True:
+        pids = [int(m.group(1)) for line in lines if (m := STARTED.search(line))]
+        if len(pids) >= count:
+            return pids
+        assert time.monotonic() < deadline, lines
+        line = parent.stderr.readline()
+        assert line, lines
+        lines.append(line)

@@ -33,7 +33,7 @@ from .queue_scripts import PURGE
 
 if TYPE_CHECKING:
     from ...config import Config
-    from ...ratelimit import RateLimiter
+    from ..ratelimit import RateLimiter
 
 __all__ = ["RedisBroker"]
 

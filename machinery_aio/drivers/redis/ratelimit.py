@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...ratelimit import Rate, RateLimiter
+from ..ratelimit import Rate, RateLimiter
 from .batcher import LuaScript
 
 if TYPE_CHECKING:
