@@ -21,8 +21,9 @@ from machinery_aio import (
     TaskFailedError,
     TaskRevokedError,
 )
+from machinery_aio.drivers.control import Revocation
 from machinery_aio.drivers.memory.backend import MemoryBackend
-from machinery_aio.revoke import REVOKED, TERMINATED
+from machinery_aio.revoke import REVOKED, TERMINATED, Revocations
 from tests.contract.conftest import DRIVERS, Driver
 from tests.support.redis import eventually
 
@@ -269,3 +270,17 @@ async def test_without_a_control_channel_workers_read_the_states(unique: str) ->
 
 async def _ran_in(ran: list[Any], item: Any) -> bool:
     return item in ran
+
+
+def test_expired_revocations_are_forgotten_and_bad_messages_refused() -> None:
+    revocations = Revocations(MemoryBackend(Config()), {})
+    now = time.time()
+    revocations.add(Revocation("task_old", False, now - 1))  # expired with the results
+    revocations.add(Revocation("task_new", False, now + 60))
+    revocations._ready(True)
+    assert revocations.check("task_old") is False
+    assert revocations.check("task_new") is True
+    assert Revocation.from_json(Revocation("task_a", True, now).to_json()) == Revocation("task_a", True, now)
+    for bad in (b"not json", b"[]", b'{"uuid": "x"}', b'{"uuid": "x", "terminate": true, "expires": "soon"}'):
+        with pytest.raises(ValueError, match="not a revocation"):
+            Revocation.from_json(bad)
