@@ -64,6 +64,8 @@ async def test_a_running_task_reports_rising_progress(
     final = await result.get_state()
     assert final.state is State.SUCCESS
     assert final.progress is None
+    assert final.task_name == "steps"
+    assert final.created_at.year > 1  # the PENDING's CreatedAt survived the progress records
 
 
 def test_the_record_keeps_gos_keys_first() -> None:
