@@ -336,7 +336,7 @@ async def _inspect(args: argparse.Namespace) -> int:
             if state is None:
                 print(f"no state stored for {args.uuid}", file=sys.stderr)
                 return 1
-            _print_json(state.model_dump(mode="json", by_alias=True))
+            _print_json(json.loads(state.to_json()))  # Go's record; "Progress" only when there is some
         elif what == "pending":
             count = await broker.count_pending(queue)
             tasks = [_summary(t) for t in await broker.get_pending_tasks(queue, args.limit)]
