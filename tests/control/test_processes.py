@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from machinery_aio import Config, Server
+from machinery_aio import Config, Server, State
 from machinery_aio.cli import main
 from machinery_aio.drivers.redis.connection import RedisClient, create_redis
 from machinery_aio.supervisor import parse_processes
@@ -144,6 +145,49 @@ async def test_a_rate_limit_holds_across_two_processes(
         assert len({pid for _, pid in rows}) == 2  # both processes ran some
         parent.proc.send_signal(signal.SIGTERM)
         assert parent.finish(60) == 0
+    finally:
+        await server.close()
+
+
+async def test_a_revoked_task_never_runs_after_the_worker_is_killed_and_restarted(
+    redis: tuple[Config, RedisClient], unique: str, cli_process: StartCLI
+) -> None:
+    config, raw = redis
+    env = {
+        "BROKER": config.broker,
+        "RESULT_BACKEND": config.result_backend,
+        "DEFAULT_QUEUE": config.default_queue,
+        "REDIS_DELAYED_TASKS_KEY": config.redis.delayed_tasks_key,
+        "REDIS_CONSUMER_TIMEOUT": "3",
+    }
+    args = ("worker", "-A", "tests.apps.redis_app:server", "--no-scheduler", "--loglevel", "INFO")
+    done = f"{unique}:done"
+    server = Server(config)
+    try:
+        revoked = await server.send_task(sig(f"task_{unique}_revoked", "record", done, "revoked", 0.0))
+        assert await server.revoke(revoked.task_uuid) is True
+        await server.send_task(sig(f"task_{unique}_pending", "record", done, "pending", 0.0))
+        first = cli_process(*args, env=env)
+        first.wait_for("consuming")
+        await eventually(lambda: raw.sismember(done, "pending"))
+        delayed = sig(f"task_{unique}_delayed", "record", done, "delayed", 0.0)
+        delayed.eta = datetime.now(UTC) + timedelta(seconds=2)
+        delayed_result = await server.send_task(delayed)
+        await server.revoke(delayed_result.task_uuid)
+        first.proc.send_signal(signal.SIGKILL)
+        first.finish(30)
+        second = cli_process(*args, env=env)
+        second.wait_for("consuming")
+        marker = sig(f"task_{unique}_marker", "record", done, "marker", 0.0)
+        marker.eta = datetime.now(UTC) + timedelta(seconds=3)
+        await (await server.send_task(marker)).get(timeout=60)
+        assert await raw.smembers(done) == {b"pending", b"marker"}
+        for result in (revoked, delayed_result):
+            state = await result.get_state()
+            assert state.state is State.FAILURE
+            assert state.error == "revoked"
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.finish(60) == 0
     finally:
         await server.close()
 
