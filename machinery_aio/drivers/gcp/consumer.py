@@ -179,7 +179,8 @@ class PubSubConsumer(Consumer):
             elif due - now <= HOLD and len(self._held) < MAX_HELD:
                 self._hold(delivery, due, now)
             else:
-                later.setdefault(_deadline_before(due, now), []).append(ack_id)
+                # At least 1 s, so a message due soon on a full consumer does not spin.
+                later.setdefault(max(1, _deadline_before(due, now)), []).append(ack_id)
         if self._buffer:
             self._arrived.set()
         for seconds, ack_ids in later.items():
