@@ -54,7 +54,11 @@ MAX_HELD = 10_000
 EARLY = 5.0
 """A message given back to Pub/Sub for a long ETA returns this many seconds before it."""
 MAX_PULL = 1000
-PULL_TIMEOUT = 30.0
+PULL_TIMEOUT = 2.0
+"""Seconds a pull waits for messages (a long poll). A stopping consumer lets its last pull
+end rather than cancel it: Pub/Sub may hand messages to a cancelled pull, and those would
+come back only when their ack deadline ends."""
+SEND_TIMEOUT = 30.0
 WAIT = 1.0
 """Longest a fetch waits for a message before returning an empty list."""
 ACK_LINGER = 0.005
@@ -115,6 +119,8 @@ class PubSubConsumer(Consumer):
         self._modifying = asyncio.Lock()
         self._starting = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._puller: asyncio.Task[None] | None = None
+        self._pausing = False
         self._error: Exception | None = None
         self._closed = False
 
@@ -126,8 +132,14 @@ class PubSubConsumer(Consumer):
                 return
             self._deadline = await self.broker.resources.queue(self.queue)
             loop = asyncio.get_running_loop()
-            for job in (self._pull_loop, self._lease_loop, self._ack_loop):
+            for job in (self._lease_loop, self._ack_loop):
                 self._tasks.append(loop.create_task(job(), name=f"{self.tag}-pubsub-{job.__name__}"))
+
+    def _pull(self) -> None:
+        """Pull in the background (again, after a pause)."""
+        self._pausing = False
+        if not self._closed and (self._puller is None or self._puller.done()):
+            self._puller = asyncio.get_running_loop().create_task(self._pull_loop(), name=f"{self.tag}-pull")
 
     @property
     def _unsettled(self) -> int:
@@ -136,7 +148,7 @@ class PubSubConsumer(Consumer):
     async def _pull_loop(self) -> None:
         subscriber = self.broker.clients.subscriber
         backoff = 0.0
-        while not self._closed:
+        while not self._closed and not self._pausing:
             room = self.prefetch - self._unsettled
             if room <= 0:
                 self._room.clear()
@@ -284,8 +296,20 @@ class PubSubConsumer(Consumer):
         if self._closed:
             return []
         await self._start()
+        self._pull()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT
+        try:
+            return await self._take(max_count, deadline)
+        except asyncio.CancelledError:
+            # The worker stops fetching (a graceful stop): pull no more; the pull under way
+            # ends by itself, and closing gives back what it brought.
+            self._pausing = True
+            self._room.set()
+            raise
+
+    async def _take(self, max_count: int, deadline: float) -> list[Delivery]:
+        loop = asyncio.get_running_loop()
         while not self._closed:
             if self._buffer:
                 out: list[Delivery] = []
@@ -357,6 +381,12 @@ class PubSubConsumer(Consumer):
         self._room.set()
         workers, self._tasks = self._tasks, []
         ack_loop = workers.pop() if workers else None
+        if self._puller is not None:
+            try:
+                async with asyncio.timeout(PULL_TIMEOUT + 2):
+                    await asyncio.shield(self._puller)
+            except (TimeoutError, Exception):
+                workers.append(self._puller)
         for task in workers:
             task.cancel()
         for task in workers:
@@ -382,7 +412,7 @@ class PubSubConsumer(Consumer):
             )
         try:
             if ack_loop is not None:
-                async with asyncio.timeout(PULL_TIMEOUT):
+                async with asyncio.timeout(SEND_TIMEOUT):
                     await self._acks_idle.wait()
             ack_ids, self._acks = self._acks, []
             if ack_ids:
