@@ -32,7 +32,7 @@ def pubsub_config(unique: str, backend: str = "memory://", **settings: object) -
         result_backend=backend,
         default_queue=f"{unique}_q",
         results_expire_in=120,
-        gcp_pubsub=GCPPubSubConfig(**{"ack_deadline": 10, **settings}),  # type: ignore[arg-type]
+        gcp_pubsub=GCPPubSubConfig(**{"ack_deadline": 10, **settings}),
     )
 
 

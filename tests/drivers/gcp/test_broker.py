@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.pubsub_v1 import ReceivedMessage
 
 from machinery_aio import Arg, Config, Signature
 from machinery_aio.config import ConfigError
@@ -56,14 +57,14 @@ async def connected(config: Config) -> GCPPubSubBroker:
     return broker
 
 
-async def pull_all(raw: Clients, subscription: str, count: int) -> list[object]:
+async def pull_all(raw: Clients, subscription: str, count: int) -> list[ReceivedMessage]:
     """Pull ``count`` messages straight from Pub/Sub (and ack them)."""
-    got: list[object] = []
+    got: list[ReceivedMessage] = []
     async with asyncio.timeout(30):
         while len(got) < count:
             response = await raw.subscriber.pull(subscription=subscription, max_messages=count - len(got))
             got += response.received_messages
-    await raw.subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in got])  # type: ignore[attr-defined]
+    await raw.subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in got])
     return got
 
 
@@ -77,7 +78,7 @@ async def test_the_message_data_is_the_signature_json_as_go_publishes_it(unique:
         )
         await broker.publish(sig)
         [received] = await pull_all(raw, names(config).subscription_path(f"{unique}_sub"), 1)
-        message = received.message  # type: ignore[attr-defined]
+        message = received.message
         assert message.data == golden("03_chord_member").replace(
             b"machinery_tasks", config.default_queue.encode()
         )
@@ -155,7 +156,7 @@ async def test_ordering_keys_come_from_the_message_group_id_when_ordering_is_on(
         path = names(config).subscription_path(f"{unique}_sub")
         assert (await raw.subscriber.get_subscription(subscription=path)).enable_message_ordering
         got = await pull_all(raw, path, 4)
-        keys = {Signature.from_json(m.message.data).uuid: m.message.ordering_key for m in got}  # type: ignore[attr-defined]
+        keys = {Signature.from_json(m.message.data).uuid: m.message.ordering_key for m in got}
         assert keys == {**{s.uuid: "customer-7" for s in sigs}, loose.uuid: ""}
     finally:
         await broker.close()
@@ -193,7 +194,7 @@ async def test_a_dead_letter_policy_is_set_when_asked_and_its_letters_are_listed
         await broker.close()
 
 
-async def pull_all_no_ack(raw: Clients, path: str) -> list[object]:
+async def pull_all_no_ack(raw: Clients, path: str) -> list[ReceivedMessage]:
     async with asyncio.timeout(30):
         while True:
             response = await raw.subscriber.pull(subscription=path, max_messages=1)

@@ -65,7 +65,8 @@ async def test_gos_plain_task_with_a_past_eta_runs(server: Server, raw: Clients)
 async def test_gos_chain_runs(server: Server, raw: Clients) -> None:
     body = localise(golden("02_chain_onsuccess_nesting"), server.config.default_queue, {})
     head = Signature.from_json(body)
-    assert head.on_success is not None and head.on_success[0].on_success is not None
+    assert head.on_success is not None
+    assert head.on_success[0].on_success is not None
     last = head.on_success[0].on_success[0]
     async with server.new_worker("w", concurrency=2):
         await server.backend.set_state(TaskState.new(head, State.PENDING))
@@ -137,7 +138,7 @@ async def test_an_eta_never_runs_early_and_retries_keep_their_delays(
 async def test_a_task_no_worker_here_knows_is_handed_back_for_one_that_does(
     timed: tuple[Server, dict[str, list[float]]], unique: str
 ) -> None:
-    server, runs = timed
+    server, _ = timed
     other = Server(pubsub_config(unique))
     try:
         ignored = Signature(name="nobody", ignore_when_task_not_registered=True)
@@ -175,6 +176,7 @@ async def test_bad_messages_are_dead_lettered_with_the_reason(
     assert "UUID" in by_body[bodies[1]].reason
     assert "bad arguments for task clock" in by_body[bodies[2]].reason
     state = await server.backend.get_state(bad_args.uuid)
-    assert state is not None and state.state == State.FAILURE
+    assert state is not None
+    assert state.state == State.FAILURE
     assert await server.broker.count_pending() == 0
     await asyncio.sleep(0)
