@@ -1,0 +1,95 @@
+"""Pub/Sub (on Google's emulator): a worker killed with SIGKILL in the middle of a drain loses
+nothing, and bad messages published among the tasks are dead-lettered with their reasons.
+
+Not covered: an emulator restart mid-drain. The emulator keeps everything in memory, so a
+restart loses the topics, subscriptions and messages themselves; Google's service does not
+restart that way."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from machinery_aio import Arg, Server, Signature
+from machinery_aio.drivers.gcp.broker import GCPPubSubBroker
+from machinery_aio.drivers.redis.connection import RedisClient
+from tests.conftest import require_server
+from tests.drivers.gcp.conftest import needs_emulator, pubsub_config
+from tests.faults.conftest import REDIS_URL, Workers, record_figures, text, wait_for_success
+from tests.support.pubsub import PUBSUB_SERVER, pubsub_cleanup
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), needs_emulator]
+
+TASKS = 1000
+CONCURRENCY = 20
+ACK_DEADLINE = 10
+
+
+async def test_a_sigkill_during_a_pubsub_drain_loses_nothing_and_bad_messages_are_set_aside(
+    raw: RedisClient, unique: str, workers: Workers
+) -> None:
+    from google.pubsub_v1 import PubsubMessage
+
+    require_server(*PUBSUB_SERVER)
+    config = pubsub_config(unique, REDIS_URL, ack_deadline=ACK_DEADLINE)
+    server = Server(config)
+    key = f"{unique}:runs"
+    env = {"GCP_PUBSUB_ACK_DEADLINE": str(ACK_DEADLINE)}
+    bad = [b"{not json", b'{"Name": "count", "Args": []}']
+    try:
+        sigs = [
+            Signature(
+                uuid=f"task_{unique}_{i}", name="count", args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.002)]
+            )
+            for i in range(TASKS)
+        ]
+        await server.send_tasks(sigs[: TASKS // 2])
+        broker = server.broker
+        assert isinstance(broker, GCPPubSubBroker)
+        await broker.clients.publisher.publish(
+            topic=broker.names.topic_path(config.default_queue), messages=[PubsubMessage(data=b) for b in bad]
+        )
+        await server.send_tasks(sigs[TASKS // 2 :])
+
+        first = workers.start(config, "w0", CONCURRENCY, **env)
+        deadline = time.monotonic() + 120
+        while await raw.hlen(key) < TASKS // 3:
+            assert first.poll() is None, workers.log("w0")
+            assert time.monotonic() < deadline, f"no progress: {workers.log('w0')}"
+            await asyncio.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(30) == -signal.SIGKILL
+        assert await raw.hlen(key) < TASKS  # killed mid-drain
+
+        last = workers.start(config, "last", CONCURRENCY, **env)
+        deadline = time.monotonic() + 120
+        while await raw.hlen(key) < TASKS:
+            assert last.poll() is None, workers.log("last")
+            assert time.monotonic() < deadline, f"drain stuck at {await raw.hlen(key)}"
+            await asyncio.sleep(0.1)
+        await wait_for_success(server.backend, sigs)
+        counts = {text(k): int(v) for k, v in (await raw.hgetall(key)).items()}
+        assert sorted(counts, key=int) == [str(i) for i in range(TASKS)]
+        letters = await broker.get_dead_letters()
+        assert sorted(letter.body.encode() for letter in letters) == sorted(bad)
+        assert all(letter.reason for letter in letters)
+        last.send_signal(signal.SIGTERM)
+        assert last.wait(60) == 0, workers.log("last")
+        assert await broker.count_pending() == 0
+    finally:
+        await server.close()
+        await pubsub_cleanup(config, unique, set())
+    duplicated = sum(counts.values()) - len(counts)
+    record_figures(
+        "SIGKILL x1, Pub/Sub emulator, 1k tasks",
+        sent=TASKS,
+        completed=len(counts),
+        lost=TASKS - len(counts),
+        duplicated=duplicated,
+        note=f"concurrency {CONCURRENCY}, ack deadline {ACK_DEADLINE} s; 2 bad messages dead-lettered",
+    )
+    # Only messages the killed worker held (at most its concurrency) run again.
+    assert duplicated <= CONCURRENCY
