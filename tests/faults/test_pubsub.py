@@ -37,7 +37,7 @@ async def test_a_sigkill_during_a_pubsub_drain_loses_nothing_and_bad_messages_ar
     config = pubsub_config(unique, REDIS_URL, ack_deadline=ACK_DEADLINE)
     server = Server(config)
     key = f"{unique}:runs"
-    env = {"GCP_PUBSUB_ACK_DEADLINE": str(ACK_DEADLINE)}
+    deadline_env = str(ACK_DEADLINE)
     bad = [b"{not json", b'{"Name": "count", "Args": []}']
     try:
         sigs = [
@@ -54,7 +54,7 @@ async def test_a_sigkill_during_a_pubsub_drain_loses_nothing_and_bad_messages_ar
         )
         await server.send_tasks(sigs[TASKS // 2 :])
 
-        first = workers.start(config, "w0", CONCURRENCY, **env)
+        first = workers.start(config, "w0", CONCURRENCY, GCP_PUBSUB_ACK_DEADLINE=deadline_env)
         deadline = time.monotonic() + 120
         while await raw.hlen(key) < TASKS // 3:
             assert first.poll() is None, workers.log("w0")
@@ -64,7 +64,7 @@ async def test_a_sigkill_during_a_pubsub_drain_loses_nothing_and_bad_messages_ar
         assert first.wait(30) == -signal.SIGKILL
         assert await raw.hlen(key) < TASKS  # killed mid-drain
 
-        last = workers.start(config, "last", CONCURRENCY, **env)
+        last = workers.start(config, "last", CONCURRENCY, GCP_PUBSUB_ACK_DEADLINE=deadline_env)
         deadline = time.monotonic() + 120
         while await raw.hlen(key) < TASKS:
             assert last.poll() is None, workers.log("last")
