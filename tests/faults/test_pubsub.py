@@ -1,15 +1,16 @@
 """Pub/Sub (on Google's emulator): a worker killed with SIGKILL in the middle of a drain loses
 nothing, and bad messages published among the tasks are dead-lettered with their reasons.
 
-Not covered: an emulator restart mid-drain. The emulator keeps everything in memory, so a
-restart loses the topics, subscriptions and messages themselves; Google's service does not
-restart that way."""
+An emulator restart loses what the emulator held (it keeps everything in memory; Google's
+service does not restart that way), so the restart case checks that workers and producers
+reconnect and carry on, not that nothing is lost."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +19,16 @@ from machinery_aio.drivers.gcp.broker import GCPPubSubBroker
 from machinery_aio.drivers.redis.connection import RedisClient
 from tests.conftest import require_server
 from tests.drivers.gcp.conftest import needs_emulator, pubsub_config
-from tests.faults.conftest import REDIS_URL, Workers, record_figures, text, wait_for_success
-from tests.support.pubsub import PUBSUB_SERVER, pubsub_cleanup
+from tests.faults.conftest import (
+    REDIS_URL,
+    Workers,
+    free_port,
+    record_figures,
+    text,
+    wait_for_success,
+)
+from tests.support.drivers import eventually
+from tests.support.pubsub import PUBSUB_SERVER, PrivateEmulator, pubsub_cleanup
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), needs_emulator]
 
@@ -93,3 +102,44 @@ async def test_a_sigkill_during_a_pubsub_drain_loses_nothing_and_bad_messages_ar
     )
     # Only messages the killed worker held (at most its concurrency) run again.
     assert duplicated <= CONCURRENCY
+
+
+async def test_workers_and_producers_carry_on_after_the_emulator_restarts(
+    unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The emulator forgets everything when it restarts (topics, subscriptions, messages), so
+    what it held is lost with it; the worker and the producer reconnect, create the topic and
+    the subscription again, and carry on."""
+    emulator = PrivateEmulator(free_port(), tmp_path / "emulator.log")
+    emulator.start()
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
+    server = Server(pubsub_config(unique))
+
+    @server.task("add")
+    async def add(*numbers: int) -> int:
+        return sum(numbers)
+
+    broker = server.broker
+    assert isinstance(broker, GCPPubSubBroker)
+    subscription = broker.names.subscription_path(f"{unique}_sub")
+    try:
+        async with server.new_worker("w", concurrency=4):
+            before = await server.send_task(Signature(name="add", args=[Arg.of(1), Arg.of(2)]))
+            assert await before.get(timeout=30) == 3
+            emulator.stop()
+            emulator.start()
+
+            async def recreated() -> bool:
+                # The worker's next pull finds its subscription gone and creates it again.
+                try:
+                    await broker.clients.subscriber.get_subscription(subscription=subscription)
+                except Exception:
+                    return False
+                return True
+
+            await eventually(recreated, "the worker to create its subscription again", timeout=60)
+            after = await server.send_task(Signature(name="add", args=[Arg.of(3), Arg.of(4)]))
+            assert await after.get(timeout=30) == 7
+    finally:
+        await server.close()
+        emulator.stop()

@@ -10,11 +10,21 @@ running, they fail under CI like any other missing server.
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 from machinery_aio import Config
-from tests.services import PUBSUB, pubsub_emulator
+from tests.services import PUBSUB, pubsub_emulator, wait_open
 
-__all__ = ["PROJECT", "PUBSUB_SERVER", "pubsub_available", "pubsub_cleanup", "pubsub_settings", "pubsub_url"]
+__all__ = [
+    "PROJECT",
+    "PUBSUB_SERVER",
+    "PrivateEmulator",
+    "pubsub_available",
+    "pubsub_cleanup",
+    "pubsub_settings",
+    "pubsub_url",
+]
 
 _NAMED = "PUBSUB_EMULATOR_HOST" in os.environ
 os.environ.setdefault("PUBSUB_EMULATOR_HOST", f"{PUBSUB[0]}:{PUBSUB[1]}")
@@ -53,3 +63,35 @@ async def pubsub_cleanup(config: Config, unique: str, names: set[str]) -> None:
     finally:
         await publisher.transport.close()  # type: ignore[no-untyped-call]
         await subscriber.transport.close()  # type: ignore[no-untyped-call]
+
+
+class PrivateEmulator:
+    """A Pub/Sub emulator of a test's own on ``port`` (to restart it); stopped with :meth:`stop`."""
+
+    def __init__(self, port: int, log: Path) -> None:
+        launcher = pubsub_emulator()
+        assert launcher is not None, "the Pub/Sub emulator is not installed"
+        self.launcher = launcher
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.launcher, "--host=127.0.0.1", f"--port={self.port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        assert wait_open("127.0.0.1", self.port, 60), self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        self.proc = None
