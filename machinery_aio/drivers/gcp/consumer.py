@@ -237,10 +237,7 @@ class PubSubConsumer(Consumer):
                     max_extension,
                 )
             try:
-                async with self._modifying:
-                    await modify_in_chunks(
-                        self.broker.clients.subscriber, self.path, list(self._leased), self._deadline
-                    )
+                await self._modify(None, self._deadline)
             except Exception as exc:
                 logger.warning("extending ack deadlines on %s failed: %s", self.path, exc)
 
@@ -271,11 +268,26 @@ class PubSubConsumer(Consumer):
                 await asyncio.sleep(0.2 * 2**attempt)
         logger.error("could not ack %d messages on %s: they will be delivered again", len(ack_ids), self.path)
 
-    async def _modify(self, ack_ids: list[str], seconds: int) -> None:
-        if not ack_ids:
-            return
+    async def _modify(self, ack_ids: list[str] | None, seconds: int) -> None:
+        """Set the ack deadline of ``ack_ids`` (None: of every message this consumer leases).
+
+        One ack ID the server no longer knows (its deadline passed, the emulator restarted)
+        fails the whole request: then they are sent one by one and the unknown ones are
+        forgotten, since Pub/Sub delivers those again anyway.
+        """
         async with self._modifying:
-            await modify_in_chunks(self.broker.clients.subscriber, self.path, ack_ids, seconds)
+            ack_ids = list(self._leased) if ack_ids is None else ack_ids
+            if not ack_ids:
+                return
+            subscriber = self.broker.clients.subscriber
+            try:
+                await modify_in_chunks(subscriber, self.path, ack_ids, seconds)
+            except exceptions.InvalidArgument:
+                for ack_id in ack_ids:
+                    try:
+                        await modify_in_chunks(subscriber, self.path, [ack_id], seconds)
+                    except exceptions.InvalidArgument:
+                        self._leased.pop(ack_id, None)
 
     def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(job)

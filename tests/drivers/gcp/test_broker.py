@@ -268,3 +268,30 @@ async def test_closing_gives_back_unstarted_messages_at_once_and_held_etas_in_ti
         await second.close()
     finally:
         await broker.close()
+
+
+@needs_emulator
+async def test_an_ack_id_the_server_no_longer_knows_does_not_fail_the_others(
+    unique: str, emulator: None
+) -> None:
+    """After an emulator restart (or a deadline that passed) some ack IDs are unknown: one of
+    them must not make Pub/Sub refuse the deadline changes and acks of the rest."""
+    broker = await connected(pubsub_config(unique, ack_deadline=600))
+    try:
+        sigs = [Signature(uuid=f"task_{unique}_{i}", name="add") for i in range(3)]
+        await broker.publish_many(sigs)
+        first = broker.consumer(broker.config.default_queue, prefetch=5, tag="first")
+        assert isinstance(first, consumer_module.PubSubConsumer)
+        got = [await fetch_one(first) for _ in sigs]
+        first._leased["projects/x/subscriptions/y:1"] = None  # unknown to the server
+        await first._modify(None, 0)  # what the lease loop sends, with deadline 0 to see it
+        assert "projects/x/subscriptions/y:1" not in first._leased
+        second = broker.consumer(broker.config.default_queue, prefetch=5, tag="second")
+        again = [await fetch_one(second) for _ in sigs]
+        assert sorted(d.body for d in again) == sorted(d.body for d in got)
+        await second._send_acks(["projects/x/subscriptions/y:2", *(d.token for d in again)])
+        await first.close()
+        await second.close()
+        assert await broker.count_pending() == 0
+    finally:
+        await broker.close()
