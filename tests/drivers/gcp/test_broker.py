@@ -258,6 +258,7 @@ async def test_closing_gives_back_unstarted_messages_at_once_and_held_etas_in_ti
         assert sorted(d.body for d in got) == sorted(s.to_json() for s in sigs)
         await first.close()  # a SIGTERM: nothing was started
         second = broker.consumer(broker.config.default_queue, prefetch=5, tag="second")
+        assert isinstance(second, consumer_module.PubSubConsumer)
         again = [await fetch_one(second), await fetch_one(second)]
         assert sorted(d.body for d in again) == sorted(s.to_json() for s in sigs)
         held = await fetch_one(second)
@@ -287,6 +288,7 @@ async def test_an_ack_id_the_server_no_longer_knows_does_not_fail_the_others(
         await first._modify(None, 0)  # what the lease loop sends, with deadline 0 to see it
         assert "projects/x/subscriptions/y:1" not in first._leased
         second = broker.consumer(broker.config.default_queue, prefetch=5, tag="second")
+        assert isinstance(second, consumer_module.PubSubConsumer)
         again = [await fetch_one(second) for _ in sigs]
         assert sorted(d.body for d in again) == sorted(d.body for d in got)
         await second._send_acks(["projects/x/subscriptions/y:2", *(d.token for d in again)])
