@@ -100,8 +100,9 @@ async def test_a_sigkill_during_a_pubsub_drain_loses_nothing_and_bad_messages_ar
         duplicated=duplicated,
         note=f"concurrency {CONCURRENCY}, ack deadline {ACK_DEADLINE} s; 2 bad messages dead-lettered",
     )
-    # Only messages the killed worker held (at most its concurrency) run again.
-    assert duplicated <= CONCURRENCY
+    # Only messages the killed worker held run again: at most its concurrency, plus the tasks
+    # whose acks were still on their way (acks go in batches, up to a concurrency's worth).
+    assert duplicated <= 2 * CONCURRENCY
 
 
 async def test_workers_and_producers_carry_on_after_the_emulator_restarts(
