@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from machinery_aio import Arg, Server, Signature
+from machinery_aio import Arg, Server, Signature, gotime
 from machinery_aio.drivers.gcp.broker import GCPPubSubBroker
 from machinery_aio.drivers.redis.connection import RedisClient
 from tests.conftest import require_server
@@ -144,3 +145,56 @@ async def test_workers_and_producers_carry_on_after_the_emulator_restarts(
     finally:
         await server.close()
         emulator.stop()
+
+
+async def test_sigterm_gives_back_the_tasks_held_for_their_eta(
+    raw: RedisClient, unique: str, workers: Workers
+) -> None:
+    """With a 600 s ack deadline, only the worker's give-back on SIGTERM lets another worker run
+    the tasks it was holding for their ETA within the test's time."""
+    require_server(*PUBSUB_SERVER)
+    config = pubsub_config(unique, REDIS_URL, ack_deadline=600)
+    server = Server(config)
+    key = f"{unique}:runs"
+    try:
+        now = [
+            Signature(
+                uuid=f"task_{unique}_{i}", name="count", args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)]
+            )
+            for i in range(3)
+        ]
+        eta = gotime.now() + timedelta(seconds=8)
+        later = [
+            Signature(
+                uuid=f"task_{unique}_{i}",
+                name="count",
+                args=[Arg.of(key), Arg.of(str(i)), Arg.of(0.0)],
+                eta=eta,
+            )
+            for i in range(3, 8)
+        ]
+        await server.send_tasks([*now, *later])
+        first = workers.start(config, "w0", 4, GCP_PUBSUB_ACK_DEADLINE="600")
+        deadline = time.monotonic() + 60
+        while await raw.hlen(key) < len(now):
+            assert first.poll() is None, workers.log("w0")
+            assert time.monotonic() < deadline, workers.log("w0")
+            await asyncio.sleep(0.05)
+
+        async def all_held() -> bool:  # pulled by w0 and held for their ETA: none waiting
+            return await server.broker.count_pending() == 0
+
+        await eventually(all_held, "w0 to hold the ETA tasks")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0, workers.log("w0")
+        assert await raw.hlen(key) == len(now)  # the held ones did not run
+        last = workers.start(config, "last", 4, GCP_PUBSUB_ACK_DEADLINE="600")
+        await wait_for_success(server.backend, [*now, *later], timeout=60)
+        assert gotime.now() >= eta
+        counts = {text(k): int(v) for k, v in (await raw.hgetall(key)).items()}
+        assert counts == {str(i): 1 for i in range(8)}
+        last.send_signal(signal.SIGTERM)
+        assert last.wait(60) == 0, workers.log("last")
+    finally:
+        await server.close()
+        await pubsub_cleanup(config, unique, set())
