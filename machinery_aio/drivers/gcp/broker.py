@@ -142,8 +142,25 @@ class GCPPubSubBroker(Broker):
 
     # -- inspection ----------------------------------------------------------------------
 
-    def _path(self, queue: str | None) -> str:
-        return self.names.subscription_path(self.names.subscription_of(queue or self.config.default_queue))
+    async def _path(self, queue: str | None, *, peeking: bool = True) -> str:
+        """The path of ``queue``'s subscription, warning when peeking it counts toward a
+        dead-letter policy (every pull is a delivery attempt)."""
+        path = self.names.subscription_path(self.names.subscription_of(queue or self.config.default_queue))
+        if not peeking:
+            return path
+        try:
+            found = await self.clients.subscriber.get_subscription(subscription=path)
+        except exceptions.NotFound:
+            return path
+        attempts = found.dead_letter_policy.max_delivery_attempts
+        if attempts:
+            logger.warning(
+                "%s has a dead-letter policy (%d attempts): looking at its messages counts as one "
+                "delivery attempt of each",
+                path,
+                attempts,
+            )
+        return path
 
     async def get_pending_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
         """Tasks waiting on ``queue``'s subscription, peeked (see :mod:`.peek`); messages that
@@ -151,7 +168,7 @@ class GCPPubSubBroker(Broker):
         if limit == 0:
             return []
         tasks: list[Signature] = []
-        for received in await peek(self.clients.subscriber, self._path(queue), limit):
+        for received in await peek(self.clients.subscriber, await self._path(queue), limit):
             try:
                 tasks.append(Signature.from_json(received.message.data))
             except InvalidMessageError as exc:
@@ -159,7 +176,7 @@ class GCPPubSubBroker(Broker):
         return tasks
 
     async def count_pending(self, queue: str | None = None) -> int:
-        return len(await peek(self.clients.subscriber, self._path(queue)))
+        return len(await peek(self.clients.subscriber, await self._path(queue)))
 
     async def get_held_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
         """Tasks this process's workers handed back for later (names no worker here knows),
@@ -200,7 +217,7 @@ class GCPPubSubBroker(Broker):
 
     async def purge(self, queue: str | None = None) -> int:
         """Remove (ack) every message waiting on ``queue``'s subscription; held ones stay."""
-        return len(await peek(self.clients.subscriber, self._path(queue), take=True))
+        return len(await peek(self.clients.subscriber, await self._path(queue, peeking=False), take=True))
 
 
 def _batches(messages: list[PubsubMessage]) -> list[list[PubsubMessage]]:
