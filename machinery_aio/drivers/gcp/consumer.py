@@ -3,11 +3,9 @@
 * One pull at a time asks for as many messages as the worker has free slots
   (``prefetch`` minus what is buffered or running); a pull is a long poll, so
   an idle consumer does not spin.
-* Every message it holds has its ack deadline extended in one request every
-  third of the subscription's deadline, for at most ``gcp_pubsub.max_extension``
-  s per running task (Go's ``MaxExtension``); a killed worker's messages are
-  delivered again when their deadline passes.
-* Acks are sent in batches, after the task's final state is recorded.
+* Every message it holds has its ack deadline extended, and acks are sent in
+  batches after the task's final state is recorded (:mod:`.leases`); a killed
+  worker's messages are delivered again when their deadline passes.
 * ETAs: a message whose ETA is less than :data:`HOLD` s away is held here (its
   deadline extended, no slot taken) and handed out when its ETA comes, by a
   timer, to the millisecond. One further away is given back to Pub/Sub with an
@@ -36,7 +34,7 @@ from google.pubsub_v1 import ReceivedMessage
 from ... import gotime
 from ...log import get_logger
 from ..broker import Consumer, Delivery
-from .peek import ack_in_chunks, modify_in_chunks
+from .leases import Leases
 
 if TYPE_CHECKING:
     from .broker import GCPPubSubBroker
@@ -58,11 +56,8 @@ PULL_TIMEOUT = 2.0
 """Seconds a pull waits for messages (a long poll). A stopping consumer lets its last pull
 end rather than cancel it: Pub/Sub may hand messages to a cancelled pull, and those would
 come back only when their ack deadline ends."""
-SEND_TIMEOUT = 30.0
 WAIT = 1.0
 """Longest a fetch waits for a message before returning an empty list."""
-ACK_LINGER = 0.005
-"""Seconds acks wait to be sent together."""
 MAX_BACKOFF = 10.0
 
 
@@ -103,22 +98,14 @@ class PubSubConsumer(Consumer):
         self.tag = tag
         self.subscription = broker.names.subscription_of(queue)
         self.path = broker.names.subscription_path(self.subscription)
-        self._deadline = 10
+        self.leases = Leases(broker.clients, self.path, broker.settings.max_extension)
         self._buffer: deque[Delivery] = deque()
         self._out: dict[str, Delivery] = {}
         self._held: dict[str, _Held] = {}
-        self._leased: dict[str, float | None] = {}
-        """Ack IDs whose deadline is extended -> when their task was received (None: held
-        for its ETA, no limit)."""
-        self._acks: list[str] = []
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
-        self._ack_wanted = asyncio.Event()
-        self._acks_idle = asyncio.Event()
-        self._acks_idle.set()
-        self._modifying = asyncio.Lock()
         self._starting = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
         self._puller: asyncio.Task[None] | None = None
         self._pausing = False
         self._error: Exception | None = None
@@ -128,12 +115,11 @@ class PubSubConsumer(Consumer):
 
     async def _start(self) -> None:
         async with self._starting:
-            if self._tasks or self._closed:
+            if self._started or self._closed:
                 return
-            self._deadline = await self.broker.resources.queue(self.queue)
-            loop = asyncio.get_running_loop()
-            for job in (self._lease_loop, self._ack_loop):
-                self._tasks.append(loop.create_task(job(), name=f"{self.tag}-pubsub-{job.__name__}"))
+            self.leases.deadline = await self.broker.resources.queue(self.queue)
+            self.leases.start(f"{self.tag}-pubsub")
+            self._started = True
 
     def _pull(self) -> None:
         """Pull in the background (again, after a pause)."""
@@ -169,7 +155,7 @@ class PubSubConsumer(Consumer):
                 if isinstance(exc, exceptions.NotFound):
                     self.broker.resources.forget(self.subscription)
                     with contextlib.suppress(Exception):
-                        self._deadline = await self.broker.resources.queue(self.queue)
+                        self.leases.deadline = await self.broker.resources.queue(self.queue)
                 continue
             backoff = 0.0
             self._error = None
@@ -186,7 +172,7 @@ class PubSubConsumer(Consumer):
             )
             due = eta_of(delivery.body)
             if due is None or due <= now:
-                self._leased[ack_id] = since
+                self.leases.lease(ack_id, since)
                 self._buffer.append(delivery)
             elif due - now <= HOLD and len(self._held) < MAX_HELD:
                 self._hold(delivery, due, now)
@@ -196,98 +182,25 @@ class PubSubConsumer(Consumer):
         if self._buffer:
             self._arrived.set()
         for seconds, ack_ids in later.items():
-            self._spawn(self._modify(ack_ids, seconds))
+            self._spawn(self.leases.modify(ack_ids, seconds))
 
     def _hold(self, delivery: Delivery, due: float, now: float) -> None:
         loop = asyncio.get_running_loop()
         timer = loop.call_at(loop.time() + (due - now), self._due, delivery.token)
         self._held[delivery.token] = _Held(delivery, due, timer)
-        self._leased[delivery.token] = None
+        self.leases.lease(delivery.token, None)
 
     def _due(self, ack_id: str) -> None:
         held = self._held.pop(ack_id, None)
         if held is None or self._closed:
             return
         if self._unsettled < self.prefetch:
-            self._leased[ack_id] = time.monotonic()
+            self.leases.lease(ack_id, time.monotonic())
             self._buffer.appendleft(held.delivery)
             self._arrived.set()
         else:  # every slot busy: let another worker take it now
-            self._leased.pop(ack_id, None)
-            self._spawn(self._modify([ack_id], 0))
-
-    async def _lease_loop(self) -> None:
-        max_extension = self.broker.settings.max_extension
-        while not self._closed:
-            await asyncio.sleep(max(1.0, self._deadline / 3))
-            now = time.monotonic()
-            expired = [
-                ack_id
-                for ack_id, since in self._leased.items()
-                if since is not None and max_extension and now - since > max_extension
-            ]
-            for ack_id in expired:
-                del self._leased[ack_id]
-            if expired:
-                logger.warning(
-                    "%d tasks from %r ran longer than gcp_pubsub.max_extension (%g s): Pub/Sub may "
-                    "deliver them again",
-                    len(expired),
-                    self.queue,
-                    max_extension,
-                )
-            try:
-                await self._modify(None, self._deadline)
-            except Exception as exc:
-                logger.warning("extending ack deadlines on %s failed: %s", self.path, exc)
-
-    async def _ack_loop(self) -> None:
-        while True:
-            await self._ack_wanted.wait()
-            await asyncio.sleep(ACK_LINGER)
-            self._ack_wanted.clear()
-            ack_ids, self._acks = self._acks, []
-            await self._send_acks(ack_ids)
-            if not self._acks:
-                self._acks_idle.set()
-
-    async def _send_acks(self, ack_ids: list[str]) -> None:
-        subscriber = self.broker.clients.subscriber
-        for attempt in range(5):
-            try:
-                await ack_in_chunks(subscriber, self.path, ack_ids)
-                return
-            except exceptions.InvalidArgument:
-                # One ack ID the server no longer knows fails the request: ack one by one.
-                for ack_id in ack_ids:
-                    with contextlib.suppress(exceptions.GoogleAPICallError):
-                        await ack_in_chunks(subscriber, self.path, [ack_id])
-                return
-            except Exception as exc:
-                logger.warning("acking %d messages on %s failed (%s); retrying", len(ack_ids), self.path, exc)
-                await asyncio.sleep(0.2 * 2**attempt)
-        logger.error("could not ack %d messages on %s: they will be delivered again", len(ack_ids), self.path)
-
-    async def _modify(self, ack_ids: list[str] | None, seconds: int) -> None:
-        """Set the ack deadline of ``ack_ids`` (None: of every message this consumer leases).
-
-        One ack ID the server no longer knows (its deadline passed, the emulator restarted)
-        fails the whole request: then they are sent one by one and the unknown ones are
-        forgotten, since Pub/Sub delivers those again anyway.
-        """
-        async with self._modifying:
-            ack_ids = list(self._leased) if ack_ids is None else ack_ids
-            if not ack_ids:
-                return
-            subscriber = self.broker.clients.subscriber
-            try:
-                await modify_in_chunks(subscriber, self.path, ack_ids, seconds)
-            except exceptions.InvalidArgument:
-                for ack_id in ack_ids:
-                    try:
-                        await modify_in_chunks(subscriber, self.path, [ack_id], seconds)
-                    except exceptions.InvalidArgument:
-                        self._leased.pop(ack_id, None)
+            self.leases.drop(ack_id)
+            self._spawn(self.leases.modify([ack_id], 0))
 
     def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(job)
@@ -298,7 +211,7 @@ class PubSubConsumer(Consumer):
         ack_id: str = delivery.token
         if self._out.pop(ack_id, None) is None:
             return None
-        self._leased.pop(ack_id, None)
+        self.leases.drop(ack_id)
         self._room.set()
         return ack_id
 
@@ -343,22 +256,11 @@ class PubSubConsumer(Consumer):
 
     async def ack(self, delivery: Delivery) -> None:
         ack_id = self._settle(delivery)
-        if ack_id is None:
-            return
-        self._acks.append(ack_id)
-        self._acks_idle.clear()
-        self._ack_wanted.set()
-        if not self._tasks:  # never started (or closed): send it now
-            await self.flush()
+        if ack_id is not None:
+            await self.leases.ack(ack_id)
 
     async def flush(self) -> None:
-        if not self._tasks:
-            ack_ids, self._acks = self._acks, []
-            if ack_ids:
-                await self._send_acks(ack_ids)
-            self._acks_idle.set()
-            return
-        await self._acks_idle.wait()
+        await self.leases.flush()
 
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
         """Give the message back to Pub/Sub, delivered again after ``delay`` s (at most 600)."""
@@ -368,7 +270,7 @@ class PubSubConsumer(Consumer):
         seconds = min(MAX_DEADLINE, math.ceil(delay)) if delay > 0 else 0
         if seconds:
             self.broker.handed_back(ack_id, self.queue, delivery.body, seconds)
-        await self._modify([ack_id], seconds)
+        await self.leases.modify([ack_id], seconds)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         if delivery.token not in self._out:
@@ -383,7 +285,7 @@ class PubSubConsumer(Consumer):
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         ack_ids = [ack_id for ack_id in map(self._settle, deliveries) if ack_id is not None]
-        await self._modify(ack_ids, 0)
+        await self.leases.modify(ack_ids, 0)
 
     async def close(self) -> None:
         if self._closed:
@@ -391,19 +293,15 @@ class PubSubConsumer(Consumer):
         self._closed = True
         self._arrived.set()
         self._room.set()
-        workers, self._tasks = self._tasks, []
-        ack_loop = workers.pop() if workers else None
         if self._puller is not None:
-            try:
+            try:  # let the pull under way end: what it brings is given back below
                 async with asyncio.timeout(PULL_TIMEOUT + 2):
                     await asyncio.shield(self._puller)
             except (TimeoutError, Exception):
-                workers.append(self._puller)
-        for task in workers:
-            task.cancel()
-        for task in workers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                self._puller.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._puller
+        await self.leases.stop_extending()
         now = time.time()
         back = [d.token for d in self._buffer] + list(self._out)
         self._buffer.clear()
@@ -413,30 +311,15 @@ class PubSubConsumer(Consumer):
             held.timer.cancel()
             later.setdefault(_deadline_before(held.due, now), []).append(ack_id)
         self._held.clear()
-        self._leased.clear()
         try:
-            await self._modify(back, 0)
+            await self.leases.modify(back, 0)
             for seconds, ack_ids in later.items():
-                await self._modify(ack_ids, seconds)
+                await self.leases.modify(ack_ids, seconds)
         except Exception as exc:
             logger.warning(
                 "giving messages back to %s failed (%s): they return when their deadline ends", self.path, exc
             )
-        try:
-            if ack_loop is not None:
-                async with asyncio.timeout(SEND_TIMEOUT):
-                    await self._acks_idle.wait()
-            ack_ids, self._acks = self._acks, []
-            if ack_ids:
-                await self._send_acks(ack_ids)
-        except TimeoutError:
-            logger.warning("acks to %s still unsent at close: those tasks will be delivered again", self.path)
-        finally:
-            if ack_loop is not None:
-                ack_loop.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await ack_loop
-            self._acks_idle.set()
+        await self.leases.stop()
 
 
 def _deadline_before(due: float, now: float) -> int:

@@ -287,14 +287,14 @@ async def test_an_ack_id_the_server_no_longer_knows_does_not_fail_the_others(
         first = broker.consumer(broker.config.default_queue, prefetch=5, tag="first")
         assert isinstance(first, consumer_module.PubSubConsumer)
         got = [await fetch_one(first) for _ in sigs]
-        first._leased["projects/x/subscriptions/y:1"] = None  # unknown to the server
-        await first._modify(None, 0)  # what the lease loop sends, with deadline 0 to see it
-        assert "projects/x/subscriptions/y:1" not in first._leased
+        first.leases.leased["projects/x/subscriptions/y:1"] = None  # unknown to the server
+        await first.leases.modify(None, 0)  # what the lease loop sends, with deadline 0 to see it
+        assert "projects/x/subscriptions/y:1" not in first.leases.leased
         second = broker.consumer(broker.config.default_queue, prefetch=5, tag="second")
         assert isinstance(second, consumer_module.PubSubConsumer)
         again = [await fetch_one(second) for _ in sigs]
         assert sorted(d.body for d in again) == sorted(d.body for d in got)
-        await second._send_acks(["projects/x/subscriptions/y:2", *(d.token for d in again)])
+        await second.leases.send_acks(["projects/x/subscriptions/y:2", *(d.token for d in again)])
         await first.close()
         await second.close()
         assert await broker.count_pending() == 0
