@@ -346,3 +346,35 @@ def test_yaml_without_pyyaml_names_the_extra() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "loading YAML needs PyYAML: pip install 'machinery-aio[yaml]'" in proc.stdout
+
+
+# -- Pub/Sub --------------------------------------------------------------------------------
+
+
+def test_gcp_pubsub_settings_load_from_environment_and_yaml(tmp_path: Path) -> None:
+    env = {
+        "GCP_PUBSUB_MAX_EXTENSION": "120.5",
+        "GCP_PUBSUB_ACK_DEADLINE": "30",
+        "GCP_PUBSUB_ORDERING": "true",
+        "GCP_PUBSUB_DEAD_LETTER_MAX_ATTEMPTS": "7",
+    }
+    settings = Config.from_env(environ=env).gcp_pubsub
+    assert (settings.max_extension, settings.ack_deadline, settings.ordering) == (120.5, 30, True)
+    assert settings.dead_letter_max_attempts == 7
+    path = tmp_path / "c.yml"
+    path.write_text("gcp_pubsub:\n  ack_deadline: 20\n  ordering: true\n")
+    settings = Config.from_yaml(path).gcp_pubsub
+    assert (settings.ack_deadline, settings.ordering, settings.dead_letter_max_attempts) == (20, True, 0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"dead_letter_max_attempts": 3}, "Pub/Sub accepts 5 to 100 delivery attempts"),
+        ({"ack_deadline": 5}, "ack_deadline"),
+        ({"ack_deadline": 601}, "ack_deadline"),
+    ],
+)
+def test_bad_gcp_pubsub_settings_are_refused(settings: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Config(gcp_pubsub=settings)  # type: ignore[arg-type]

@@ -79,6 +79,7 @@ TECHNOLOGIES: tuple[Technology, ...] = (
         broker="AMQPBroker",
         backend="AMQPBackend",
     ),
+    Technology("gcp", ("gcppubsub",), extra="gcp", package="google.cloud.pubsub", broker="GCPPubSubBroker"),
 )
 
 

@@ -26,6 +26,13 @@ from machinery_aio.drivers.broker import Broker, Consumer
 from machinery_aio.drivers.lock import Lock
 from machinery_aio.drivers.redis.connection import create_redis
 from tests.conftest import require_server
+from tests.support.pubsub import (
+    PUBSUB_SERVER,
+    pubsub_available,
+    pubsub_cleanup,
+    pubsub_settings,
+    pubsub_url,
+)
 from tests.support.rabbitmq import AMQP_URL, Cleanup
 
 ROLES = ("broker", "backend", "lock")
@@ -134,6 +141,19 @@ DRIVERS: list[Driver] = [
     Driver("rabbitmq", AMQP_URL, servers=(RABBITMQ,), configure=amqp_settings, cleanup=amqp_cleanup),
 ]
 """Every driver the contract suite runs against: add one line for a new driver."""
+
+# -- Google Cloud Pub/Sub (the emulator; left out where it is not installed) -------------------
+
+if pubsub_available():
+    DRIVERS.append(
+        Driver(
+            "gcppubsub",
+            pubsub_url("{unique}"),
+            servers=(PUBSUB_SERVER,),
+            configure=pubsub_settings,
+            cleanup=pubsub_cleanup,
+        )
+    )
 
 
 # -- parametrization -----------------------------------------------------------------------
