@@ -79,6 +79,8 @@ TECHNOLOGIES: tuple[Technology, ...] = (
         broker="AMQPBroker",
         backend="AMQPBackend",
     ),
+    Technology("memcache", ("memcache",), extra="memcache", package="aiomcache", backend="MemcacheBackend"),
+    Technology("mongo", ("mongodb", "mongodb+srv"), extra="mongo", package="pymongo", backend="MongoBackend"),
 )
 
 
