@@ -172,7 +172,8 @@ class MongoBackend(ResultBackend):
             self._members.popitem(last=False)
 
     async def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
-        """Counted by the server: one round trip once the member list is known."""
+        """One read of the members' states (only the ``state`` field) once the member
+        list is known."""
         uuids = self._members.get(group_uuid)
         if uuids is None:
             meta = await self.get_group_meta(group_uuid)
@@ -180,9 +181,13 @@ class MongoBackend(ResultBackend):
                 return False
             uuids = meta.task_uuids
             self._remember(group_uuid, uuids)
-        query = {"_id": {"$in": uuids}, "state": {"$in": _FINAL}}
-        done = await run(lambda: self.tasks.count_documents(query), f"counting {group_uuid}")
-        return bool(done == group_task_count)
+        wanted = uuids
+
+        async def count() -> int:
+            cursor = self.tasks.find({"_id": {"$in": wanted}}, projection={"state": 1})
+            return sum([1 async for d in cursor if d.get("state") in _FINAL])
+
+        return await run(count, f"counting {group_uuid}") == group_task_count
 
     async def trigger_chord(self, group_uuid: str) -> bool:
         """True for exactly one caller: the one whose update flips ``chord_triggered``."""
