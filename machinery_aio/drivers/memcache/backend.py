@@ -107,8 +107,12 @@ class MemcacheBackend(ResultBackend):
             await asyncio.gather(*(self._store_run(run) for run in runs))
 
     async def _store_run(self, states: list[TaskState]) -> None:
-        for state in states:
-            await self._store(state)
+        """One write for consecutive states of a task (RECEIVED then STARTED): the last,
+        with the task name and creation time of the earlier ones."""
+        last = states[0]
+        for state in states[1:]:
+            last = keep_origin(state, last)
+        await self._store(last)
 
     async def _store(self, state: TaskState) -> None:
         key = check_key(state.task_uuid)

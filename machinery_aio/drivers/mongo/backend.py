@@ -22,6 +22,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ReturnDocument, UpdateOne
@@ -32,7 +33,7 @@ from pymongo.errors import OperationFailure
 from ...gotime import now
 from ...log import get_logger
 from ...state import GroupMeta, State, TaskState
-from ..backend import ResultBackend
+from ..backend import ResultBackend, keep_origin
 from ..polling import MAX_PAUSE, wait_by_reading
 from .connection import create_client, database_name, is_connection_error, run
 from .documents import group_document, parse_group, parse_task, task_update
@@ -118,9 +119,11 @@ class MongoBackend(ResultBackend):
     # -- writes -------------------------------------------------------------------------
 
     async def set_states(self, states: Sequence[TaskState]) -> None:
-        """One ordered bulk write of ``$set`` upserts."""
+        """One ``$set`` upsert per task (consecutive states of a task are one: the last,
+        with the task name and creation time of the earlier ones), in one bulk write."""
         if not states:
             return
+        states = [_last_of(list(run)) for _, run in groupby(states, _task_uuid)]
         delete_at = self._delete_at()
         if len(states) == 1:
             uuid, update = states[0].task_uuid, {"$set": task_update(states[0], delete_at)}
@@ -252,6 +255,17 @@ class MongoBackend(ResultBackend):
 
             cap = NOTIFIED_PAUSE if live else MAX_PAUSE
             return await wait_by_reading(read, pause, task_uuid, timeout, cap=cap)
+
+
+def _task_uuid(state: TaskState) -> str:
+    return state.task_uuid
+
+
+def _last_of(states: list[TaskState]) -> TaskState:
+    last = states[0]
+    for state in states[1:]:
+        last = keep_origin(state, last)
+    return last
 
 
 def _expired(doc: Document) -> bool:
