@@ -16,9 +16,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from itertools import groupby
 from typing import TYPE_CHECKING, TypeVar
 
@@ -44,6 +47,9 @@ THIRTY_DAYS = 30 * 24 * 3600
 """memcached reads a larger expiry as an absolute Unix time."""
 GET_CHUNK = 100
 """Keys per ``get`` command."""
+_CACHED = 4096
+"""Tasks (and groups) whose origin (member list) a backend remembers."""
+_FINAL = re.compile(rb'"State":"(SUCCESS|FAILURE)"')
 GO_LOCK_WAIT = 2.0
 """Seconds to wait for a Go worker's ``Lock`` flag on a GroupMeta to clear."""
 
@@ -59,6 +65,9 @@ class MemcacheBackend(ResultBackend):
     def __init__(self, config: Config, url: str | None = None) -> None:
         super().__init__(config, url)
         self.servers = Servers(self.url)
+        self._origins: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
+        """Task name and creation time of tasks this process stored lately."""
+        self._members: OrderedDict[str, list[str]] = OrderedDict()
 
     async def connect(self) -> None:
         """Reach every server once, so a wrong address fails here and not in a task."""
@@ -117,20 +126,32 @@ class MemcacheBackend(ResultBackend):
     async def _store(self, state: TaskState) -> None:
         key = check_key(state.task_uuid)
         exptime = self.exptime()
+        known = self._origins.get(state.task_uuid)
+        if known is not None:  # this process wrote or read the task's origin: no read needed
+            state = keep_origin(state, TaskState(task_name=known[0], created_at=known[1]))
         if state.task_name and state.created_at != ZERO_TIME:
-            data = state.to_json()
-            await self._set(key, data, exptime)
+            await self._set(key, state.to_json(), exptime)
+            self._remember_origin(state)
             return
         while True:  # keep the stored task name and creation time; a cas lost to a race retries
             stored, token = await self._gets(key)
             if stored is None or token is None:
-                data = state.to_json()
-                if await self._add(key, data, exptime):
+                if await self._add(key, state.to_json(), exptime):
+                    self._remember_origin(state)
                     return
                 continue
-            merged = keep_origin(state, _parse_state_or_none(stored)).to_json()
-            if await self._cas(key, merged, token, exptime):
+            merged = keep_origin(state, _parse_state_or_none(stored))
+            if await self._cas(key, merged.to_json(), token, exptime):
+                self._remember_origin(merged)
                 return
+
+    def _remember_origin(self, state: TaskState) -> None:
+        if not state.task_name or state.created_at == ZERO_TIME:
+            return
+        self._origins[state.task_uuid] = (state.task_name, state.created_at)
+        self._origins.move_to_end(state.task_uuid)
+        while len(self._origins) > _CACHED:
+            self._origins.popitem(last=False)
 
     async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
         key = check_key(group_uuid)
@@ -145,7 +166,16 @@ class MemcacheBackend(ResultBackend):
         return None if data is None else _parse_state(task_uuid, data)
 
     async def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
-        keys = list(dict.fromkeys(check_key(u) for u in task_uuids))
+        found = await self._get_many(task_uuids)
+        states: list[TaskState | None] = []
+        for uuid in task_uuids:
+            data = found.get(uuid.encode())
+            states.append(None if data is None else _parse_state(uuid, data))
+        return states
+
+    async def _get_many(self, uuids: Sequence[str]) -> dict[bytes, bytes]:
+        """The records of ``uuids`` that exist: one ``get`` per server and 100 keys."""
+        keys = list(dict.fromkeys(check_key(u) for u in uuids))
         found: dict[bytes, bytes] = {}
 
         async def fetch(index: int, chunk: list[bytes]) -> None:
@@ -164,18 +194,29 @@ class MemcacheBackend(ResultBackend):
                 for start in range(0, len(owned), GET_CHUNK)
             )
         )
-        states: list[TaskState | None] = []
-        for uuid in task_uuids:
-            data = found.get(uuid.encode())
-            states.append(None if data is None else _parse_state(uuid, data))
-        return states
+        return found
 
     async def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
         key = check_key(group_uuid)
         data = await self._get(key)
         return None if data is None else _parse_meta(group_uuid, data)
 
-    # -- chords -------------------------------------------------------------------------
+    # -- groups and chords -----------------------------------------------------------------
+
+    async def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
+        """One read of every member's record, the final ones counted without decoding."""
+        uuids = self._members.get(group_uuid)
+        if uuids is None:
+            meta = await self.get_group_meta(group_uuid)
+            if meta is None:
+                return False
+            uuids = meta.task_uuids
+            self._members[group_uuid] = uuids
+            while len(self._members) > _CACHED:
+                self._members.popitem(last=False)
+        found = await self._get_many(uuids)
+        done = sum(1 for data in found.values() if _is_final(data))
+        return done == group_task_count
 
     async def trigger_chord(self, group_uuid: str) -> bool:
         """True for exactly one caller among Python workers (``add`` of the owner key)."""
@@ -258,6 +299,12 @@ def _parse_state(task_uuid: str, data: bytes) -> TaskState:
         return TaskState.from_json(data)
     except ValueError as exc:
         raise ValueError(f"the record under {task_uuid!r} is not a TaskState: {exc}") from None
+
+
+def _is_final(data: bytes) -> bool:
+    """The first ``"State"`` of TaskState JSON is the record's own (it precedes Results)."""
+    match = _FINAL.search(data)
+    return match is not None and data.find(b'"State":"') == match.start()
 
 
 def _parse_state_or_none(data: bytes) -> TaskState | None:

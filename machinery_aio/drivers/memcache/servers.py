@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 DEFAULT_PORT = 11211
 MAX_KEY_BYTES = 250
-POOL_SIZE = 8
+POOL_SIZE = 32
 """Connections per server and backend instance."""
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
