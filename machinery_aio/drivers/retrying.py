@@ -21,13 +21,14 @@ async def retry_while_down(
     retryable: Callable[[Exception], bool],
     what: str,
     logger: logging.Logger,
-    budget: float = OUTAGE_BUDGET,
+    budget: float | None = None,
 ) -> T:
     """Run ``operation``; on an error ``retryable`` accepts (a lost or refused connection) run it again
-    after 0.05, 0.1, 0.2 ... 2 s, for up to ``budget`` seconds, then raise the last error.
+    after 0.05, 0.1, 0.2 ... 2 s, for up to ``budget`` seconds (default
+    :data:`OUTAGE_BUDGET`), then raise the last error.
     ``operation`` must be safe to repeat (a write whose reply was lost may have happened).
     """
-    deadline = time.monotonic() + budget
+    deadline = time.monotonic() + (OUTAGE_BUDGET if budget is None else budget)
     delay = 0.05
     warned = False
     while True:

@@ -251,3 +251,19 @@ async def test_a_restarted_memcached_delays_writes_and_waiters_but_loses_neither
         await writer.close()
         await waiter.close()
         server.stop()
+
+
+async def test_an_unreachable_server_is_retried_then_raised(
+    unique: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from machinery_aio.drivers import retrying
+    from tests.support.memcache import free_port
+
+    monkeypatch.setattr(retrying, "OUTAGE_BUDGET", 0.5)
+    backend = MemcacheBackend(Config(result_backend=f"memcache://127.0.0.1:{free_port()}"))
+    try:
+        with caplog.at_level("WARNING", "machinery_aio"), pytest.raises(OSError):
+            await backend.get_state(f"task_{unique}_1")
+    finally:
+        await backend.close()
+    assert "retrying until the server is back" in caplog.text

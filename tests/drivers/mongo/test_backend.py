@@ -303,3 +303,23 @@ async def test_a_restarted_server_loses_no_state_a_waiter_waits_for(tmp_path: Pa
         await writer.close()
         await waiter.close()
         server.stop()
+
+
+async def test_an_unreachable_server_is_retried_then_raised_without_the_password_in_logs(
+    unique: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pymongo.errors import ConnectionFailure
+
+    from machinery_aio.drivers import retrying
+    from tests.support.memcache import free_port
+
+    monkeypatch.setattr(retrying, "OUTAGE_BUDGET", 2.0)  # one try takes about 0.5 s here
+    url = f"mongodb://user:s3cret@127.0.0.1:{free_port()}/db?serverSelectionTimeoutMS=100"
+    backend = MongoBackend(Config(result_backend=url))
+    try:
+        with caplog.at_level("WARNING", "machinery_aio"), pytest.raises(ConnectionFailure):
+            await backend.get_state(f"task_{unique}_1")
+    finally:
+        await backend.close()
+    assert "retrying until the server is back" in caplog.text
+    assert "s3cret" not in caplog.text
