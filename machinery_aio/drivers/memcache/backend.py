@@ -110,7 +110,10 @@ class MemcacheBackend(ResultBackend):
     async def set_states(self, states: Sequence[TaskState]) -> None:
         """Each task's states in order; different tasks at once."""
         runs = [list(run) for _, run in groupby(states, _task_uuid)]
-        if len(runs) == 1:
+        if len({run[0].task_uuid for run in runs}) < len(runs):  # a task twice, apart: in order
+            for run in runs:
+                await self._store_run(run)
+        elif len(runs) == 1:
             await self._store_run(runs[0])
         else:
             await asyncio.gather(*(self._store_run(run) for run in runs))

@@ -267,3 +267,21 @@ async def test_an_unreachable_server_is_retried_then_raised(
     finally:
         await backend.close()
     assert "retrying until the server is back" in caplog.text
+
+
+async def test_states_of_one_task_apart_in_a_batch_are_stored_in_order(
+    backend: MemcacheBackend, unique: str, used: set[str]
+) -> None:
+    first, second = (Signature(uuid=f"task_{unique}_{n}", name="add") for n in (1, 2))
+    used.update((first.uuid, second.uuid))
+    await backend.set_states(
+        [
+            TaskState.new(first, State.PENDING),
+            TaskState.new(second, State.PENDING),
+            TaskState(task_uuid=first.uuid, state=State.STARTED),
+        ]
+    )
+    one, two = await backend.get_states([first.uuid, second.uuid])
+    assert one is not None
+    assert two is not None
+    assert (one.state, one.task_name, two.state) == (State.STARTED, "add", State.PENDING)
