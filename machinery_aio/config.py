@@ -126,6 +126,14 @@ class GCPPubSubConfig(_Section):
         return value
 
 
+class MongoDBConfig(_Section):
+    """MongoDB result backend settings (Go's ``MongoDBConfig``, minus the client object)."""
+
+    database: str = ""
+    """The database of ``tasks`` and ``group_metas``. Empty: the one the URL names, else
+    Go's ``machinery``. Set, it wins over the URL, as Go's ``MongoDB.Database`` does."""
+
+
 class Config(BaseModel):
     """Everything a server, worker and scheduler need to know.
 
@@ -156,6 +164,7 @@ class Config(BaseModel):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     gcp_pubsub: GCPPubSubConfig = Field(default_factory=GCPPubSubConfig)
     tls: TLSConfig = Field(default_factory=TLSConfig)
+    mongodb: MongoDBConfig = Field(default_factory=MongoDBConfig)
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -354,6 +363,7 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TLS_CERT_FILE": ("tls.cert_file", _str),
     "TLS_KEY_FILE": ("tls.key_file", _str),
     "TLS_INSECURE_SKIP_VERIFY": ("tls.insecure_skip_verify", _parse_bool),
+    "MONGODB_DATABASE": ("mongodb.database", _str),
 }
 
 # envconfig also reads a nested field under its struct's name first (AMQP_AMQP_EXCHANGE,

@@ -216,11 +216,47 @@ def ensure_pubsub() -> bool:
     return wait_open(*PUBSUB, 60)
 
 
+MEMCACHED = ("127.0.0.1", 11211)
+MONGO = ("127.0.0.1", 27017)
+
+
+def ensure_memcached() -> bool:
+    """memcached from Debian on 127.0.0.1:11211."""
+    if is_open(*MEMCACHED):
+        return True
+    binary = ensure_binary("memcached", "memcached")
+    if binary is None:
+        return False
+    _log("starting memcached on 11211")
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    subprocess.run([binary, "-d", "-l", MEMCACHED[0], "-p", str(MEMCACHED[1]), *user], check=False)
+    return wait_open(*MEMCACHED, 10)
+
+
+def ensure_mongo() -> bool:
+    """nx-27017 (a MongoDB wire-protocol server on SQLite, from the test extra) on 27017."""
+    if is_open(*MONGO):
+        return True
+    binary = shutil.which("nx-27017") or str(Path(sys.executable).parent / "nx-27017")
+    if not Path(binary).exists():
+        _log("nx-27017 not found: install the test extra (scripts/venv)")
+        return False
+    workdir = STATE / "nx-27017"
+    workdir.mkdir(parents=True, exist_ok=True)
+    _log("starting nx-27017 on 27017")
+    cmd = [binary, "--db", "memory", "-p", str(MONGO[1])]
+    cmd += ["--log-file", str(workdir / "nx.log"), "--pid-file", str(workdir / "nx.pid")]
+    subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return wait_open(*MONGO, 15)
+
+
 SERVICES: dict[str, Callable[[], bool]] = {
     "redis": ensure_redis,
     "rabbitmq": ensure_rabbitmq,
     "redis-cluster": ensure_redis_cluster,
     "pubsub": ensure_pubsub,
+    "memcached": ensure_memcached,
+    "mongo": ensure_mongo,
 }
 
 

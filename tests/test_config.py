@@ -110,20 +110,24 @@ def test_go_environment_variables_load() -> None:
 
 
 REMOVED_DRIVER_ENV = {
-    # Go Machinery's variables for drivers this version does not have (SQS, DynamoDB, MongoDB)
+    # Go Machinery's variables for drivers this version does not have (SQS, DynamoDB)
     "SQS_WAIT_TIME_SECONDS": "not a number",
     "SQS_SQS_VISIBILITY_TIMEOUT": "-1",
     "TASK_STATES_TABLE": "states",
     "DYNAMODB_GROUP_METAS_TABLE": "metas",
-    "MONGODB_DATABASE": "machinery",
 }
 
 
 def test_variables_of_drivers_that_do_not_exist_are_not_read() -> None:
     config = Config.from_env(environ=REMOVED_DRIVER_ENV)  # values that would not parse: never read
     assert config == Config()
-    for section in ("sqs", "dynamodb", "mongodb"):
+    for section in ("sqs", "dynamodb"):
         assert not hasattr(config, section)
+
+
+def test_the_mongodb_database_comes_from_mongodb_database() -> None:
+    assert Config().mongodb.database == ""  # the URL's database, else Go's "machinery"
+    assert Config.from_env(environ={"MONGODB_DATABASE": "results"}).mongodb.database == "results"
 
 
 def test_envconfig_struct_prefixed_names_win_as_in_go() -> None:
@@ -249,7 +253,8 @@ def test_sections_of_missing_drivers_load_with_a_warning_even_when_their_values_
     with caplog.at_level(logging.WARNING, "machinery_aio.config"):
         config = Config.from_yaml(path)
     assert config.default_queue == "q"
-    assert f"{path}: ignoring unknown settings dynamodb, mongodb, sqs" in caplog.text
+    assert config.mongodb.database == "x"
+    assert f"{path}: ignoring unknown settings dynamodb, sqs" in caplog.text
 
 
 def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:

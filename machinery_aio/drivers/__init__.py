@@ -80,6 +80,8 @@ TECHNOLOGIES: tuple[Technology, ...] = (
         backend="AMQPBackend",
     ),
     Technology("gcp", ("gcppubsub",), extra="gcp", package="google.cloud.pubsub", broker="GCPPubSubBroker"),
+    Technology("memcache", ("memcache",), extra="memcache", package="aiomcache", backend="MemcacheBackend"),
+    Technology("mongo", ("mongodb", "mongodb+srv"), extra="mongo", package="pymongo", backend="MongoBackend"),
 )
 
 
