@@ -47,6 +47,8 @@ class BrokerCapabilities:
     """Tasks waiting in a queue can be listed without taking them."""
     list_delayed: bool = True
     """Tasks waiting for their ETA can be listed."""
+    list_held: bool = True
+    """Tasks taken by workers and not finished (running, handed back for later) can be listed."""
     dead_letters: bool = True
     """Messages set aside (not a task, bad arguments) are kept with the reason and can be listed."""
 

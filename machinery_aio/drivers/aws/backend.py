@@ -1,0 +1,213 @@
+"""The DynamoDB result backend: Go Machinery's ``task_states`` and ``group_metas`` tables."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ...config import Config
+from ...gotime import ZERO_TIME, format_time, now
+from ...state import GroupMeta, State, TaskState
+from ..backend import ResultBackend
+from .client import Clients, parse_url
+from .items import expired, group_item, group_meta, results_attribute, task_state
+from .tables import ensure_table
+
+__all__ = ["DynamoDBBackend"]
+
+BATCH_GET = 100
+"""BatchGetItem's most keys per call."""
+FIRST_POLL = 0.005
+"""Seconds before the second read while waiting for a result; it grows 1.5x per read..."""
+LAST_POLL = 0.2
+"""...up to this: a waiting result costs at most 5 reads a second."""
+
+_ZERO_TEXT = format_time(ZERO_TIME)
+_NAMES = {"#s": "State", "#r": "Results", "#e": "Error", "#t": "TTL", "#n": "TaskName", "#c": "CreatedAt"}
+
+
+class DynamoDBBackend(ResultBackend):
+    """``https://dynamodb.<region>.amazonaws.com``: states in ``task_states`` under ``TaskUUID``,
+    groups in ``group_metas`` under ``GroupUUID``; reads are strongly consistent."""
+
+    def __init__(self, config: Config, url: str | None = None) -> None:
+        super().__init__(config, url)
+        self.clients = Clients(parse_url(self.url, "dynamodb"))
+        self.states_table = config.dynamodb.task_states_table
+        self.groups_table = config.dynamodb.group_metas_table
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        await self._client()
+
+    async def close(self) -> None:
+        await self.clients.close()
+
+    async def _client(self) -> Any:
+        client = await self.clients.get()
+        if not self._ready:
+            async with self._ready_lock:
+                if not self._ready:
+                    create = self.config.dynamodb.create_tables
+                    await ensure_table(client, self.states_table, "TaskUUID", create)
+                    await ensure_table(client, self.groups_table, "GroupUUID", create)
+                    self._ready = True
+        return client
+
+    def _ttl(self) -> int:
+        return int(time.time()) + self.expires_in
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def set_states(self, states: Sequence[TaskState]) -> None:
+        """One write per state; each task's in the order given, different tasks at once."""
+        by_task: dict[str, list[TaskState]] = {}
+        for state in states:
+            by_task.setdefault(state.task_uuid, []).append(state)
+        client = await self._client()
+        await asyncio.gather(*(self._write_in_order(client, same) for same in by_task.values()))
+
+    async def _write_in_order(self, client: Any, states: list[TaskState]) -> None:
+        for state in states:
+            await self._write(client, state)
+
+    async def _write(self, client: Any, state: TaskState) -> None:
+        """PENDING replaces the item (as Go's PutItem); later states update it, keeping the stored
+        ``TaskName`` and ``CreatedAt`` when they have none (Go's constructors leave them empty)."""
+        values: dict[str, Any] = {
+            ":s": {"S": state.state.value},
+            ":r": results_attribute(state.results),
+            ":e": {"S": state.error},
+            ":t": {"N": str(self._ttl())},
+        }
+        if state.state is State.PENDING:
+            item = {
+                "TaskUUID": {"S": state.task_uuid},
+                "TaskName": {"S": state.task_name},
+                "State": values[":s"],
+                "Results": values[":r"],
+                "Error": values[":e"],
+                "CreatedAt": {"S": format_time(state.created_at)},
+                "TTL": values[":t"],
+            }
+            await client.put_item(TableName=self.states_table, Item=item)
+            return
+        sets = ["#s = :s", "#r = :r", "#e = :e", "#t = :t"]
+        values[":n"] = {"S": state.task_name}
+        sets.append("#n = :n" if state.task_name else "#n = if_not_exists(#n, :n)")
+        if state.created_at == ZERO_TIME:
+            values[":c"] = {"S": _ZERO_TEXT}
+            sets.append("#c = if_not_exists(#c, :c)")
+        else:
+            values[":c"] = {"S": format_time(state.created_at)}
+            sets.append("#c = :c")
+        await client.update_item(
+            TableName=self.states_table,
+            Key={"TaskUUID": {"S": state.task_uuid}},
+            UpdateExpression="SET " + ", ".join(sets),
+            ExpressionAttributeNames=_NAMES,
+            ExpressionAttributeValues=values,
+        )
+
+    async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
+        meta = GroupMeta(group_uuid=group_uuid, task_uuids=list(task_uuids), created_at=now())
+        client = await self._client()
+        await client.put_item(TableName=self.groups_table, Item=group_item(meta, self._ttl()))
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get_state(self, task_uuid: str) -> TaskState | None:
+        client = await self._client()
+        response = await client.get_item(
+            TableName=self.states_table, Key={"TaskUUID": {"S": task_uuid}}, ConsistentRead=True
+        )
+        item = response.get("Item")
+        if item is None or expired(item, time.time()):
+            return None
+        return task_state(item)
+
+    async def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
+        """BatchGetItem, 100 keys a call, strongly consistent, answered in the order asked."""
+        wanted = list(dict.fromkeys(task_uuids))
+        client = await self._client()
+        found: dict[str, TaskState] = {}
+        chunks = [wanted[i : i + BATCH_GET] for i in range(0, len(wanted), BATCH_GET)]
+        for items in await asyncio.gather(*(self._batch_get(client, chunk) for chunk in chunks)):
+            clock = time.time()
+            for item in items:
+                if not expired(item, clock):
+                    state = task_state(item)
+                    found[state.task_uuid] = state
+        return [found.get(u) for u in task_uuids]
+
+    async def _batch_get(self, client: Any, uuids: list[str]) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {
+            self.states_table: {"Keys": [{"TaskUUID": {"S": u}} for u in uuids], "ConsistentRead": True}
+        }
+        items: list[dict[str, Any]] = []
+        pause = 0.01
+        while request:
+            response = await client.batch_get_item(RequestItems=request)
+            items += response.get("Responses", {}).get(self.states_table, [])
+            request = response.get("UnprocessedKeys") or {}
+            if request:  # throttled: try the rest again shortly
+                await asyncio.sleep(pause)
+                pause = min(1.0, pause * 2)
+        return items
+
+    async def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
+        client = await self._client()
+        response = await client.get_item(
+            TableName=self.groups_table, Key={"GroupUUID": {"S": group_uuid}}, ConsistentRead=True
+        )
+        item = response.get("Item")
+        if item is None or expired(item, time.time()):
+            return None
+        return group_meta(item)
+
+    async def trigger_chord(self, group_uuid: str) -> bool:
+        """A conditional update (``ChordTriggered`` false -> true): one caller wins, whichever
+        process it is in (Go's read-then-write check is racy)."""
+        client = await self._client()
+        try:
+            await client.update_item(
+                TableName=self.groups_table,
+                Key={"GroupUUID": {"S": group_uuid}},
+                UpdateExpression="SET #c = :t",
+                ConditionExpression="attribute_exists(#g) AND #c = :f",
+                ExpressionAttributeNames={"#c": "ChordTriggered", "#g": "GroupUUID"},
+                ExpressionAttributeValues={":t": {"BOOL": True}, ":f": {"BOOL": False}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    async def wait_for_state(
+        self, task_uuid: str, timeout: float | None, interval: float = 0.05
+    ) -> TaskState:
+        """DynamoDB cannot notify: read again after 5 ms, then 1.5x longer each time, at most
+        every 200 ms."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        pause = FIRST_POLL
+        while True:
+            state = await self.get_state(task_uuid)
+            if state is not None and state.is_completed():
+                return state
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError(f"task {task_uuid} did not complete within {timeout} s")
+                await asyncio.sleep(min(pause, left))
+            else:
+                await asyncio.sleep(pause)
+            pause = min(LAST_POLL, pause * 1.5)
