@@ -322,8 +322,10 @@ async def _inspect(args: argparse.Namespace) -> int:
             count = await broker.count_pending(queue)
             if not caps.list_pending:  # SQS: counts only
                 _print_json([])
-                print(f"about {count} pending in {queue!r} ({broker.describe()} can count but not list them)",
-                      file=sys.stderr)
+                print(
+                    f"about {count} pending in {queue!r} ({broker.describe()} can count but not list them)",
+                    file=sys.stderr,
+                )
                 return 0
             tasks = [_summary(t) for t in await broker.get_pending_tasks(queue, args.limit)]
             held = await broker.get_held_tasks(queue, args.limit)
