@@ -7,6 +7,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from ...config import ConfigError
 from .client import Clients
 
 __all__ = ["MAX_DELAY", "MAX_MESSAGE_BYTES", "Queues", "dead_letter_name", "is_fifo"]
@@ -52,7 +53,11 @@ class Queues:
             url = self._urls.get(name)
             if url is None:
                 url = await self._lookup(name, self.create)
-                assert url is not None
+                if url is None:
+                    raise ConfigError(
+                        f"SQS queue {name!r} does not exist; create it, or let machinery-aio create "
+                        "it (sqs.create_queues, SQS_CREATE_QUEUES)"
+                    )
                 self._urls[name] = url
             return url
 
