@@ -29,6 +29,9 @@ BATCH = 10
 """SQS's most messages per receive, delete or visibility change."""
 MAX_RECEIVES = 5
 """Receives in flight at once when the room allows more than one batch."""
+NEAR_ETA = 1.0
+"""A message due within this many seconds is held here until its ETA rather than hidden again
+(a delay rounded up to whole seconds arrives a moment early by the sender's clock)."""
 REASON_BYTES = 4096
 """The dead-letter reason is cut to this length."""
 
@@ -89,19 +92,23 @@ class SQSConsumer(Consumer):
             raise ConnectionError(f"receiving from SQS queue {self.queue!r} failed: {exc}") from exc
         deliveries: list[Delivery] = []
         early: list[tuple[str, float]] = []
+        almost = 0.0
         for message in response.get("Messages", ()):
             body = message["Body"].encode()
             receipt = message["ReceiptHandle"]
             wait_more = seconds_until_eta(body)
-            if wait_more > 0:
+            if wait_more > NEAR_ETA:
                 early.append((receipt, wait_more))
                 continue
+            almost = max(almost, wait_more)
             count_seen = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
             delivery = Delivery(body=body, queue=self.queue, token=receipt, redelivered=count_seen > 1)
             self._held[delivery] = receipt
             deliveries.append(delivery)
         if early:
             await self._hide(url, early)
+        if almost:  # due within a second (visibility counts whole seconds): wait here
+            await asyncio.sleep(almost)
         if deliveries:
             self._start_heartbeat()
         return deliveries
