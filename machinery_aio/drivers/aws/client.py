@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 
 __all__ = ["AwsUrl", "Clients", "parse_url"]
 
@@ -52,6 +52,17 @@ def parse_url(url: str, service: str) -> AwsUrl:
     return AwsUrl(service, region, account, endpoint)
 
 
+_session: AioSession | None = None
+
+
+def _shared_session() -> AioSession:
+    """One botocore session per process: it caches the service models that every client loads."""
+    global _session
+    if _session is None:
+        _session = get_session()
+    return _session
+
+
 class Clients:
     """One aiobotocore client, opened on first use and closed with :meth:`close`."""
 
@@ -68,7 +79,7 @@ class Clients:
             if self._client is not None:
                 return self._client
             stack = contextlib.AsyncExitStack()
-            session = get_session()
+            session = _shared_session()
             config = AioConfig(
                 max_pool_connections=MAX_CONNECTIONS,
                 retries={"max_attempts": 5, "mode": "standard"},
