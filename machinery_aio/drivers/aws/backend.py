@@ -11,13 +11,17 @@ from botocore.exceptions import ClientError
 
 from ...config import Config
 from ...gotime import ZERO_TIME, format_time, now
+from ...log import get_logger
+from ...signature import Signature
 from ...state import GroupMeta, State, TaskState
-from ..backend import ResultBackend
+from ..backend import ResultBackend, keep_origin
 from .client import Clients, parse_url
 from .items import expired, group_item, group_meta, results_attribute, task_state
 from .tables import ensure_table
 
 __all__ = ["DynamoDBBackend"]
+
+logger = get_logger("machinery_aio.drivers.aws")
 
 BATCH_GET = 100
 """BatchGetItem's most keys per call."""
@@ -26,6 +30,10 @@ FIRST_POLL = 0.005
 LAST_POLL = 0.2
 """...up to this: a waiting result costs at most 5 reads a second."""
 
+FRESH_GROUPS = 1000
+"""Group items kept between a member's completion update and its chord check."""
+COMPLETED = "CompletedTaskUUIDs"
+"""A string set on the group meta: members whose final state a Python worker stored."""
 _ZERO_TEXT = format_time(ZERO_TIME)
 _NAMES = {"#s": "State", "#r": "Results", "#e": "Error", "#t": "TTL", "#n": "TaskName", "#c": "CreatedAt"}
 
@@ -41,6 +49,8 @@ class DynamoDBBackend(ResultBackend):
         self.groups_table = config.dynamodb.group_metas_table
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        self._fresh_groups: dict[str, dict[str, Any]] = {}
+        """Group items returned by this worker's last completion update, read once."""
 
     async def connect(self) -> None:
         await self._client()
@@ -65,16 +75,38 @@ class DynamoDBBackend(ResultBackend):
     # -- writes ------------------------------------------------------------------------------
 
     async def set_states(self, states: Sequence[TaskState]) -> None:
-        """One write per state; each task's in the order given, different tasks at once."""
-        by_task: dict[str, list[TaskState]] = {}
+        """One write per task: several states of one task given together (RECEIVED then
+        STARTED) are stored as the last of them, keeping the origin of the earlier ones."""
+        last: dict[str, TaskState] = {}
         for state in states:
-            by_task.setdefault(state.task_uuid, []).append(state)
+            last[state.task_uuid] = keep_origin(state, last.get(state.task_uuid))
         client = await self._client()
-        await asyncio.gather(*(self._write_in_order(client, same) for same in by_task.values()))
+        await asyncio.gather(*(self._write(client, state) for state in last.values()))
 
-    async def _write_in_order(self, client: Any, states: list[TaskState]) -> None:
-        for state in states:
-            await self._write(client, state)
+    async def set_final_state(self, signature: Signature, state: TaskState) -> None:
+        """Store SUCCESS or FAILURE; a chord member also adds its UUID to the group's
+        ``CompletedTaskUUIDs`` set (ignored by Go), so that checking whether the group is
+        complete reads one item instead of every member's state."""
+        client = await self._client()
+        await self._write(client, state)
+        if not signature.group_uuid or signature.chord_callback is None:
+            return
+        try:
+            response = await client.update_item(
+                TableName=self.groups_table,
+                Key={"GroupUUID": {"S": signature.group_uuid}},
+                UpdateExpression="ADD #d :u",
+                ConditionExpression="attribute_exists(#g)",
+                ExpressionAttributeNames={"#d": COMPLETED, "#g": "GroupUUID"},
+                ExpressionAttributeValues={":u": {"SS": [state.task_uuid]}},
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:  # no group meta (expired), or a group too big for one item
+            logger.debug("group %s: completed set not updated: %s", signature.group_uuid, exc)
+            return
+        if len(self._fresh_groups) > FRESH_GROUPS:
+            self._fresh_groups.clear()
+        self._fresh_groups[signature.group_uuid] = response["Attributes"]
 
     async def _write(self, client: Any, state: TaskState) -> None:
         """PENDING replaces the item (as Go's PutItem); later states update it, keeping the stored
@@ -169,6 +201,30 @@ class DynamoDBBackend(ResultBackend):
         if item is None or expired(item, time.time()):
             return None
         return group_meta(item)
+
+    async def group_completed(self, group_uuid: str, group_task_count: int) -> bool:
+        """Members in ``CompletedTaskUUIDs`` are final; the others (run by Go workers, or not
+        yet final) are read one by one, stopping at the first that is not final."""
+        item = self._fresh_groups.pop(group_uuid, None)
+        if item is None:
+            client = await self._client()
+            response = await client.get_item(
+                TableName=self.groups_table, Key={"GroupUUID": {"S": group_uuid}}, ConsistentRead=True
+            )
+            item = response.get("Item")
+            if item is None or expired(item, time.time()):
+                return False
+        meta = group_meta(item)
+        done = set(item.get(COMPLETED, {}).get("SS", ()))
+        if len(meta.task_uuids) != group_task_count:
+            return False
+        for task_uuid in meta.task_uuids:
+            if task_uuid in done:
+                continue
+            state = await self.get_state(task_uuid)
+            if state is None or not state.is_completed():
+                return False
+        return True
 
     async def trigger_chord(self, group_uuid: str) -> bool:
         """A conditional update (``ChordTriggered`` false -> true): one caller wins, whichever

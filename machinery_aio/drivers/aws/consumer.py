@@ -29,6 +29,8 @@ BATCH = 10
 """SQS's most messages per receive, delete or visibility change."""
 MAX_RECEIVES = 5
 """Receives in flight at once when the room allows more than one batch."""
+DELETE_LINGER = 0.05
+"""Seconds an ack waits for others to share its DeleteMessageBatch call."""
 NEAR_ETA = 1.0
 """A message due within this many seconds is held here until its ETA rather than hidden again
 (a delay rounded up to whole seconds arrives a moment early by the sender's clock)."""
@@ -52,6 +54,8 @@ class SQSConsumer(Consumer):
         self._deletes: list[str] = []
         self._deleting: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._orphans: set[asyncio.Future[Any]] = set()
+        """Receives whose fetch was cancelled, and the releases of what they got."""
         self._closed = False
 
     @property
@@ -64,6 +68,25 @@ class SQSConsumer(Consumer):
         room = min(max_count, self.prefetch - len(self._held))
         if self._closed or room <= 0:
             return []
+        # A receive cut short would leave SQS holding its messages until the visibility
+        # timeout: a cancelled fetch lets it finish and gives back what it got.
+        receiving = asyncio.ensure_future(self._fetch(room))
+        try:
+            return await asyncio.shield(receiving)
+        except asyncio.CancelledError:
+            self._orphans.add(receiving)
+            receiving.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, receiving: asyncio.Future[list[Delivery]]) -> None:
+        self._orphans.discard(receiving)
+        if receiving.cancelled() or receiving.exception() is not None or not receiving.result():
+            return
+        releasing = asyncio.ensure_future(self.release(receiving.result()))
+        self._orphans.add(releasing)
+        releasing.add_done_callback(self._orphans.discard)
+
+    async def _fetch(self, room: int) -> list[Delivery]:
         url = await self.broker.queues.url(self.queue)
         first = await self._receive(url, min(room, BATCH), self.settings.wait_time_seconds)
         got = list(first)
@@ -166,6 +189,8 @@ class SQSConsumer(Consumer):
 
     async def _delete_all(self) -> None:
         """Delete acked messages, up to 10 per call, several calls at once when many wait."""
+        if len(self._deletes) < BATCH:
+            await asyncio.sleep(DELETE_LINGER)  # let more acks join the call
         url = await self.broker.queues.url(self.queue)
         client = await self.broker.clients.get()
         while self._deletes:
@@ -224,7 +249,13 @@ class SQSConsumer(Consumer):
             await self._change_visibility(receipts, 0)
 
     async def close(self) -> None:
+        """Give back what is held, after waiting for receives still running (at most the
+        long-poll time, ``sqs.wait_time_seconds``)."""
         self._closed = True
+        while self._orphans:
+            await asyncio.wait(set(self._orphans), timeout=self.settings.wait_time_seconds + 5)
+            if any(not o.done() for o in self._orphans):
+                break
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
