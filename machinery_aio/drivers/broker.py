@@ -104,6 +104,12 @@ class Consumer(ABC):
     async def flush(self) -> None:
         """Wait until the broker has every ack given so far."""
 
+    async def keep(self, delivery: Delivery) -> None:
+        """The task failed and asked to keep its message (``StopTaskDeletionOnError``, an SQS
+        field in Go): SQS leaves it for the queue's redrive policy; other brokers ack it, as
+        Go's do."""
+        await self.ack(delivery)
+
     @abstractmethod
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
         """Hand the message back, bytes unchanged, to be delivered again after ``delay`` s.

@@ -216,6 +216,12 @@ class SQSConsumer(Consumer):
         while self._deleting is not None and not self._deleting.done():
             await asyncio.shield(self._deleting)
 
+    async def keep(self, delivery: Delivery) -> None:
+        """Neither delete nor extend it: the message comes back after its visibility timeout,
+        and a redrive policy moves it to a dead-letter queue after ``maxReceiveCount`` (Go's
+        ``StopTaskDeletionOnError``)."""
+        self._held.pop(delivery, None)
+
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
         receipt = self._held.pop(delivery, None)
         if receipt is not None:

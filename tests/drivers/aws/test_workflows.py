@@ -166,3 +166,41 @@ async def test_a_chord_runs_on_the_mixed_pairs(mixed: Config, unique: str) -> No
             )
     finally:
         await server.close()
+
+
+async def test_stop_task_deletion_on_error_leaves_a_failed_message_to_the_redrive_policy(
+    aws_server: Server, sqs: Any, unique: str
+) -> None:
+    """The failed task's message comes back after the visibility timeout; the queue's redrive
+    policy (maxReceiveCount 1) then moves it to the dead-letter queue, where inspection lists it."""
+    queue = aws_server.config.default_queue
+    dead = await sqs.create_queue(QueueName=f"{queue}_dead")
+    dead_arn = (await sqs.get_queue_attributes(QueueUrl=dead["QueueUrl"], AttributeNames=["QueueArn"]))[
+        "Attributes"
+    ]["QueueArn"]
+    policy = json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": 1})
+    await sqs.create_queue(QueueName=queue, Attributes={"RedrivePolicy": policy})
+    runs: list[str] = []
+
+    @aws_server.task("fail")
+    async def fail(ctx: TaskContext) -> None:
+        runs.append(ctx.task_uuid)
+        raise ValueError("deliberate failure")
+
+    async with aws_server.new_worker("keep", concurrency=2, run_scheduler=False):
+        kept = Signature(name="fail", stop_task_deletion_on_error=True)
+        deleted = Signature(name="fail")
+        await aws_server.send_task(kept)
+        await aws_server.send_task(deleted)
+        for sig in (kept, deleted):
+            assert (await aws_server.backend.wait_for_state(sig.uuid, 30)).error == "deliberate failure"
+
+        async def moved() -> Any:
+            letters = await aws_server.broker.get_dead_letters()
+            return letters or None
+
+        [letter] = await eventually(moved, "the kept message to reach the dead-letter queue")
+    assert letter.body.encode() == kept.to_json()
+    assert letter.reason == "moved here by the queue's redrive policy"
+    assert runs.count(deleted.uuid) == 1
+    assert runs.count(kept.uuid) == 1  # received once more, by the redrive policy instead of a worker
