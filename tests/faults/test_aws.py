@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from machinery_aio import Arg, Chord, Config, Group, Server, Signature
 from machinery_aio.drivers.redis.connection import RedisClient
 from tests.conftest import require_server
-from tests.faults.conftest import REDIS_URL, Workers, record_figures, text, wait_for_success
+from tests.faults.conftest import REDIS_URL, Workers, free_port, record_figures, text, wait_for_success
 from tests.faults.test_chords import stop, until
+from tests.services import wait_open
 from tests.support.aws import DYNAMODB_URL, MOTO, SQS_URL, aws_cleanup, aws_settings, use_moto
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -23,6 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 TASKS = 200
 CONCURRENCY = 10
 MEMBERS = 50
+RESTART_TASKS = 20
 
 use_moto()
 
@@ -125,3 +130,88 @@ async def test_a_chord_on_two_workers_with_dynamodb_results_calls_back_once(
         note=f"callback runs {calls}",
     )
     assert calls == 1
+
+
+class PrivateMoto:
+    """A moto server of the test's own on a free port (moto keeps everything in memory, so a
+    restart loses its queues, tables and messages: what AWS itself never does)."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = Path(sys.executable).with_name("moto_server")
+        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+        with self.log.open("ab") as sink:
+            self.proc = subprocess.Popen(
+                [*command, "-H", "127.0.0.1", "-p", str(self.port)], stdout=sink, stderr=subprocess.STDOUT
+            )
+        assert wait_open("127.0.0.1", self.port, 30), self.log.read_text()[-2000:]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+
+async def test_workers_and_producers_carry_on_after_the_emulator_restarts(
+    raw: RedisClient, unique: str, workers: Workers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks sent after a restart of moto run on the worker that was running before it: the
+    worker reconnects, the queue and the tables are made again. (What moto held is gone, which
+    real SQS and DynamoDB never do, so only tasks sent after the restart are counted.)"""
+    moto = PrivateMoto(tmp_path / "moto.log")
+    moto.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
+    config = Config(
+        broker=SQS_URL, result_backend=DYNAMODB_URL, default_queue=f"{unique}_q", results_expire_in=600
+    )
+    aws_settings(config, unique)
+    server = Server(config)
+    key = f"{unique}:runs"
+
+    def batch(label: str) -> list[Signature]:
+        return [
+            Signature(
+                uuid=f"task_{unique}_{label}{i}",
+                name="count",
+                args=[Arg.of(key), Arg.of(f"{label}{i}"), Arg.of(0.0)],
+            )
+            for i in range(RESTART_TASKS)
+        ]
+
+    try:
+        worker = workers.start(config, "w", 5, AWS_ENDPOINT_URL=moto.endpoint, **aws_env(config))
+        before = batch("before")
+        await server.send_tasks(before)
+        await wait_for_success(server.backend, before)
+        moto.kill()
+        await asyncio.sleep(1)
+        assert worker.poll() is None, workers.log("w")
+        moto.start()
+        after = batch("after")
+        await server.send_tasks(after)
+        await wait_for_success(server.backend, after, timeout=120)
+        assert worker.poll() is None, workers.log("w")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0, workers.log("w")
+        counts = {text(k): int(v) for k, v in (await raw.hgetall(key)).items()}
+    finally:
+        await server.close()
+        moto.kill()
+    ran = [f"after{i}" for i in range(RESTART_TASKS) if counts.get(f"after{i}")]
+    record_figures(
+        "aws. moto restarted, tasks sent after it",
+        sent=RESTART_TASKS,
+        completed=len(ran),
+        lost=RESTART_TASKS - len(ran),
+        duplicated=sum(counts.get(f"after{i}", 0) for i in range(RESTART_TASKS)) - len(ran),
+        note="the worker reconnected; queue and tables made again",
+    )
+    assert len(ran) == RESTART_TASKS

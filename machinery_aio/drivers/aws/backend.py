@@ -69,6 +69,19 @@ class DynamoDBBackend(ResultBackend):
                     self._ready = True
         return client
 
+    async def _call(self, operation: str, **request: Any) -> Any:
+        """One DynamoDB call; a table that vanished (deleted, an emulator restarted) is made
+        again (when allowed) and the call tried once more."""
+        client = await self._client()
+        try:
+            return await getattr(client, operation)(**request)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                raise
+        self._ready = False
+        client = await self._client()
+        return await getattr(client, operation)(**request)
+
     def _ttl(self) -> int:
         return int(time.time()) + self.expires_in
 
@@ -80,19 +93,18 @@ class DynamoDBBackend(ResultBackend):
         last: dict[str, TaskState] = {}
         for state in states:
             last[state.task_uuid] = keep_origin(state, last.get(state.task_uuid))
-        client = await self._client()
-        await asyncio.gather(*(self._write(client, state) for state in last.values()))
+        await asyncio.gather(*(self._write(state) for state in last.values()))
 
     async def set_final_state(self, signature: Signature, state: TaskState) -> None:
         """Store SUCCESS or FAILURE; a chord member also adds its UUID to the group's
         ``CompletedTaskUUIDs`` set (ignored by Go), so that checking whether the group is
         complete reads one item instead of every member's state."""
-        client = await self._client()
-        await self._write(client, state)
+        await self._write(state)
         if not signature.group_uuid or signature.chord_callback is None:
             return
         try:
-            response = await client.update_item(
+            response = await self._call(
+                "update_item",
                 TableName=self.groups_table,
                 Key={"GroupUUID": {"S": signature.group_uuid}},
                 UpdateExpression="ADD #d :u",
@@ -108,7 +120,7 @@ class DynamoDBBackend(ResultBackend):
             self._fresh_groups.clear()
         self._fresh_groups[signature.group_uuid] = response["Attributes"]
 
-    async def _write(self, client: Any, state: TaskState) -> None:
+    async def _write(self, state: TaskState) -> None:
         """PENDING replaces the item (as Go's PutItem); later states update it, keeping the stored
         ``TaskName`` and ``CreatedAt`` when they have none (Go's constructors leave them empty)."""
         values: dict[str, Any] = {
@@ -127,7 +139,7 @@ class DynamoDBBackend(ResultBackend):
                 "CreatedAt": {"S": format_time(state.created_at)},
                 "TTL": values[":t"],
             }
-            await client.put_item(TableName=self.states_table, Item=item)
+            await self._call("put_item", TableName=self.states_table, Item=item)
             return
         sets = ["#s = :s", "#r = :r", "#e = :e", "#t = :t"]
         values[":n"] = {"S": state.task_name}
@@ -138,7 +150,8 @@ class DynamoDBBackend(ResultBackend):
         else:
             values[":c"] = {"S": format_time(state.created_at)}
             sets.append("#c = :c")
-        await client.update_item(
+        await self._call(
+            "update_item",
             TableName=self.states_table,
             Key={"TaskUUID": {"S": state.task_uuid}},
             UpdateExpression="SET " + ", ".join(sets),
@@ -148,15 +161,13 @@ class DynamoDBBackend(ResultBackend):
 
     async def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
         meta = GroupMeta(group_uuid=group_uuid, task_uuids=list(task_uuids), created_at=now())
-        client = await self._client()
-        await client.put_item(TableName=self.groups_table, Item=group_item(meta, self._ttl()))
+        await self._call("put_item", TableName=self.groups_table, Item=group_item(meta, self._ttl()))
 
     # -- reads -------------------------------------------------------------------------------
 
     async def get_state(self, task_uuid: str) -> TaskState | None:
-        client = await self._client()
-        response = await client.get_item(
-            TableName=self.states_table, Key={"TaskUUID": {"S": task_uuid}}, ConsistentRead=True
+        response = await self._call(
+            "get_item", TableName=self.states_table, Key={"TaskUUID": {"S": task_uuid}}, ConsistentRead=True
         )
         item = response.get("Item")
         if item is None or expired(item, time.time()):
@@ -166,10 +177,9 @@ class DynamoDBBackend(ResultBackend):
     async def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
         """BatchGetItem, 100 keys a call, strongly consistent, answered in the order asked."""
         wanted = list(dict.fromkeys(task_uuids))
-        client = await self._client()
         found: dict[str, TaskState] = {}
         chunks = [wanted[i : i + BATCH_GET] for i in range(0, len(wanted), BATCH_GET)]
-        for items in await asyncio.gather(*(self._batch_get(client, chunk) for chunk in chunks)):
+        for items in await asyncio.gather(*(self._batch_get(chunk) for chunk in chunks)):
             clock = time.time()
             for item in items:
                 if not expired(item, clock):
@@ -177,14 +187,14 @@ class DynamoDBBackend(ResultBackend):
                     found[state.task_uuid] = state
         return [found.get(u) for u in task_uuids]
 
-    async def _batch_get(self, client: Any, uuids: list[str]) -> list[dict[str, Any]]:
+    async def _batch_get(self, uuids: list[str]) -> list[dict[str, Any]]:
         request: dict[str, Any] = {
             self.states_table: {"Keys": [{"TaskUUID": {"S": u}} for u in uuids], "ConsistentRead": True}
         }
         items: list[dict[str, Any]] = []
         pause = 0.01
         while request:
-            response = await client.batch_get_item(RequestItems=request)
+            response = await self._call("batch_get_item", RequestItems=request)
             items += response.get("Responses", {}).get(self.states_table, [])
             request = response.get("UnprocessedKeys") or {}
             if request:  # throttled: try the rest again shortly
@@ -193,9 +203,8 @@ class DynamoDBBackend(ResultBackend):
         return items
 
     async def get_group_meta(self, group_uuid: str) -> GroupMeta | None:
-        client = await self._client()
-        response = await client.get_item(
-            TableName=self.groups_table, Key={"GroupUUID": {"S": group_uuid}}, ConsistentRead=True
+        response = await self._call(
+            "get_item", TableName=self.groups_table, Key={"GroupUUID": {"S": group_uuid}}, ConsistentRead=True
         )
         item = response.get("Item")
         if item is None or expired(item, time.time()):
@@ -207,9 +216,11 @@ class DynamoDBBackend(ResultBackend):
         yet final) are read one by one, stopping at the first that is not final."""
         item = self._fresh_groups.pop(group_uuid, None)
         if item is None:
-            client = await self._client()
-            response = await client.get_item(
-                TableName=self.groups_table, Key={"GroupUUID": {"S": group_uuid}}, ConsistentRead=True
+            response = await self._call(
+                "get_item",
+                TableName=self.groups_table,
+                Key={"GroupUUID": {"S": group_uuid}},
+                ConsistentRead=True,
             )
             item = response.get("Item")
             if item is None or expired(item, time.time()):
@@ -229,9 +240,9 @@ class DynamoDBBackend(ResultBackend):
     async def trigger_chord(self, group_uuid: str) -> bool:
         """A conditional update (``ChordTriggered`` false -> true): one caller wins, whichever
         process it is in (Go's read-then-write check is racy)."""
-        client = await self._client()
         try:
-            await client.update_item(
+            await self._call(
+                "update_item",
                 TableName=self.groups_table,
                 Key={"GroupUUID": {"S": group_uuid}},
                 UpdateExpression="SET #c = :t",

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from botocore.exceptions import ClientError
+
 from ...config import Config
 from ...gotime import format_time
 from ...signature import Signature
@@ -14,7 +16,7 @@ from ..broker import Broker, BrokerCapabilities, Consumer, DeadLetter
 from .client import Clients, parse_url
 from .consumer import BATCH, SQSConsumer
 from .messages import MessageTooLargeError, message_entry
-from .queues import MAX_MESSAGE_BYTES, Queues, dead_letter_name
+from .queues import MAX_MESSAGE_BYTES, MISSING_QUEUE, Queues, dead_letter_name, error_code
 
 __all__ = ["MessageTooLargeError", "SQSBroker"]
 
@@ -53,9 +55,19 @@ class SQSBroker(Broker):
     async def publish(self, signature: Signature) -> None:
         self.adjust_routing_key(signature)
         entry = message_entry(signature, signature.routing_key)
-        url = await self.queues.url(signature.routing_key)
+        await self._to_queue(signature.routing_key, "send_message", **entry)
+
+    async def _to_queue(self, queue: str, operation: str, **request: Any) -> Any:
+        """One call on ``queue``; a queue that vanished (deleted, an emulator restarted) is
+        looked up (and made, when allowed) again and the call tried once more."""
         client = await self.clients.get()
-        await client.send_message(QueueUrl=url, **entry)
+        try:
+            return await getattr(client, operation)(QueueUrl=await self.queues.url(queue), **request)
+        except ClientError as exc:
+            if error_code(exc) not in MISSING_QUEUE:
+                raise
+        self.queues.forget(queue)
+        return await getattr(client, operation)(QueueUrl=await self.queues.url(queue), **request)
 
     async def publish_many(self, signatures: Sequence[Signature]) -> None:
         """SendMessageBatch per queue, 10 messages or 256 KiB per call, in the order given."""
@@ -68,11 +80,9 @@ class SQSBroker(Broker):
         await asyncio.gather(*(self._send_batches(queue, entries) for queue, entries in by_queue.items()))
 
     async def _send_batches(self, queue: str, entries: list[dict[str, Any]]) -> None:
-        url = await self.queues.url(queue)
-        client = await self.clients.get()
         for batch in _batches(entries):
             request = [{"Id": str(n), **entry} for n, entry in enumerate(batch)]
-            response = await client.send_message_batch(QueueUrl=url, Entries=request)
+            response = await self._to_queue(queue, "send_message_batch", Entries=request)
             failed = response.get("Failed") or []
             if failed:
                 reasons = "; ".join(f"{f.get('Code')}: {f.get('Message')}" for f in failed)

@@ -10,7 +10,15 @@ from botocore.exceptions import ClientError
 from ...config import ConfigError
 from .client import Clients
 
-__all__ = ["MAX_DELAY", "MAX_MESSAGE_BYTES", "Queues", "dead_letter_name", "is_fifo"]
+__all__ = [
+    "MAX_DELAY",
+    "MAX_MESSAGE_BYTES",
+    "MISSING_QUEUE",
+    "Queues",
+    "dead_letter_name",
+    "error_code",
+    "is_fifo",
+]
 
 MAX_MESSAGE_BYTES = 262_144
 """SQS's limit on one message, and on one SendMessageBatch call (256 KiB)."""
@@ -18,7 +26,7 @@ MAX_DELAY = 900
 """SQS's longest ``DelaySeconds`` (15 minutes)."""
 MAX_VISIBILITY = 43_200
 """SQS's longest visibility timeout (12 hours)."""
-_MISSING = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 
 
 def is_fifo(name: str) -> bool:
@@ -83,7 +91,7 @@ class Queues:
             response = await client.get_queue_url(**args)
             return str(response["QueueUrl"])
         except ClientError as exc:
-            if error_code(exc) not in _MISSING:
+            if error_code(exc) not in MISSING_QUEUE:
                 raise
         if not create:
             return None
