@@ -24,10 +24,10 @@ from tests.support.aws import DYNAMODB_URL, MOTO, SQS_URL, aws_cleanup, aws_sett
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-TASKS = 200
+TASKS = 150
 CONCURRENCY = 10
-MEMBERS = 50
-RESTART_TASKS = 20
+MEMBERS = 30
+RESTART_TASKS = 10
 
 use_moto()
 
