@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import math
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,10 @@ NEAR_ETA = 1.0
 (a delay rounded up to whole seconds arrives a moment early by the sender's clock)."""
 REASON_BYTES = 4096
 """The dead-letter reason is cut to this length."""
+
+
+_NOT_XML = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+"""Characters SQS refuses in message attributes."""
 
 
 def _chunks(items: Sequence[Any], size: int = BATCH) -> list[Sequence[Any]]:
@@ -93,8 +98,12 @@ class SQSConsumer(Consumer):
         room -= len(first)
         if len(first) == BATCH and room > 0:
             sizes = [min(BATCH, room - i) for i in range(0, room, BATCH)][:MAX_RECEIVES]
-            for batch in await asyncio.gather(*(self._receive(url, n, 0) for n in sizes)):
-                got += batch
+            more = await asyncio.gather(*(self._receive(url, n, 0) for n in sizes), return_exceptions=True)
+            for batch in more:  # what the others received is handed out even if one failed
+                if isinstance(batch, BaseException):
+                    logger.warning("receiving from SQS queue %r failed: %s", self.queue, batch)
+                else:
+                    got += batch
         if self._closed:
             await self.release(got)
             return []
@@ -145,7 +154,10 @@ class SQSConsumer(Consumer):
                 {"Id": str(n), "ReceiptHandle": r, "VisibilityTimeout": min(MAX_VISIBILITY, math.ceil(s))}
                 for n, (r, s) in enumerate(batch)
             ]
-            await client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+            try:
+                await client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+            except Exception as exc:  # they come back after the visibility timeout and are hidden then
+                logger.warning("hiding %d SQS messages until their ETA failed: %s", len(entries), exc)
 
     # -- the heartbeat ----------------------------------------------------------------------------
 
@@ -191,8 +203,15 @@ class SQSConsumer(Consumer):
         """Delete acked messages, up to 10 per call, several calls at once when many wait."""
         if len(self._deletes) < BATCH:
             await asyncio.sleep(DELETE_LINGER)  # let more acks join the call
-        url = await self.broker.queues.url(self.queue)
-        client = await self.broker.clients.get()
+        try:
+            url = await self.broker.queues.url(self.queue)
+            client = await self.broker.clients.get()
+        except Exception as exc:
+            logger.error(
+                "deleting %d SQS messages failed: %s; they will be delivered again", len(self._deletes), exc
+            )
+            self._deletes.clear()
+            return
         while self._deletes:
             batches = _chunks(self._deletes[: BATCH * MAX_RECEIVES])
             del self._deletes[: BATCH * MAX_RECEIVES]
@@ -235,7 +254,7 @@ class SQSConsumer(Consumer):
         dead_url = await self.broker.queues.url(name)
         client = await self.broker.clients.get()
         attributes = {
-            "reason": reason[:REASON_BYTES] or "(no reason)",
+            "reason": _NOT_XML.sub("?", reason[:REASON_BYTES]) or "(no reason)",
             "queue": self.queue,
             "failed_at": format_time(now()),
         }

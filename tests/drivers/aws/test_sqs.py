@@ -189,3 +189,20 @@ async def test_the_visibility_heartbeat_keeps_a_running_tasks_message_hidden(
     finally:
         await holder.close()
         await other.close()
+
+
+async def test_a_dead_letter_reason_with_characters_sqs_refuses_is_kept_readable(
+    aws_config: Config, unique: str
+) -> None:
+    broker = await connected(aws_config)
+    try:
+        await broker.publish(task(1, unique))
+        consumer = broker.consumer(aws_config.default_queue, prefetch=1, tag="t")
+        [delivery] = await eventually(lambda: consumer.fetch(1), "the message")
+        await consumer.dead_letter(delivery, "bad \x00 byte\x1b")
+        [letter] = await eventually(broker.get_dead_letters, "the dead letter")
+        assert letter.reason == "bad ? byte?"
+        assert await broker.count_pending() == 0
+        await consumer.close()
+    finally:
+        await broker.close()
