@@ -24,7 +24,7 @@ from tests.support.aws import DYNAMODB_URL, MOTO, SQS_URL, aws_cleanup, aws_sett
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-TASKS = 150
+TASKS = 100
 CONCURRENCY = 10
 MEMBERS = 30
 RESTART_TASKS = 10

@@ -176,7 +176,7 @@ async def test_the_visibility_heartbeat_keeps_a_running_tasks_message_hidden(
         [held] = await eventually(lambda: mine.fetch(1), "the message")
         theirs = other.consumer(aws_config.default_queue, prefetch=1, tag="other")
         seen: list[Delivery] = []
-        for _ in range(4):  # about 5 s: over twice the visibility timeout
+        for _ in range(3):  # about 3 s, each a 1 s long poll: over the visibility timeout
             seen += await theirs.fetch(1)
         if heartbeat:
             assert seen == []
