@@ -49,6 +49,8 @@ class Action(Enum):
     ACK = "ack"
     UNREGISTERED = "unregistered"
     DEAD_LETTER = "dead_letter"
+    KEEP = "keep"
+    """The task failed with ``StopTaskDeletionOnError``: leave the message to the broker."""
 
 
 @dataclass(slots=True)
@@ -61,6 +63,7 @@ class Outcome:
 
 
 _ACK = Outcome(Action.ACK)
+_KEEP = Outcome(Action.KEEP)
 
 
 def error_text(exc: BaseException, with_type: bool = False) -> str:
@@ -147,7 +150,7 @@ class TaskRunner:
 class _Run:
     """One run of one task: the steps of :meth:`TaskRunner.process` after the checks."""
 
-    __slots__ = ("ctx", "function", "hooked", "runner", "sig", "started")
+    __slots__ = ("ctx", "failed", "function", "hooked", "runner", "sig", "started")
 
     def __init__(self, runner: TaskRunner, function: TaskFunction, sig: Signature) -> None:
         self.runner = runner
@@ -156,6 +159,7 @@ class _Run:
         self.hooked = runner.middlewares.running
         self.ctx: TaskContext | None = None
         self.started = time.perf_counter()
+        self.failed = False
 
     def context(self) -> TaskContext:
         if self.ctx is None:
@@ -182,7 +186,7 @@ class _Run:
             await self._run(args, started)
         finally:
             await _recorded(started, sig)
-        return _ACK
+        return _KEEP if self.failed and sig.stop_task_deletion_on_error else _ACK
 
     async def _run(self, args: list[Any], started: Awaitable[Any]) -> None:
         sig = self.sig
@@ -310,6 +314,7 @@ class _Run:
 
     async def _failed(self, text: str, exc: BaseException) -> None:
         sig, runner = self.sig, self.runner
+        self.failed = True
         await runner.backend.set_final_state(sig, TaskState.new(sig, State.FAILURE, error=text))
         for callback in sig.on_error or ():
             callback.args = [Arg(type="string", value=text), *(callback.args or ())]

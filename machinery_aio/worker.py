@@ -354,6 +354,8 @@ class Worker:
                 await self._safely(consumer.ack(delivery))
             elif outcome.action is Action.DEAD_LETTER:
                 await self._safely(consumer.dead_letter(delivery, outcome.reason))
+            elif outcome.action is Action.KEEP:
+                await self._safely(consumer.keep(delivery))
             else:
                 await self._hand_back(consumer, delivery, outcome.task_name)
         finally:
