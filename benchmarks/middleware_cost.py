@@ -46,6 +46,32 @@ VARIANTS: dict[str, list[Middleware]] = {
 }
 
 
+def _observability() -> None:
+    """The observability middlewares, when their extras are installed: OpenTelemetry with no
+    SDK configured (the global provider is the API's stand-in) and with an SDK provider that
+    samples every span and exports nowhere, and Prometheus counting into its own registry."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from machinery_aio.middlewares.opentelemetry import OpenTelemetryMiddleware
+    except ImportError:
+        pass
+    else:
+        VARIANTS["OpenTelemetry, not configured"] = [OpenTelemetryMiddleware()]
+        VARIANTS["OpenTelemetry, SDK, no exporter"] = [OpenTelemetryMiddleware(TracerProvider())]
+    try:
+        from prometheus_client import CollectorRegistry
+
+        from machinery_aio.middlewares.prometheus import PrometheusMiddleware
+    except ImportError:
+        pass
+    else:
+        VARIANTS["Prometheus"] = [PrometheusMiddleware(registry=CollectorRegistry())]
+
+
+_observability()
+
+
 async def measure(middlewares: list[Middleware], tasks: int) -> float:
     """CPU microseconds per task through the runner with ``middlewares``."""
     server = Server(Config(broker="memory://mw-cost", result_backend="null://"))
@@ -84,7 +110,7 @@ def main() -> None:
     base = medians["no middleware"]
     print(f"runner CPU per task, median of {args.rounds} rounds of {args.tasks} tasks:")
     for name, value in medians.items():
-        print(f"  {name:30} {value:7.2f} µs  ({value - base:+.2f} µs)")
+        print(f"  {name:32} {value:7.2f} µs  ({value - base:+.2f} µs)")
 
 
 if __name__ == "__main__":
