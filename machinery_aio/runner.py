@@ -23,6 +23,7 @@ from typing import Any
 
 from . import gotime
 from .context import TaskContext
+from .counts import TaskCounts
 from .drivers.backend import ResultBackend
 from .errors import TaskTimeLimitExceeded
 from .gotypes import ArgTypeError
@@ -111,6 +112,7 @@ class TaskRunner:
         self.executor = executor
         self.time_limit = time_limit
         self.error_types = error_types
+        self.counts = TaskCounts()
 
     async def process(self, body: bytes) -> Outcome:
         try:
@@ -243,6 +245,7 @@ class _Run:
     ) -> float:
         """Tell the middlewares how the run ended; returns the run's duration."""
         duration = time.perf_counter() - self.started
+        self.runner.counts.add(state)
         if self.hooked:
             values = [] if value is None else list(value) if isinstance(value, tuple) else [value]
             outcome = TaskOutcome(state, values, error, exc, duration)

@@ -41,11 +41,13 @@ from ..signature import Signature
 if TYPE_CHECKING:
     from ..worker import Worker
 
-__all__ = ["PrometheusMiddleware", "QueueMonitor", "serve_metrics"]
+__all__ = ["PrometheusMiddleware", "QueueMonitor", "serve_metrics", "serve_worker_metrics"]
 
 logger = get_logger("machinery_aio.metrics")
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+MONITOR_INTERVAL = 5.0
+"""Seconds between reads of the queue's depth by ``machinery-aio worker --metrics-port``."""
 DEPTH_LIMIT = 10_000
 """Delayed tasks and dead letters are counted by listing them, at most this many."""
 
@@ -190,6 +192,17 @@ def serve_metrics(
     return stop
 
 
-def has_prometheus(middlewares: Sequence[Middleware]) -> bool:
-    """True if one of ``middlewares`` already counts into Prometheus."""
-    return any(isinstance(m, PrometheusMiddleware) for m in middlewares)
+def serve_worker_metrics(
+    middlewares: Sequence[Middleware], worker: Worker, port: int, address: str = "0.0.0.0"
+) -> tuple[PrometheusMiddleware | None, Callable[[], None]]:
+    """What ``machinery-aio worker --metrics-port PORT`` does: count with a
+    PrometheusMiddleware (unless ``middlewares`` already hold one, which then counts alone),
+    keep the worker's gauges current, and serve that middleware's registry on ``port``.
+
+    Returns the middleware to add to the server (None if it has one) and the function
+    that stops serving."""
+    existing = next((m for m in middlewares if isinstance(m, PrometheusMiddleware)), None)
+    metrics = existing or PrometheusMiddleware()
+    stop = serve_metrics(port, address, metrics.registry)
+    worker.services.append(metrics.monitor(worker, MONITOR_INTERVAL))
+    return (None if existing else metrics), stop

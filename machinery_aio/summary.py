@@ -1,0 +1,66 @@
+"""What a person at a terminal sees: a worker's periodic one-line summary, and the states a
+task goes through while ``machinery-aio send`` waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .state import State
+
+if TYPE_CHECKING:
+    from .result import AsyncResult
+    from .worker import Worker
+
+__all__ = ["SUMMARY_INTERVAL", "TerminalSummary", "show_progress"]
+
+SUMMARY_INTERVAL = 5.0
+"""Seconds between a worker's summary lines."""
+
+
+class TerminalSummary:
+    """A worker service that writes ``processed N (+n, r/s), failed F, retried R, running X``
+    to ``stream`` every ``interval`` seconds."""
+
+    def __init__(self, worker: Worker, stream: TextIO, interval: float = SUMMARY_INTERVAL) -> None:
+        if interval <= 0:
+            raise ValueError("the summary interval must be positive")
+        self.worker = worker
+        self.stream = stream
+        self.interval = interval
+        self._last = (time.monotonic(), 0)
+
+    def line(self) -> str:
+        """The summary now; the rate is over the time since the previous line."""
+        counts = self.worker.runner.counts
+        now, processed = time.monotonic(), counts.processed
+        since, before = self._last
+        self._last = (now, processed)
+        rate = (processed - before) / (now - since) if now > since else 0.0
+        return (
+            f"[{self.worker.tag}] processed {processed} (+{processed - before}, {rate:.1f}/s), "
+            f"failed {counts.failed}, retried {counts.retried}, running {self.worker.running_tasks}"
+        )
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            print(self.line(), file=self.stream, flush=True)
+
+
+async def show_progress(result: AsyncResult[Any], stream: TextIO, interval: float = 0.5) -> None:
+    """Write each state the task reaches (``PENDING``, ``STARTED``, ...) with the seconds since
+    this began, until cancelled or the task is done. Reading a state that fails is skipped."""
+    started = time.monotonic()
+    seen: State | None = None
+    while seen not in (State.SUCCESS, State.FAILURE):
+        state: State | None
+        try:
+            state = (await result.get_state()).state
+        except Exception:
+            state = seen
+        if state is not None and state is not seen:
+            print(f"  {state.value} after {time.monotonic() - started:.1f} s", file=stream, flush=True)
+            seen = state
+        await asyncio.sleep(interval)
