@@ -28,7 +28,8 @@ from .log import setup_logging
 from .runner import error_text
 from .server import Server
 from .signature import Arg, Signature
-from .summary import TerminalSummary, show_progress
+from .state import State
+from .summary import Progress, TerminalSummary
 from .tasks import Task
 from .urls import mask_secrets, mask_url
 
@@ -299,13 +300,19 @@ async def _send(args: argparse.Namespace) -> int:
 
 async def _wait(result: Any, timeout: float) -> Any:
     """The task's value, with its states shown on stderr while waiting."""
-    progress = asyncio.create_task(show_progress(result, sys.stderr))
+    progress = Progress(sys.stderr)
+    watching = asyncio.create_task(progress.watch(result))
     try:
-        return await result.get(timeout=timeout)
+        value = await result.get(timeout=timeout)
+    except TaskFailedError:
+        progress.show(State.FAILURE)
+        raise
     finally:
-        progress.cancel()
+        watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await progress
+            await watching
+    progress.show(State.SUCCESS)
+    return value
 
 
 def _send_args(server: Server, args: argparse.Namespace) -> list[Arg]:

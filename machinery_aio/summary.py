@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from .result import AsyncResult
     from .worker import Worker
 
-__all__ = ["SUMMARY_INTERVAL", "TerminalSummary", "show_progress"]
+__all__ = ["SUMMARY_INTERVAL", "Progress", "TerminalSummary"]
 
 SUMMARY_INTERVAL = 5.0
 """Seconds between a worker's summary lines."""
@@ -49,18 +49,28 @@ class TerminalSummary:
             print(self.line(), file=self.stream, flush=True)
 
 
-async def show_progress(result: AsyncResult[Any], stream: TextIO, interval: float = 0.5) -> None:
-    """Write each state the task reaches (``PENDING``, ``STARTED``, ...) with the seconds since
-    this began, until cancelled or the task is done. Reading a state that fails is skipped."""
-    started = time.monotonic()
-    seen: State | None = None
-    while seen not in (State.SUCCESS, State.FAILURE):
-        state: State | None
-        try:
-            state = (await result.get_state()).state
-        except Exception:
-            state = seen
-        if state is not None and state is not seen:
-            print(f"  {state.value} after {time.monotonic() - started:.1f} s", file=stream, flush=True)
-            seen = state
-        await asyncio.sleep(interval)
+class Progress:
+    """Writes each state a task reaches (``PENDING``, ``STARTED`` ... ``SUCCESS``) to ``stream``
+    with the seconds since it was created, each state once."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.started = time.monotonic()
+        self.seen: State | None = None
+
+    def show(self, state: State) -> None:
+        if state is not self.seen:
+            print(
+                f"  {state.value} after {time.monotonic() - self.started:.1f} s", file=self.stream, flush=True
+            )
+            self.seen = state
+
+    async def watch(self, result: AsyncResult[Any], interval: float = 0.5) -> None:
+        """Read the task's state every ``interval`` seconds until it is done (or this is
+        cancelled); a read that fails is skipped."""
+        while self.seen not in (State.SUCCESS, State.FAILURE):
+            try:
+                self.show((await result.get_state()).state)
+            except Exception:
+                pass
+            await asyncio.sleep(interval)

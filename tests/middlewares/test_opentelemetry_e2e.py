@@ -5,6 +5,7 @@ Go/Jaeger's ``uber-trace-id`` continues Go's trace in that worker."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 from pathlib import Path
@@ -52,7 +53,9 @@ async def test_a_chain_run_by_a_worker_process_is_one_trace(
         Signature(name="add", args=[Arg.of(3)]),
         Signature(name="add", args=[Arg.of(4)]),
     ]
-    from_go = Signature(uuid=new_task_uuid(), name="add", args=[Arg.of(5)], headers={"uber-trace-id": GO_HEADER})
+    from_go = Signature(
+        uuid=new_task_uuid(), name="add", args=[Arg.of(5)], headers={"uber-trace-id": GO_HEADER}
+    )
     async with Server(config, middlewares=[OpenTelemetryMiddleware(provider)]) as server:
         worker.wait_for("consuming")
         with provider.get_tracer("test").start_as_current_span("caller") as caller:
@@ -75,7 +78,7 @@ async def test_a_chain_run_by_a_worker_process_is_one_trace(
     first = by_uuid[links[0].uuid]
     assert first["kind"] == "SpanKind.CONSUMER"
     assert first["parent_id"] == f"0x{send_first.context.span_id:016x}"
-    for previous, link in zip(links, links[1:], strict=False):
+    for previous, link in itertools.pairwise(links):
         run, send = by_uuid[link.uuid], sends[link.uuid]
         assert send["kind"] == "SpanKind.PRODUCER"
         assert run["parent_id"] == send["context"]["span_id"]
