@@ -1,10 +1,14 @@
-"""TaskCounts: how many runs a worker finished, by outcome (for heartbeats and summaries)."""
+"""TaskCounts: how many runs a worker finished, by outcome; and WorkerView, what heartbeats,
+summaries and metrics read of a worker (so they need not import the worker)."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
+from .drivers.broker import Broker
 from .state import State
 
-__all__ = ["TaskCounts"]
+__all__ = ["TaskCounts", "WorkerView"]
 
 
 class TaskCounts:
@@ -31,3 +35,30 @@ class TaskCounts:
 
     def __repr__(self) -> str:
         return f"<TaskCounts succeeded={self.succeeded} failed={self.failed} retried={self.retried}>"
+
+
+class _RunnerView(Protocol):
+    @property
+    def counts(self) -> TaskCounts: ...
+
+
+class WorkerView(Protocol):
+    """The parts of a :class:`~machinery_aio.worker.Worker` that observers read."""
+
+    @property
+    def tag(self) -> str: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def concurrency(self) -> int: ...
+
+    @property
+    def running_tasks(self) -> int: ...
+
+    @property
+    def runner(self) -> _RunnerView: ...
+
+    @property
+    def broker(self) -> Broker: ...

@@ -14,15 +14,13 @@ import os
 import socket
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from .counts import WorkerView
 from .drivers.registry import WorkerRegistry
 from .log import get_logger
-
-if TYPE_CHECKING:
-    from .worker import Worker
 
 __all__ = ["HEARTBEAT_INTERVAL", "Heartbeat", "WorkerInfo", "live_workers", "registry_of"]
 
@@ -88,7 +86,7 @@ class Heartbeat:
     """The background service that keeps one worker's record fresh (see the module doc)."""
 
     def __init__(
-        self, worker: Worker, registry: WorkerRegistry, interval: float = HEARTBEAT_INTERVAL
+        self, worker: WorkerView, registry: WorkerRegistry, interval: float = HEARTBEAT_INTERVAL
     ) -> None:
         if interval <= 0:
             raise ValueError("the heartbeat interval must be positive")

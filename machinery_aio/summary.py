@@ -7,11 +7,11 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .counts import WorkerView
 from .state import State
 
 if TYPE_CHECKING:
     from .result import AsyncResult
-    from .worker import Worker
 
 __all__ = ["SUMMARY_INTERVAL", "Progress", "TerminalSummary"]
 
@@ -23,7 +23,7 @@ class TerminalSummary:
     """A worker service that writes ``processed N (+n, r/s), failed F, retried R, running X``
     to ``stream`` every ``interval`` seconds."""
 
-    def __init__(self, worker: Worker, stream: TextIO, interval: float = SUMMARY_INTERVAL) -> None:
+    def __init__(self, worker: WorkerView, stream: TextIO, interval: float = SUMMARY_INTERVAL) -> None:
         if interval <= 0:
             raise ValueError("the summary interval must be positive")
         self.worker = worker

@@ -16,6 +16,7 @@ from tests.conftest import require_server
 from tests.support.redis import eventually
 
 REDIS_URL = "redis://127.0.0.1:6379/3"
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 async def test_a_running_worker_is_listed_and_gone_once_it_stops(memory_server: Server) -> None:
@@ -83,24 +84,48 @@ def test_a_heartbeat_interval_must_be_positive(memory_server: Server) -> None:
         Heartbeat(memory_server.new_worker("w", 1), registry, interval=0)
 
 
-@pytest.mark.parametrize("where", ["backend", "broker"])
-async def test_redis_keeps_the_records_and_clears_expired_ones(where: str, unique: str) -> None:
-    require_server("127.0.0.1", 6379, "Redis")
-    async with Server(Config(broker=REDIS_URL, result_backend=REDIS_URL, default_queue=unique)) as server:
+REGISTRIES = {
+    "redis backend": (REDIS_URL, REDIS_URL, "backend", 6379),
+    "redis broker": (REDIS_URL, "null://", "broker", 6379),
+    "amqp broker": (AMQP_URL, "null://", "broker", 5672),
+}
+
+
+@pytest.mark.parametrize("kind", list(REGISTRIES))
+async def test_a_registry_lists_live_records_and_forgets_removed_and_expired_ones(
+    kind: str, unique: str
+) -> None:
+    broker, backend, where, port = REGISTRIES[kind]
+    require_server("127.0.0.1", port, kind.split()[0])
+    async with Server(Config(broker=broker, result_backend=backend, default_queue=unique)) as server:
         await server.connect()
         registry = server.backend if where == "backend" else server.broker
         assert isinstance(registry, WorkerRegistry)
+        assert registry_of(server.backend, server.broker) is registry
         worker = server.new_worker(f"{unique}-w", 2, heartbeat_interval=None)
         beat = Heartbeat(worker, registry, interval=5)
         await beat.beat()
-        mine = [w for w in await live_workers(registry) if w.name == f"{unique}-w"]
-        assert [(w.pid, w.queues) for w in mine] == [(os.getpid(), [unique])]
+        await beat.beat()  # a second beat replaces the first
         await registry.record_worker(f"{unique}-old", b"{}", time.time() - 1)
-        await registry.record_worker(f"{unique}-bad", b"{}", time.time() + 60)
-        assert len([w for w in await live_workers(registry) if w.name.startswith(unique)]) == 1
-        client = server.backend.client  # type: ignore[attr-defined]
-        fields = await client.hkeys("machinery_workers")
-        assert f"{unique}-old".encode() not in fields  # the reader deleted the expired one
+        await registry.record_worker(f"{unique}-junk", b"junk", time.time() + 60)
+
+        async def mine() -> list[WorkerInfo]:
+            return [w for w in await live_workers(registry) if w.name.startswith(unique)]
+
+        assert [(w.name, w.pid, w.queues) for w in await mine()] == [(f"{unique}-w", os.getpid(), [unique])]
         await registry.remove_worker(beat.info().key)
-        await registry.remove_worker(f"{unique}-bad")
-        assert not [w for w in await live_workers(registry) if w.name.startswith(unique)]
+        await registry.remove_worker(f"{unique}-junk")
+        assert await mine() == []
+        assert not [d for d in await registry.list_workers() if unique.encode() in d]
+
+
+async def test_redis_readers_delete_expired_records(unique: str) -> None:
+    require_server("127.0.0.1", 6379, "Redis")
+    async with Server(Config(broker=REDIS_URL, result_backend=REDIS_URL, default_queue=unique)) as server:
+        await server.connect()
+        registry = server.backend
+        assert isinstance(registry, WorkerRegistry)
+        await registry.record_worker(f"{unique}-old", b"{}", time.time() - 1)
+        await live_workers(registry)
+        client = server.backend.client  # type: ignore[attr-defined]
+        assert f"{unique}-old".encode() not in await client.hkeys("machinery_workers")

@@ -34,12 +34,14 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
     ) from exc
 
 from ..context import TaskContext
+from ..counts import WorkerView
 from ..log import get_logger
 from ..middleware import Middleware, TaskOutcome
 from ..signature import Signature
 
 if TYPE_CHECKING:
     from ..worker import Worker
+
 
 __all__ = ["PrometheusMiddleware", "QueueMonitor", "serve_metrics", "serve_worker_metrics"]
 
@@ -130,7 +132,7 @@ class PrometheusMiddleware(Middleware):
         children[0].inc()
         children[1].observe(outcome.duration)
 
-    def monitor(self, worker: Worker, interval: float = 15.0) -> QueueMonitor:
+    def monitor(self, worker: WorkerView, interval: float = 15.0) -> QueueMonitor:
         """A service for ``worker.services``: ``machinery_worker_up`` while the worker runs,
         ``machinery_queue_depth`` of its queue every ``interval`` seconds."""
         return QueueMonitor(self.metrics, worker, interval)
@@ -139,7 +141,7 @@ class PrometheusMiddleware(Middleware):
 class QueueMonitor:
     """Keeps ``machinery_worker_up`` and ``machinery_queue_depth`` current for one worker."""
 
-    def __init__(self, metrics: _Metrics, worker: Worker, interval: float) -> None:
+    def __init__(self, metrics: _Metrics, worker: WorkerView, interval: float) -> None:
         if interval <= 0:
             raise ValueError("the queue depth interval must be positive")
         self.metrics = metrics

@@ -47,3 +47,8 @@ async def nap(seconds: float) -> float:
 @server.task("fail")
 async def fail(message: str) -> None:
     raise RuntimeError(message)
+
+
+def without_heartbeats() -> Server:
+    """A server whose broker (memory://) and backend (null://) keep no worker registry."""
+    return Server(Config(broker="memory://", result_backend="null://"))
