@@ -71,6 +71,8 @@ async def test_a_chain_run_by_a_worker_process_is_one_trace(
     send_first = ours["send add"]
     assert send_first.context is not None
     trace_hex = f"0x{caller.get_span_context().trace_id:032x}"
+    assert links[0].headers is not None  # the published message names the PRODUCER span
+    assert links[0].headers["traceparent"].split("-")[2] == f"{send_first.context.span_id:016x}"
     theirs = read_spans(spans_file)
     by_uuid = {s["attributes"]["messaging.message.id"]: s for s in theirs if s["name"] == "run add"}
     sends = {s["attributes"]["messaging.message.id"]: s for s in theirs if s["name"] == "send add"}
