@@ -15,6 +15,7 @@ so Go workers continue ours.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -46,6 +47,9 @@ _TOKEN = "opentelemetry.token"
 MAX_OPEN = 10_000
 """At most this many publishes awaiting ``after_publish`` are remembered (a publish that
 failed never gets one); past that the oldest span is ended."""
+
+LOOKUP_INTERVAL = 1.0
+"""Seconds between looks for a global tracer provider while none is set."""
 
 _running: ContextVar[str] = ContextVar("machinery_aio_otel_running", default="")
 """The UUID of the task this asyncio task is running: a publish of that UUID is its retry."""
@@ -94,13 +98,26 @@ class OpenTelemetryMiddleware(Middleware):
         self._propagator = propagator
         self.jaeger_headers = jaeger_headers
         self.system = system
+        self._configured = False
+        self._look_again = 0.0
         self._sending: dict[int, Span] = {}
         self._groups: dict[str, list[Any]] = {}  # group uuid -> [span, members not yet published]
 
     def _off(self) -> bool:
-        """True while no SDK is configured: the global provider is still the API's stand-in."""
+        """True while no SDK is configured: the provider is still the API's stand-in.
+
+        A global provider can be set once and never unset, so once one is found this is
+        False for good; until then it is looked up at most once a second (the lookup reads
+        the environment, which costs more than the rest of a hook)."""
+        if self._configured:
+            return False
+        now = time.monotonic()
+        if now < self._look_again:
+            return True
         provider = self._provider or trace.get_tracer_provider()
-        return isinstance(provider, ProxyTracerProvider | trace.NoOpTracerProvider)
+        self._configured = not isinstance(provider, (ProxyTracerProvider, trace.NoOpTracerProvider))
+        self._look_again = now + LOOKUP_INTERVAL
+        return not self._configured
 
     def _textmap(self) -> TextMapPropagator:
         return self._propagator or propagate.get_global_textmap()
