@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from .counts import WorkerView
 from .drivers.registry import WorkerRegistry
 from .log import get_logger
+from .urls import mask_secrets
 
 __all__ = ["HEARTBEAT_INTERVAL", "Heartbeat", "WorkerInfo", "live_workers", "registry_of"]
 
@@ -135,7 +136,9 @@ class Heartbeat:
                     await self.beat()
                 except Exception as exc:
                     if not failing:
-                        logger.warning("worker %s: heartbeat failed: %s", self.worker.tag, exc)
+                        logger.warning(
+                            "worker %s: heartbeat failed: %s", self.worker.tag, mask_secrets(str(exc))
+                        )
                     failing = True
                 else:
                     failing = False
