@@ -96,7 +96,6 @@ class Heartbeat:
         self.interval = interval
         self.started_at = datetime.now(UTC)
         self.host = socket.gethostname()
-        self.pid = os.getpid()
 
     def info(self) -> WorkerInfo:
         from . import __version__  # the package imports this module while it initialises
@@ -106,7 +105,7 @@ class Heartbeat:
         return WorkerInfo(
             name=worker.tag,
             host=self.host,
-            pid=self.pid,
+            pid=os.getpid(),
             queues=[worker.queue],
             concurrency=worker.concurrency,
             running=worker.running_tasks,
@@ -128,6 +127,7 @@ class Heartbeat:
         )
 
     async def run(self) -> None:
+        self.started_at = datetime.now(UTC)
         key = self.info().key
         failing = False
         try:
