@@ -23,6 +23,7 @@ from typing import Any
 
 from . import gotime
 from .context import TaskContext
+from .counts import TaskCounts
 from .drivers.backend import ResultBackend
 from .errors import TaskTimeLimitExceeded
 from .gotypes import ArgTypeError
@@ -114,6 +115,7 @@ class TaskRunner:
         self.executor = executor
         self.time_limit = time_limit
         self.error_types = error_types
+        self.counts = TaskCounts()
 
     async def process(self, body: bytes) -> Outcome:
         try:
@@ -242,6 +244,11 @@ class _Run:
 
     # -- outcomes --------------------------------------------------------------------
 
+    def _finish(self, state: State) -> float:
+        """Count the run's outcome; returns the run's duration."""
+        self.runner.counts.add(state)
+        return time.perf_counter() - self.started
+
     async def _after_task(
         self,
         duration: float,
@@ -265,7 +272,7 @@ class _Run:
             await runner.publisher.send_task(callback)
         if sig.group_uuid and sig.chord_callback is not None:
             await _member_done(runner, sig)
-        duration = time.perf_counter() - self.started
+        duration = self._finish(State.SUCCESS)
         if self.hooked:
             await self._after_task(duration, State.SUCCESS, value=value)
         if events.isEnabledFor(logging.INFO):
@@ -276,7 +283,7 @@ class _Run:
         await runner.backend.set_state(TaskState.new(sig, State.RETRY))
         sig.eta = gotime.now() + timedelta(seconds=exc.delay)
         await runner.publisher.republish(sig)
-        duration = time.perf_counter() - self.started
+        duration = self._finish(State.RETRY)
         if self.hooked:
             await self._after_task(duration, State.RETRY, exc.msg, exc)
         events.info(
@@ -297,7 +304,7 @@ class _Run:
             sig.retry_timeout = fibonacci_next(sig.retry_timeout)
             sig.eta = gotime.now() + timedelta(seconds=sig.retry_timeout)
             await runner.publisher.republish(sig)
-            duration = time.perf_counter() - self.started
+            duration = self._finish(State.RETRY)
             if self.hooked:
                 await self._after_task(duration, State.RETRY, text, exc)
             events.warning(
@@ -321,7 +328,7 @@ class _Run:
             await runner.publisher.send_task(callback)
         if sig.group_uuid and sig.chord_callback is not None:
             await _member_done(runner, sig)
-        duration = time.perf_counter() - self.started
+        duration = self._finish(State.FAILURE)
         if self.hooked:
             await self._after_task(duration, State.FAILURE, text, exc)
         unexpected = not isinstance(exc, TaskTimeLimitExceeded | ArgTypeError)
