@@ -246,6 +246,8 @@ class _Run:
         """Tell the middlewares how the run ended; returns the run's duration."""
         duration = time.perf_counter() - self.started
         self.runner.counts.add(state)
+        if state is State.FAILURE:
+            self.runner.counts.note_failure(self.sig.uuid, self.sig.name, error or "")
         if self.hooked:
             values = [] if value is None else list(value) if isinstance(value, tuple) else [value]
             outcome = TaskOutcome(state, values, error, exc, duration)
