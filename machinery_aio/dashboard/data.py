@@ -223,14 +223,17 @@ class Reader:
         """The task's state; for a group UUID, the group's members and their states."""
         await self.connect()
         backend = self.server.backend
-        view = TaskView(uuid, await backend.get_state(uuid))
-        if view.state is None:
-            view.group = await backend.get_group_meta(uuid)
-            if view.group is not None:
-                members = view.group.task_uuids[:GROUP_LIMIT]
-                view.members = list(zip(members, await backend.get_states(members), strict=True))
-                view.more_members = len(view.group.task_uuids) - len(members)
-        return view
+        state, group = await asyncio.gather(backend.get_state(uuid), backend.get_group_meta(uuid))
+        if group is None or (state is not None and state.task_uuid):
+            return TaskView(uuid, state)
+        members = group.task_uuids[:GROUP_LIMIT]
+        return TaskView(
+            uuid,
+            None,
+            group,
+            list(zip(members, await backend.get_states(members), strict=True)),
+            len(group.task_uuids) - len(members),
+        )
 
     def recent_failures(self, workers: list[WorkerInfo]) -> list[dict[str, Any]]:
         """The last failures the live workers reported in their heartbeats, newest first."""
