@@ -169,10 +169,23 @@ def _cluster_ok() -> bool:
     return "cluster_state:ok" in result.stdout
 
 
+CHROMIUM = ("chromium", "chromedriver")
+
+
+def ensure_chromium() -> bool:
+    """Debian's headless-capable Chromium and its chromedriver, for the dashboard's browser tests."""
+    if all(shutil.which(name) for name in CHROMIUM):
+        return True
+    _log("chromium or chromedriver not found; installing chromium chromium-driver")
+    apt_install("chromium", "chromium-driver")
+    return all(shutil.which(name) for name in CHROMIUM)
+
+
 SERVICES: dict[str, Callable[[], bool]] = {
     "redis": ensure_redis,
     "rabbitmq": ensure_rabbitmq,
     "redis-cluster": ensure_redis_cluster,
+    "chromium": ensure_chromium,
 }
 
 

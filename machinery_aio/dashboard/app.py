@@ -87,6 +87,7 @@ class _Views:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
+        env.filters["tojson_text"] = _json_text
         self.templates = Jinja2Templates(env=env)
 
     def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
@@ -239,4 +240,9 @@ class _Views:
 
 def _results(results: Any) -> list[dict[str, Any]]:
     """Each result as JSON text (the template escapes it)."""
-    return [{"type": r.type, "text": json.dumps(r.value, ensure_ascii=False)} for r in results or ()]
+    return [{"type": r.type, "text": _json_text(r.value)} for r in results or ()]
+
+
+def _json_text(value: Any) -> str:
+    """A value as JSON text, to be escaped like any other text (unlike Jinja's ``tojson``)."""
+    return json.dumps(value, ensure_ascii=False, default=str)

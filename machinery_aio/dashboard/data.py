@@ -107,6 +107,10 @@ class TaskView:
     group: GroupMeta | None = None
     members: list[tuple[str, TaskState | None]] = field(default_factory=list)
     more_members: int = 0
+    message: Signature | None = None
+    """The task's message, while the broker still holds it (waiting, running, dead)."""
+    where: str = ""
+    """Where the message was found: ``ready in q``, ``delayed``, ``taken from q``, ``a dead letter of q``."""
 
 
 class Reader:
@@ -225,7 +229,12 @@ class Reader:
         backend = self.server.backend
         state, group = await asyncio.gather(backend.get_state(uuid), backend.get_group_meta(uuid))
         if group is None or (state is not None and state.task_uuid):
-            return TaskView(uuid, state)
+            view = TaskView(uuid, state)
+            if state is None or not state.is_success():
+                found = await self._find_message(uuid)
+                if found is not None:
+                    view.where, view.message = found
+            return view
         members = group.task_uuids[:GROUP_LIMIT]
         return TaskView(
             uuid,
@@ -234,6 +243,32 @@ class Reader:
             list(zip(members, await backend.get_states(members), strict=True)),
             len(group.task_uuids) - len(members),
         )
+
+    async def _find_message(self, uuid: str) -> tuple[str, Signature] | None:
+        """The task's message where the broker can list it: among the first :data:`LIST_LIMIT`
+        waiting, delayed, taken and dead messages of each known queue (a bounded search)."""
+        broker = self.server.broker
+        caps = broker.capabilities
+        queues = self.queue_names()
+        for queue in queues:
+            if caps.list_pending:
+                for sig in await broker.get_pending_tasks(queue, LIST_LIMIT):
+                    if sig.uuid == uuid:
+                        return f"ready in {queue}", sig
+        if caps.list_delayed:
+            for sig in await broker.get_delayed_tasks(LIST_LIMIT):
+                if sig.uuid == uuid:
+                    return "delayed", sig
+        for queue in queues:
+            for sig in await broker.get_held_tasks(queue, LIST_LIMIT):
+                if sig.uuid == uuid:
+                    return f"taken from {queue} by a worker", sig
+            if caps.dead_letters:
+                for letter in await broker.get_dead_letters(queue, LIST_LIMIT):
+                    sig = signature_of(letter)
+                    if sig is not None and sig.uuid == uuid:
+                        return f"a dead letter of {queue}: {letter.reason}", sig
+        return None
 
     def recent_failures(self, workers: list[WorkerInfo]) -> list[dict[str, Any]]:
         """The last failures the live workers reported in their heartbeats, newest first."""

@@ -14,11 +14,11 @@ import pytest
 from fastapi import FastAPI
 
 from machinery_aio import Arg, Config, Server, Signature, testing
-from machinery_aio.result import AsyncResult
 from machinery_aio.cli import main
 from machinery_aio.dashboard import dashboard_app
 from machinery_aio.dashboard.security import AUTH_ENV, parse_auth
 from machinery_aio.drivers.memory.broker import MemoryBroker
+from machinery_aio.result import AsyncResult
 from tests.conftest import require_server
 
 XSS = "<script>window.pwned=1</script>"
@@ -170,6 +170,9 @@ async def test_dead_letters_are_listed_raw_with_the_reason_and_requeued_or_delet
     assert XSS not in page
     assert "bad arguments for task number" in page
     assert 'href="/task/task_x"' in page
+    bad_args = (await dash.get("/task/task_x")).text
+    assert "FAILURE" in bad_args
+    assert f"a dead letter of {queue}: bad arguments for task number" in bad_args
     ids = re.findall(r'<tr data-id="([0-9a-f]+)"', page)
     assert len(ids) == 3
     token = csrf_of(page)
@@ -226,6 +229,34 @@ async def test_task_page_shows_state_and_result_as_text_and_the_search_redirects
     assert "FAILURE" in failed
     assert "boom &lt;script&gt;" in failed
     assert XSS not in failed
+
+
+async def test_a_waiting_task_shows_its_message_args_retries_and_workflow_links(
+    server: Server, dash: httpx.AsyncClient
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from machinery_aio import Chain
+
+    first = Signature(name="echo", args=[Arg(type="string", value=XSS)], retry_count=3)
+    second = Signature(name="echo", args=[Arg(type="string", value="next")])
+    await server.send_chain(Chain(first, second))
+    page = (await dash.get(f"/task/{first.uuid}")).text
+    assert f"ready in {server.config.default_queue}" in page
+    assert "&#34;&lt;script&gt;window.pwned=1&lt;/script&gt;&#34; (string)" in page
+    assert XSS not in page
+    assert "retries left</dt><dd>3" in page
+    assert f'href="/task/{second.uuid}"' in page  # the chain's next link
+    later = Signature(name="echo", args=[Arg(type="string", value="later")])
+    later.eta = datetime.now(UTC) + timedelta(hours=1)
+    await server.send_task(later)
+    assert "<dd>delayed</dd>" in (await dash.get(f"/task/{later.uuid}")).text
+    async with testing.running_worker(server, 2) as worker:
+        await server.get_async_result(first.uuid).get(timeout=10)
+        await testing.wait_idle(worker)
+    done = (await dash.get(f"/task/{first.uuid}")).text
+    assert "SUCCESS" in done
+    assert "ready in" not in done  # no search for the message of a finished task
 
 
 async def test_unknown_and_malformed_uuids(dash: httpx.AsyncClient) -> None:
