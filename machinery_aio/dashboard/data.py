@@ -265,9 +265,9 @@ class Reader:
                     return f"taken from {queue} by a worker", sig
             if caps.dead_letters:
                 for letter in await broker.get_dead_letters(queue, LIST_LIMIT):
-                    sig = signature_of(letter)
-                    if sig is not None and sig.uuid == uuid:
-                        return f"a dead letter of {queue}: {letter.reason}", sig
+                    dead = signature_of(letter)
+                    if dead is not None and dead.uuid == uuid:
+                        return f"a dead letter of {queue}: {letter.reason}", dead
         return None
 
     def recent_failures(self, workers: list[WorkerInfo]) -> list[dict[str, Any]]:
