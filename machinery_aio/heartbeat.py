@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from .counts import WorkerView
 from .drivers.registry import WorkerRegistry
 from .log import get_logger
+from .urls import mask_secrets
 
 __all__ = ["HEARTBEAT_INTERVAL", "FailureNote", "Heartbeat", "WorkerInfo", "live_workers", "registry_of"]
 
@@ -106,7 +107,6 @@ class Heartbeat:
         self.interval = interval
         self.started_at = datetime.now(UTC)
         self.host = socket.gethostname()
-        self.pid = os.getpid()
 
     def info(self) -> WorkerInfo:
         from . import __version__  # the package imports this module while it initialises
@@ -116,7 +116,7 @@ class Heartbeat:
         return WorkerInfo(
             name=worker.tag,
             host=self.host,
-            pid=self.pid,
+            pid=os.getpid(),
             queues=[worker.queue],
             concurrency=worker.concurrency,
             running=worker.running_tasks,
@@ -142,6 +142,7 @@ class Heartbeat:
         )
 
     async def run(self) -> None:
+        self.started_at = datetime.now(UTC)
         key = self.info().key
         failing = False
         try:
@@ -150,7 +151,9 @@ class Heartbeat:
                     await self.beat()
                 except Exception as exc:
                     if not failing:
-                        logger.warning("worker %s: heartbeat failed: %s", self.worker.tag, exc)
+                        logger.warning(
+                            "worker %s: heartbeat failed: %s", self.worker.tag, mask_secrets(str(exc))
+                        )
                     failing = True
                 else:
                     failing = False

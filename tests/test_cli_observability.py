@@ -180,7 +180,7 @@ async def test_metrics_scraped_during_a_drain_add_up_to_what_ran(
     for samples in seen:
         assert value(samples, "machinery_tasks_total", task="nap", state="SUCCESS") <= 30
         assert 0 <= value(samples, "machinery_tasks_running") <= 4
-        assert value(samples, "machinery_worker_up") == 1
+        assert value(samples, "machinery_worker_up") <= 1
     assert value(final, "machinery_tasks_total", task="nap", state="SUCCESS") == 30
     assert value(final, "machinery_tasks_total", task="fail", state="FAILURE") == 5
     assert value(final, "machinery_tasks_total", task="fail", state="RETRY") == 1
@@ -188,6 +188,7 @@ async def test_metrics_scraped_during_a_drain_add_up_to_what_ran(
     assert value(final, "machinery_task_duration_seconds_count", task="fail") == 6
     assert value(final, "machinery_task_duration_seconds_sum", task="nap") >= 30 * 0.02
     assert value(final, "machinery_tasks_running") == 0
+    assert value(final, "machinery_worker_up") == 1
     assert value(final, "machinery_queue_depth", queue=queue, state="ready") == 0
     assert value(final, "machinery_tasks_published_total", task="fail") == 1  # the retry's re-publish
     worker.proc.send_signal(signal.SIGTERM)

@@ -17,6 +17,7 @@ from tests.support.redis import eventually
 
 REDIS_URL = "redis://127.0.0.1:6379/3"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+CLUSTER_URL = "redis://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"
 
 
 async def test_a_running_worker_is_listed_and_gone_once_it_stops(memory_server: Server) -> None:
@@ -88,6 +89,7 @@ REGISTRIES = {
     "redis backend": (REDIS_URL, REDIS_URL, "backend", 6379),
     "redis broker": (REDIS_URL, "null://", "broker", 6379),
     "amqp broker": (AMQP_URL, "null://", "broker", 5672),
+    "redis cluster backend": (CLUSTER_URL, CLUSTER_URL, "backend", 7000),
 }
 
 
@@ -96,7 +98,7 @@ async def test_a_registry_lists_live_records_and_forgets_removed_and_expired_one
     kind: str, unique: str
 ) -> None:
     broker, backend, where, port = REGISTRIES[kind]
-    require_server("127.0.0.1", port, kind.split()[0])
+    require_server("127.0.0.1", port, kind.rpartition(" ")[0])
     async with Server(Config(broker=broker, result_backend=backend, default_queue=unique)) as server:
         await server.connect()
         registry = server.backend if where == "backend" else server.broker

@@ -38,6 +38,7 @@ from ..counts import WorkerView
 from ..log import get_logger
 from ..middleware import Middleware, TaskOutcome
 from ..signature import Signature
+from ..urls import mask_secrets
 
 if TYPE_CHECKING:
     from ..worker import Worker
@@ -159,7 +160,9 @@ class QueueMonitor:
                     raise
                 except Exception as exc:
                     if not failing:
-                        logger.warning("could not read the depth of %r: %s", self.worker.queue, exc)
+                        logger.warning(
+                            "could not read the depth of %r: %s", self.worker.queue, mask_secrets(str(exc))
+                        )
                     failing = True
                 else:
                     failing = False

@@ -164,3 +164,29 @@ async def test_a_broker_that_cannot_be_read_is_logged_once_and_the_monitor_goes_
 def test_the_monitor_interval_must_be_positive(server: Server, registry: CollectorRegistry) -> None:
     with pytest.raises(ValueError, match="positive"):
         QueueMonitor(PrometheusMiddleware(registry).metrics, server.new_worker("prom", 1), 0)
+
+
+def test_the_command_line_serves_the_apps_own_middleware_rather_than_a_second(
+    server: Server, registry: CollectorRegistry
+) -> None:
+    import urllib.request
+
+    from machinery_aio.middlewares.prometheus import serve_worker_metrics
+    from tests.support.engine import free_port
+
+    own = next(m for m in server.middlewares if isinstance(m, PrometheusMiddleware))
+    worker = server.new_worker("prom", 1)
+    port = free_port()
+    added, stop = serve_worker_metrics(list(server.middlewares), worker, port, "127.0.0.1")
+    try:
+        assert added is None
+        [monitor] = [s for s in worker.services if isinstance(s, QueueMonitor)]
+        assert monitor.metrics is own.metrics
+        own.metrics.published.labels("served").inc()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert 'machinery_tasks_published_total{task="served"} 1.0' in response.read().decode()
+    finally:
+        stop()
+    added, stop = serve_worker_metrics([], worker, port, "127.0.0.1")  # the port is free again
+    stop()
+    assert isinstance(added, PrometheusMiddleware)

@@ -18,10 +18,8 @@ KEY_TTL = 3600
 
 
 async def record_worker(client: RedisClient, key: str, data: bytes, expires_at: float) -> None:
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.hset(WORKERS_KEY, key, b"%.3f %s" % (expires_at, data))
-        pipe.expire(WORKERS_KEY, KEY_TTL)
-        await pipe.execute()
+    await client.hset(WORKERS_KEY, key, b"%.3f %s" % (expires_at, data))
+    await client.expire(WORKERS_KEY, KEY_TTL)
 
 
 async def remove_worker(client: RedisClient, key: str) -> None:
