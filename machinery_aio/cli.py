@@ -113,7 +113,7 @@ def _is_factory(obj: Any) -> bool:
 def _server(args: argparse.Namespace) -> Server:
     if args.app:
         server = load_app(args.app)
-        if server.broker.capabilities.in_process and args.command in ("worker", "beat"):
+        if server.broker.capabilities.in_process and args.command in ("worker", "beat", "dashboard"):
             logging.getLogger("machinery_aio.cli").warning(
                 "the broker is %s: it lives in this process, so this %s only sees what "
                 "the process itself sends",
