@@ -1,7 +1,7 @@
 """What the dashboard shows, read through the same driver interfaces as ``machinery-aio inspect``.
 
-Every read is bounded: one overview costs, per queue, one count and one dead-letter
-listing of at most :data:`LIST_LIMIT` items, plus one delayed listing and one worker
+Every read is bounded: one overview costs, per queue, a count of its ready messages and one
+of its dead letters, plus one delayed listing of at most :data:`LIST_LIMIT` and one worker
 registry read, whatever the queues hold; a snapshot is reused for :data:`CACHE_SECONDS`,
 so many open pages cost no more than one.
 """
@@ -26,7 +26,8 @@ from ..state import GroupMeta, TaskState
 __all__ = ["Count", "Overview", "QueueRow", "Reader", "TaskView"]
 
 LIST_LIMIT = 500
-"""At most this many delayed tasks or dead letters are read per refresh; more shows as 500+."""
+"""At most this many delayed tasks (per refresh), or dead letters (per page), are read; more
+delayed tasks show as 500+."""
 CACHE_SECONDS = 1.0
 HISTORY_SECONDS = 600.0
 """How far back the throughput chart goes."""
@@ -184,8 +185,7 @@ class Reader:
         ready = Count(await broker.count_pending(queue))
         if not broker.capabilities.dead_letters:
             return ready, Count(None)
-        letters = await broker.get_dead_letters(queue, LIST_LIMIT)
-        return ready, Count(len(letters), len(letters) >= LIST_LIMIT)
+        return ready, Count(await broker.count_dead_letters(queue))
 
     async def _delayed_by_queue(self) -> Any:
         broker = self.server.broker

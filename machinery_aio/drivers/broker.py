@@ -186,6 +186,11 @@ class Broker(ABC):
         """Messages set aside from ``queue`` with their reasons (``capabilities.dead_letters``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list dead letters")
 
+    async def count_dead_letters(self, queue: str | None = None) -> int:
+        """How many dead letters ``queue`` holds (``capabilities.dead_letters``); brokers that
+        can count without listing override this."""
+        return len(await self.get_dead_letters(queue))
+
     async def requeue_dead_letters(
         self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
     ) -> int:

@@ -322,6 +322,8 @@ async def test_dead_letters_are_kept_with_the_reason(kit: Kit) -> None:
     assert all(letter.failed_at for letter in letters)
     assert len(await broker.get_dead_letters(limit=1)) == 1
     assert await broker.get_dead_letters(kit.other_queue("clean")) == []
+    assert await broker.count_dead_letters() == 2
+    assert await broker.count_dead_letters(kit.other_queue("clean")) == 0
 
 
 @pytest.mark.needs("edit_dead_letters")

@@ -18,6 +18,7 @@ from machinery_aio.cli import main
 from machinery_aio.dashboard import dashboard_app
 from machinery_aio.dashboard.security import AUTH_ENV, parse_auth
 from machinery_aio.drivers.memory.broker import MemoryBroker
+from machinery_aio.drivers.redis.broker import RedisBroker
 from machinery_aio.result import AsyncResult
 from tests.conftest import require_server
 
@@ -385,3 +386,80 @@ async def test_mounted_in_fastapi_every_link_and_asset_stays_under_the_mount(uni
         found = await http.get("/tasks/task", params={"uuid": "task_abc"})
         assert found.headers["location"] == "/tasks/task/task_abc"
     await server.close()
+
+
+# -- cost and other brokers ----------------------------------------------------------------------
+
+
+async def test_a_refresh_costs_the_same_commands_however_long_the_queue(
+    unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_server("127.0.0.1", 6379, "Redis")
+    from redis.asyncio.client import Redis
+
+    from machinery_aio.dashboard.data import Reader
+
+    url = "redis://127.0.0.1:6379/0"
+    server = _server(Config(broker=url, result_backend=url, default_queue=f"{unique}_tasks"))
+    broker = server.broker
+    assert isinstance(broker, RedisBroker)
+    commands: list[str] = []
+    original = Redis.execute_command
+
+    async def counted(self: Redis, *args: Any, **options: Any) -> Any:
+        commands.append(str(args[0]))
+        return await original(self, *args, **options)  # type: ignore[no-untyped-call]
+
+    async def refresh() -> list[str]:
+        commands.clear()
+        monkeypatch.setattr(Redis, "execute_command", counted)
+        try:
+            await Reader(server).overview()
+        finally:
+            monkeypatch.undo()
+        return sorted(commands)
+
+    try:
+        await server.connect()
+        empty = await refresh()
+        await broker.client.rpush(f"{unique}_tasks", *[b"x"] * 3000)
+        await broker.client.rpush(f"{{{unique}_tasks}}:dead", *[b"{}"] * 700)
+        assert await refresh() == empty
+        assert len(empty) <= 4  # LLEN, LLEN, ZRANGE, HGETALL
+    finally:
+        await broker.purge(f"{unique}_tasks")
+        await broker.purge_dead_letters(f"{unique}_tasks")
+        await server.close()
+
+
+async def test_on_rabbitmq_what_the_broker_cannot_tell_shows_as_such(unique: str) -> None:
+    require_server("127.0.0.1", 5672, "RabbitMQ")
+    require_server("127.0.0.1", 6379, "Redis")
+    from tests.support.rabbitmq import AMQP_URL
+
+    server = _server(
+        Config(broker=AMQP_URL, result_backend="redis://127.0.0.1:6379/0", default_queue=f"{unique}_tasks")
+    )
+    await server.send_task(_sig(1))
+    async with client(dashboard_app(server)) as dash:
+        feed = (await dash.get("/api/overview")).json()
+        dead = await dash.get("/dead")
+        page = (await dash.get("/")).text
+        refused = await dash.post("/dead/requeue", data={"all": "1", "csrf": csrf_of(page)})
+    broker = server.broker
+    await broker.purge(f"{unique}_tasks")
+    await server.close()
+    row = feed["queues"][0]
+    assert (row["ready"], row["delayed"], row["dead"]) == ("1", "—", "0")
+    assert "guest:guest" not in page
+    assert dead.status_code == 200
+    assert "can list them but not requeue or delete them" in dead.text
+    assert refused.status_code == 400
+    assert "cannot requeue or delete dead letters" in refused.text
+
+
+def test_the_dashboard_listens_on_this_machine_only_by_default() -> None:
+    from machinery_aio.cli import build_parser
+
+    args = build_parser().parse_args(["dashboard", "-A", "x:server"])
+    assert (args.host, args.port, args.auth) == ("127.0.0.1", 8000, None)

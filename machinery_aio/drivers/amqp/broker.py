@@ -382,6 +382,11 @@ class AMQPBroker(Broker, WorkerRegistry):
         async with scratch_channel(await self.connection()) as channel:
             return await _message_count(channel, queue or self.config.default_queue) or 0
 
+    async def count_dead_letters(self, queue: str | None = None) -> int:
+        dead = layout.dead_letter_queue(queue or self.config.default_queue)
+        async with scratch_channel(await self.connection()) as channel:
+            return await _message_count(channel, dead) or 0
+
     async def get_held_tasks(self, queue: str | None = None, limit: int | None = None) -> list[Signature]:
         """Tasks handed back for later (names no worker knows), waiting in ``<queue>.handback``.
         RabbitMQ cannot list the messages workers hold unacked (running)."""

@@ -116,6 +116,9 @@ class MemoryBroker(Broker):
     async def get_dead_letters(self, queue: str | None = None, limit: int | None = None) -> list[DeadLetter]:
         return list(self._store.dead.get(queue or self.config.default_queue, ()))[:limit]
 
+    async def count_dead_letters(self, queue: str | None = None) -> int:
+        return len(self._store.dead.get(queue or self.config.default_queue, ()))
+
     async def requeue_dead_letters(
         self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
     ) -> int:

@@ -243,6 +243,10 @@ class RedisBroker(Broker, WorkerRegistry):
         count = await run_script(self.client, PURGE, [keys.dead])
         return int(count)
 
+    async def count_dead_letters(self, queue: str | None = None) -> int:
+        keys = QueueKeys(queue or self.config.default_queue)
+        return int(await self.client.execute_command("LLEN", keys.dead))
+
     async def requeue_dead_letters(
         self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
     ) -> int:
