@@ -7,6 +7,7 @@ import base64
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -432,28 +433,50 @@ async def test_a_refresh_costs_the_same_commands_however_long_the_queue(
         await server.close()
 
 
-async def test_on_rabbitmq_what_the_broker_cannot_tell_shows_as_such(unique: str) -> None:
+async def test_on_rabbitmq_delayed_shows_as_unknown_and_dead_letters_are_requeued(unique: str) -> None:
     require_server("127.0.0.1", 5672, "RabbitMQ")
     require_server("127.0.0.1", 6379, "Redis")
     from tests.support.rabbitmq import AMQP_URL
 
-    server = _server(
-        Config(broker=AMQP_URL, result_backend="redis://127.0.0.1:6379/0", default_queue=f"{unique}_tasks")
-    )
-    await server.send_task(_sig(1))
+    queue = f"{unique}_tasks"
+    server = _server(Config(broker=AMQP_URL, result_backend="redis://127.0.0.1:6379/0", default_queue=queue))
+    sig = _sig(1)
+    await server.send_task(sig)
+    consumer = server.broker.consumer(queue, prefetch=1, tag="set-aside")
+    [delivery] = await consumer.fetch(1)
+    await consumer.dead_letter(delivery, "set aside")
+    await consumer.close()
+    try:
+        async with client(dashboard_app(server)) as dash:
+            feed = (await dash.get("/api/overview")).json()
+            page = (await dash.get("/dead")).text
+            [letter_id] = re.findall(r'<tr data-id="([0-9a-f]+)"', page)
+            done = await dash.post("/dead/requeue", data={"id": letter_id, "csrf": csrf_of(page)})
+            assert "requeued 1 dead letter(s)" in (await dash.get(done.headers["location"])).text
+        assert [s.uuid for s in await server.broker.get_pending_tasks(queue)] == [sig.uuid]
+    finally:
+        await server.broker.purge(queue)
+        await server.close()
+    row = feed["queues"][0]
+    assert (row["ready"], row["delayed"], row["dead"]) == ("0", "—", "1")
+    assert "guest:guest" not in page
+
+
+class _ListingOnly(MemoryBroker):
+    """A memory broker without dead letters, as some brokers are."""
+
+    capabilities = replace(MemoryBroker.capabilities, dead_letters=False, edit_dead_letters=False)
+
+
+async def test_a_broker_without_dead_letters_says_so_and_refuses_the_actions(memory_config: Config) -> None:
+    server = Server(memory_config, broker=_ListingOnly(memory_config))
     async with client(dashboard_app(server)) as dash:
         feed = (await dash.get("/api/overview")).json()
-        dead = await dash.get("/dead")
-        page = (await dash.get("/")).text
-        refused = await dash.post("/dead/requeue", data={"all": "1", "csrf": csrf_of(page)})
-    broker = server.broker
-    await broker.purge(f"{unique}_tasks")
-    await server.close()
-    row = feed["queues"][0]
-    assert (row["ready"], row["delayed"], row["dead"]) == ("1", "—", "0")
-    assert "guest:guest" not in page
-    assert dead.status_code == 200
-    assert "can list them but not requeue or delete them" in dead.text
+        page = await dash.get("/dead")
+        csrf = csrf_of((await dash.get("/")).text)
+        refused = await dash.post("/dead/requeue", data={"all": "1", "csrf": csrf})
+    assert feed["queues"][0]["dead"] == "—"
+    assert "keeps no dead letters" in page.text
     assert refused.status_code == 400
     assert "cannot requeue or delete dead letters" in refused.text
 
