@@ -26,7 +26,7 @@ from ..runner import error_text
 from ..server import Server
 from ..urls import mask_secrets
 from .data import Reader, dead_letter_id, signature_of, worker_row
-from .security import AUTH_ENV, BasicAuth, csrf_ok, new_csrf_token, parse_auth
+from .security import AUTH_ENV, BasicAuth, SecurityHeaders, csrf_ok, new_csrf_token, parse_auth
 
 __all__ = ["dashboard_app"]
 
@@ -52,7 +52,7 @@ def dashboard_app(server: Server, *, auth: str | None = None, refresh_seconds: f
     turns on HTTP basic auth for every page.
     """
     credentials = auth if auth is not None else os.environ.get(AUTH_ENV) or None
-    middleware = []
+    middleware = [Middleware(SecurityHeaders)]
     if credentials is not None:
         user, password = parse_auth(credentials)
         middleware.append(Middleware(BasicAuth, user=user, password=password))

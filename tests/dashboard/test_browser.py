@@ -70,6 +70,7 @@ def browser() -> Iterator[WebDriver]:
     profile = tempfile.mkdtemp(prefix="dash-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     chrome = webdriver.Chrome(options=options, service=Service(driver))
@@ -224,6 +225,8 @@ def test_401_without_credentials_then_the_ready_count_follows_the_queue_without_
     until(browser, lambda d: text_of(d, "#workers tbody td:nth-child(7)") == "40", "40 processed")
     assert browser.execute_script("return window.sameDocument") is True  # never reloaded
     screenshot(browser, "overview")
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert [e for e in errors if "401" not in e] == []  # no script error, nothing the CSP blocked
 
 
 def test_a_task_found_from_the_search_box_shows_its_state_and_args_render_as_text(

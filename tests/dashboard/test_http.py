@@ -85,7 +85,12 @@ async def test_basic_auth_answers_401_with_www_authenticate_unless_the_credentia
     async with client(app, ("admin", "wrong")) as wrong:
         assert (await wrong.get("/")).status_code == 401
     async with client(app, ("admin", "s3cret:with-colon")) as right:
-        assert (await right.get("/")).status_code == 200
+        page = await right.get("/")
+        assert page.status_code == 200
+        # defence in depth: no inline script would run, no framing
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert "<script>" not in page.text
         assert (await right.get("/static/dashboard.css")).status_code == 200
 
 

@@ -1,4 +1,5 @@
-// Live updates for the overview: polls the JSON feed and puts values in as text (never HTML).
+// Live updates for the overview (polls the JSON feed and puts values in as text, never HTML),
+// confirmations and the queue picker. No inline scripts: the pages forbid them.
 (function () {
   "use strict";
   var script = document.currentScript;
@@ -89,7 +90,18 @@
       .finally(function () { setTimeout(poll, refresh); });
   }
 
+  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (!window.confirm(form.getAttribute("data-confirm"))) { event.preventDefault(); }
+    });
+  });
+  document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
+    select.addEventListener("change", function () { select.form.submit(); });
+  });
+
   var initial = document.getElementById("initial");
-  if (initial) { drawChart(JSON.parse(initial.textContent).rates); }
-  setTimeout(poll, refresh);
+  if (initial) {
+    drawChart(JSON.parse(initial.textContent).rates);
+    setTimeout(poll, refresh);
+  }
 })();
