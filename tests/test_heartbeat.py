@@ -16,8 +16,6 @@ from tests.conftest import require_server
 from tests.support.redis import eventually
 
 REDIS_URL = "redis://127.0.0.1:6379/3"
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-CLUSTER_URL = "redis://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"
 
 
 async def test_a_running_worker_is_listed_and_gone_once_it_stops(memory_server: Server) -> None:
@@ -65,6 +63,21 @@ async def test_records_that_are_not_worker_infos_are_skipped(memory_server: Serv
     assert await live_workers(registry) == []
 
 
+async def test_a_worker_info_goes_through_redis_as_it_was_written(unique: str) -> None:
+    require_server("127.0.0.1", 6379, "Redis")
+    async with Server(Config(broker=REDIS_URL, result_backend=REDIS_URL, default_queue=unique)) as server:
+        await server.connect()
+        registry = registry_of(server.backend, server.broker)
+        assert registry is server.backend
+        beat = Heartbeat(server.new_worker(f"{unique}-w", 2, heartbeat_interval=None), registry, interval=5)
+        written = beat.info()
+        await registry.record_worker(written.key, written.model_dump_json().encode(), time.time() + 60)
+        try:
+            assert [w for w in await live_workers(registry) if w.name == f"{unique}-w"] == [written]
+        finally:
+            await registry.remove_worker(written.key)
+
+
 def test_the_shared_registry_wins_over_the_in_process_one() -> None:
     from machinery_aio.drivers.memory.backend import MemoryBackend
     from machinery_aio.drivers.null.backend import NullBackend
@@ -83,51 +96,3 @@ def test_a_heartbeat_interval_must_be_positive(memory_server: Server) -> None:
     assert registry is not None
     with pytest.raises(ValueError, match="positive"):
         Heartbeat(memory_server.new_worker("w", 1), registry, interval=0)
-
-
-REGISTRIES = {
-    "redis backend": (REDIS_URL, REDIS_URL, "backend", 6379),
-    "redis broker": (REDIS_URL, "null://", "broker", 6379),
-    "amqp broker": (AMQP_URL, "null://", "broker", 5672),
-    "redis cluster backend": (CLUSTER_URL, CLUSTER_URL, "backend", 7000),
-}
-
-
-@pytest.mark.parametrize("kind", list(REGISTRIES))
-async def test_a_registry_lists_live_records_and_forgets_removed_and_expired_ones(
-    kind: str, unique: str
-) -> None:
-    broker, backend, where, port = REGISTRIES[kind]
-    require_server("127.0.0.1", port, kind.rpartition(" ")[0])
-    async with Server(Config(broker=broker, result_backend=backend, default_queue=unique)) as server:
-        await server.connect()
-        registry = server.backend if where == "backend" else server.broker
-        assert isinstance(registry, WorkerRegistry)
-        assert registry_of(server.backend, server.broker) is registry
-        worker = server.new_worker(f"{unique}-w", 2, heartbeat_interval=None)
-        beat = Heartbeat(worker, registry, interval=5)
-        await beat.beat()
-        await beat.beat()  # a second beat replaces the first
-        await registry.record_worker(f"{unique}-old", b"{}", time.time() - 1)
-        await registry.record_worker(f"{unique}-junk", b"junk", time.time() + 60)
-
-        async def mine() -> list[WorkerInfo]:
-            return [w for w in await live_workers(registry) if w.name.startswith(unique)]
-
-        assert [(w.name, w.pid, w.queues) for w in await mine()] == [(f"{unique}-w", os.getpid(), [unique])]
-        await registry.remove_worker(beat.info().key)
-        await registry.remove_worker(f"{unique}-junk")
-        assert await mine() == []
-        assert not [d for d in await registry.list_workers() if unique.encode() in d]
-
-
-async def test_redis_readers_delete_expired_records(unique: str) -> None:
-    require_server("127.0.0.1", 6379, "Redis")
-    async with Server(Config(broker=REDIS_URL, result_backend=REDIS_URL, default_queue=unique)) as server:
-        await server.connect()
-        registry = server.backend
-        assert isinstance(registry, WorkerRegistry)
-        await registry.record_worker(f"{unique}-old", b"{}", time.time() - 1)
-        await live_workers(registry)
-        client = server.backend.client  # type: ignore[attr-defined]
-        assert f"{unique}-old".encode() not in await client.hkeys("machinery_workers")

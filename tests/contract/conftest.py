@@ -25,6 +25,7 @@ from machinery_aio.drivers.backend import ResultBackend
 from machinery_aio.drivers.broker import Broker, Consumer
 from machinery_aio.drivers.lock import Lock
 from machinery_aio.drivers.redis.connection import create_redis
+from machinery_aio.drivers.registry import WorkerRegistry
 from tests.conftest import require_server
 from tests.support.rabbitmq import AMQP_URL, Cleanup
 
@@ -157,11 +158,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     assert role in ROLES, role
     needs = [name for m in metafunc.definition.iter_markers("needs") for name in m.args]
     drivers = [
-        d
-        for d in DRIVERS
-        if d.driver_class(role) is not None and all(getattr(d.capabilities(role), n) for n in needs)
+        d for d in DRIVERS if d.driver_class(role) is not None and all(_has(d, role, n) for n in needs)
     ]
     metafunc.parametrize("driver", drivers, ids=[d.id for d in drivers])
+
+
+def _has(driver: Driver, role: str, need: str) -> bool:
+    """A capability of the driver's class; ``worker_registry``: it keeps worker heartbeats."""
+    if need == "worker_registry":
+        return issubclass(driver.driver_class(role), WorkerRegistry)
+    return bool(getattr(driver.capabilities(role), need))
 
 
 # -- what a test builds ----------------------------------------------------------------------
