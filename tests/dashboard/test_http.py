@@ -386,7 +386,7 @@ async def test_mounted_in_fastapi_every_link_and_asset_stays_under_the_mount(uni
         assert page.status_code == 200
         links = re.findall(r'(?:href|src|action)="([^"]*)"', page.text)
         assert links
-        assert all(link.startswith("/tasks/") for link in links), links
+        assert all(link.startswith("/tasks/") for link in links if link != "data:,"), links
         assert (await http.get("/tasks/static/dashboard.js")).status_code == 200
         assert (await http.get("/tasks/api/overview")).json()["queues"][0]["name"] == f"{unique}_tasks"
         found = await http.get("/tasks/task", params={"uuid": "task_abc"})
@@ -491,3 +491,23 @@ def test_the_dashboard_listens_on_this_machine_only_by_default() -> None:
 
     args = build_parser().parse_args(["dashboard", "-A", "x:server"])
     assert (args.host, args.port, args.auth) == ("127.0.0.1", 8000, None)
+
+
+async def test_a_memory_demo_in_one_process_shows_its_embedded_worker_and_tasks(
+    memory_config: Config,
+) -> None:
+    from machinery_aio.integrations.fastapi import machinery_lifespan
+
+    server = _server(memory_config)
+    lifespan = machinery_lifespan(server, run_worker=True, concurrency=2)
+    app = FastAPI(lifespan=lifespan)
+    app.mount("/tasks", dashboard_app(server))
+    async with lifespan(app), client(app) as http:  # the lifespan, as uvicorn runs it
+        result = await send(server, "echo", XSS)
+        await result.get(timeout=10)
+        task = await http.get(f"/tasks/task/{result.task_uuid}")
+        assert "SUCCESS" in task.text
+        assert XSS not in task.text
+        feed = (await http.get("/tasks/api/overview")).json()
+        assert [w["concurrency"] for w in feed["workers"]] == [2]
+        assert feed["queues"][0]["name"] == memory_config.default_queue
