@@ -32,6 +32,7 @@ from machinery_aio import Arg, Config, Server, Signature
 from machinery_aio.drivers.redis.broker import RedisBroker
 from tests.conftest import IN_CI, require_server
 from tests.services import REDIS, wait_open
+from tests.support.drivers import eventually
 from tests.support.engine import free_port
 from tests.support.processes import ROOT, CLIProcess, StartCLI
 
@@ -268,7 +269,7 @@ def test_a_dead_letter_requeued_from_the_page_runs(browser: WebDriver, stack: St
         sig = Signature(name="echo", args=[Arg(type="string", value="back from the dead")])
         await server.send_task(sig)
         consumer = server.broker.consumer(stack.queue, prefetch=1, tag="set-aside")
-        [delivery] = await consumer.fetch(1)
+        [delivery] = await eventually(lambda: consumer.fetch(1), "the task")
         await consumer.dead_letter(delivery, "set aside by an older release")
         await consumer.close()
         broker = server.broker

@@ -22,6 +22,7 @@ from machinery_aio.drivers.memory.broker import MemoryBroker
 from machinery_aio.drivers.redis.broker import RedisBroker
 from machinery_aio.result import AsyncResult
 from tests.conftest import require_server
+from tests.support.drivers import eventually
 
 XSS = "<script>window.pwned=1</script>"
 
@@ -448,9 +449,10 @@ async def test_on_rabbitmq_delayed_shows_as_unknown_and_dead_letters_are_requeue
     sig = _sig(1)
     await server.send_task(sig)
     consumer = server.broker.consumer(queue, prefetch=1, tag="set-aside")
-    [delivery] = await consumer.fetch(1)
+    [delivery] = await eventually(lambda: consumer.fetch(1), "the task")
     await consumer.dead_letter(delivery, "set aside")
     await consumer.close()
+    await eventually(lambda: server.broker.count_dead_letters(queue), "the dead letter")
     try:
         async with client(dashboard_app(server)) as dash:
             feed = (await dash.get("/api/overview")).json()
@@ -458,6 +460,7 @@ async def test_on_rabbitmq_delayed_shows_as_unknown_and_dead_letters_are_requeue
             [letter_id] = re.findall(r'<tr data-id="([0-9a-f]+)"', page)
             done = await dash.post("/dead/requeue", data={"id": letter_id, "csrf": csrf_of(page)})
             assert "requeued 1 dead letter(s)" in (await dash.get(done.headers["location"])).text
+        assert await eventually(lambda: server.broker.count_pending(queue), "the requeued task") == 1
         assert [s.uuid for s in await server.broker.get_pending_tasks(queue)] == [sig.uuid]
     finally:
         await server.broker.purge(queue)
