@@ -22,7 +22,10 @@ from machinery_aio.drivers.memory.broker import MemoryBroker
 from machinery_aio.drivers.redis.broker import RedisBroker
 from machinery_aio.result import AsyncResult
 from tests.conftest import require_server
+from tests.services import wait_open
 from tests.support.drivers import eventually
+from tests.support.engine import free_port
+from tests.support.processes import StartCLI
 
 XSS = "<script>window.pwned=1</script>"
 
@@ -514,3 +517,20 @@ async def test_a_memory_demo_in_one_process_shows_its_embedded_worker_and_tasks(
         feed = (await http.get("/tasks/api/overview")).json()
         assert [w["concurrency"] for w in feed["workers"]] == [2]
         assert feed["queues"][0]["name"] == memory_config.default_queue
+
+
+async def test_the_command_serves_on_127_0_0_1_with_basic_auth_from_the_environment(
+    cli_process: StartCLI,
+) -> None:
+    port = free_port()
+    env = {AUTH_ENV: "ops:Env-Pa55"}
+    dash = cli_process("dashboard", "-A", "tests.apps.memory_app:server", "--port", str(port), env=env)
+    dash.wait_for(f"dashboard on http://127.0.0.1:{port}/ (basic auth on)")
+    assert wait_open("127.0.0.1", port, 30)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        refused = await http.get("/")
+        allowed = await http.get("/", auth=("ops", "Env-Pa55"))
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"].startswith("Basic")
+    assert allowed.status_code == 200
+    assert "Env-Pa55" not in dash.stderr
