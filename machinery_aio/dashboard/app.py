@@ -115,7 +115,6 @@ class _Views:
             "overview.html",
             overview=snapshot,
             workers=[worker_row(w) for w in snapshot.workers],
-            can_purge=True,
             caps=caps,
             data=snapshot.as_json(),
         )
