@@ -1,4 +1,4 @@
-"""The ``machinery-aio`` command: worker, send, inspect, purge.
+"""The ``machinery-aio`` command: worker, send, inspect, purge, dashboard.
 
 Built on the standard library's argparse, so the command works with the core
 install (pydantic and croniter only).
@@ -47,6 +47,7 @@ examples:
   machinery-aio inspect workers
   machinery-aio worker -A myapp.tasks:server --metrics-port 9197   (Prometheus /metrics)
   machinery-aio purge --queue machinery_tasks --yes
+  machinery-aio dashboard -A myapp.tasks:server --port 8000 --auth admin:secret
 
 Without -A, the server is built from Go Machinery's environment variables
 (BROKER, RESULT_BACKEND, DEFAULT_QUEUE ...) or from --config FILE.yml.
@@ -112,7 +113,7 @@ def _is_factory(obj: Any) -> bool:
 def _server(args: argparse.Namespace) -> Server:
     if args.app:
         server = load_app(args.app)
-        if server.broker.capabilities.in_process and args.command in ("worker", "beat"):
+        if server.broker.capabilities.in_process and args.command in ("worker", "beat", "dashboard"):
             logging.getLogger("machinery_aio.cli").warning(
                 "the broker is %s: it lives in this process, so this %s only sees what "
                 "the process itself sends",
@@ -439,6 +440,32 @@ async def _purge(args: argparse.Namespace) -> int:
         return 0
 
 
+async def _dashboard(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .dashboard import dashboard_app
+        from .dashboard.security import AUTH_ENV
+    except ImportError as exc:
+        raise CLIError(
+            f"the dashboard needs the dashboard extra: pip install 'machinery-aio[dashboard]' ({exc})"
+        ) from None
+    server = _server(args)
+    try:
+        app = dashboard_app(server, auth=args.auth)  # None: the environment variable, if set
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    guarded = bool(args.auth or os.environ.get(AUTH_ENV))
+    guard = "basic auth on" if guarded else f"no auth: --auth USER:PASSWORD or {AUTH_ENV} turns it on"
+    print(
+        f"machinery-aio {__version__} dashboard on http://{args.host}:{args.port}/ ({guard})", file=sys.stderr
+    )
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    async with _closing(server):
+        await uvicorn.Server(config).serve()
+    return 0
+
+
 @contextlib.asynccontextmanager
 async def _closing(server: Server) -> AsyncIterator[Server]:
     """Close the server's connections afterwards; a failure to close is only logged."""
@@ -577,6 +604,23 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("-Q", "--queue", help="queue (default: the config's default_queue)")
     purge.add_argument("--yes", action="store_true", help="confirm")
     purge.set_defaults(func=_purge)
+
+    dashboard = sub.add_parser(
+        "dashboard",
+        parents=[common],
+        help="serve the web dashboard",
+        description="Serve the web dashboard (needs the dashboard extra).",
+    )
+    dashboard.add_argument("--port", type=_port, default=8000, help="port to listen on. Default 8000")
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on. Default 127.0.0.1 (this machine only)"
+    )
+    dashboard.add_argument(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="require HTTP basic auth (default: the MACHINERY_DASHBOARD_AUTH environment variable)",
+    )
+    dashboard.set_defaults(func=_dashboard)
     return parser
 
 

@@ -23,13 +23,22 @@ from .drivers.registry import WorkerRegistry
 from .log import get_logger
 from .urls import mask_secrets
 
-__all__ = ["HEARTBEAT_INTERVAL", "Heartbeat", "WorkerInfo", "live_workers", "registry_of"]
+__all__ = ["HEARTBEAT_INTERVAL", "FailureNote", "Heartbeat", "WorkerInfo", "live_workers", "registry_of"]
 
 logger = get_logger("machinery_aio.heartbeat")
 
 HEARTBEAT_INTERVAL = 5.0
 """Seconds between a worker's heartbeats; a record is valid for four of them."""
 MISSED_BEATS = 4
+
+
+class FailureNote(BaseModel):
+    """One of a worker's latest final failures (shown by the dashboard)."""
+
+    at: datetime
+    uuid: str
+    name: str
+    error: str
 
 
 class WorkerInfo(BaseModel):
@@ -55,6 +64,8 @@ class WorkerInfo(BaseModel):
     version: str
     broker: str = ""
     """The broker's URL, password masked."""
+    recent_failures: list[FailureNote] = []
+    """The worker's latest final failures, oldest first."""
 
     @property
     def key(self) -> str:
@@ -117,6 +128,10 @@ class Heartbeat:
             timeout=self.interval * MISSED_BEATS,
             version=__version__,
             broker=worker.broker.describe(),
+            recent_failures=[
+                FailureNote(at=datetime.fromtimestamp(at, UTC), uuid=uuid, name=name, error=error)
+                for at, uuid, name, error in counts.recent_failures
+            ],
         )
 
     async def beat(self) -> None:

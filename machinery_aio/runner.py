@@ -244,9 +244,11 @@ class _Run:
 
     # -- outcomes --------------------------------------------------------------------
 
-    def _finish(self, state: State) -> float:
-        """Count the run's outcome; returns the run's duration."""
+    def _finish(self, state: State, error: str = "") -> float:
+        """Count the run's outcome (and keep a failure's note); returns the run's duration."""
         self.runner.counts.add(state)
+        if state is State.FAILURE:
+            self.runner.counts.note_failure(self.sig.uuid, self.sig.name, error)
         return time.perf_counter() - self.started
 
     async def _after_task(
@@ -328,7 +330,7 @@ class _Run:
             await runner.publisher.send_task(callback)
         if sig.group_uuid and sig.chord_callback is not None:
             await _member_done(runner, sig)
-        duration = self._finish(State.FAILURE)
+        duration = self._finish(State.FAILURE, text)
         if self.hooked:
             await self._after_task(duration, State.FAILURE, text, exc)
         unexpected = not isinstance(exc, TaskTimeLimitExceeded | ArgTypeError)

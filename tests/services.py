@@ -270,6 +270,18 @@ def ensure_moto() -> bool:
     return wait_open(*MOTO, 30)
 
 
+CHROMIUM = ("chromium", "chromedriver")
+
+
+def ensure_chromium() -> bool:
+    """Debian's headless-capable Chromium and its chromedriver, for the dashboard's browser tests."""
+    if all(shutil.which(name) for name in CHROMIUM):
+        return True
+    _log("chromium or chromedriver not found; installing chromium chromium-driver")
+    apt_install("chromium", "chromium-driver")
+    return all(shutil.which(name) for name in CHROMIUM)
+
+
 SERVICES: dict[str, Callable[[], bool]] = {
     "redis": ensure_redis,
     "rabbitmq": ensure_rabbitmq,
@@ -278,6 +290,7 @@ SERVICES: dict[str, Callable[[], bool]] = {
     "memcached": ensure_memcached,
     "mongo": ensure_mongo,
     "moto": ensure_moto,
+    "chromium": ensure_chromium,
 }
 
 

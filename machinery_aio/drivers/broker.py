@@ -51,6 +51,8 @@ class BrokerCapabilities:
     """Tasks taken by workers and not finished (running, handed back for later) can be listed."""
     dead_letters: bool = True
     """Messages set aside (not a task, bad arguments) are kept with the reason and can be listed."""
+    edit_dead_letters: bool = False
+    """Dead letters can be put back on their queue or deleted, one by one or all."""
 
 
 @dataclass(slots=True, eq=False)
@@ -191,6 +193,25 @@ class Broker(ABC):
     async def get_dead_letters(self, queue: str | None = None, limit: int | None = None) -> list[DeadLetter]:
         """Messages set aside from ``queue`` with their reasons (``capabilities.dead_letters``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list dead letters")
+
+    async def count_dead_letters(self, queue: str | None = None) -> int:
+        """How many dead letters ``queue`` holds (``capabilities.dead_letters``); brokers that
+        can count without listing override this."""
+        return len(await self.get_dead_letters(queue))
+
+    async def requeue_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        """Put dead letters of ``queue`` (all, or those of ``letters`` still there) back at the
+        tail of the queue, bytes as stored; returns how many (``capabilities.edit_dead_letters``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot requeue dead letters")
+
+    async def delete_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        """Delete dead letters of ``queue`` (all, or those of ``letters`` still there); returns
+        how many (``capabilities.edit_dead_letters``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete dead letters")
 
     @abstractmethod
     async def purge(self, queue: str | None = None) -> int:

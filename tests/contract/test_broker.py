@@ -326,6 +326,40 @@ async def test_dead_letters_are_kept_with_the_reason(kit: Kit) -> None:
     assert all(letter.failed_at for letter in letters)
     assert len(await broker.get_dead_letters(limit=1)) == 1
     assert await broker.get_dead_letters(kit.other_queue("clean")) == []
+    assert await broker.count_dead_letters() == 2
+    assert await broker.count_dead_letters(kit.other_queue("clean")) == 0
+
+
+@pytest.mark.needs("edit_dead_letters")
+async def test_dead_letters_can_be_requeued_or_deleted_one_by_one_or_all(kit: Kit) -> None:
+    broker = await kit.broker()
+    sigs = [kit.sig(i) for i in range(5)]
+    await broker.publish_many(sigs)
+    consumer = kit.consumer(broker)
+    for delivery in await fetch_all(consumer, 5):
+        await consumer.dead_letter(delivery, "set aside")
+    await consumer.close()  # a push broker would hand it what is requeued
+    letters = await eventually(lambda: _letters(broker, 5), "five dead letters")
+    assert await broker.requeue_dead_letters(letters=[letters[1]]) == 1
+    assert await broker.requeue_dead_letters(letters=[letters[1]]) == 0  # already gone
+    assert await broker.delete_dead_letters(letters=[letters[0]]) == 1
+    assert await broker.get_dead_letters() == letters[2:]
+    again = kit.consumer(broker)
+    [back] = await fetch_all(again, 1)
+    assert back.body == sigs[1].to_json()  # the bytes as they were
+    await again.ack(back)
+    await again.close()
+    assert await broker.requeue_dead_letters() == 3
+    assert await broker.get_dead_letters() == []
+    third = kit.consumer(broker)
+    got = await fetch_all(third, 3)
+    assert [d.body for d in got] == [s.to_json() for s in sigs[2:]]
+    for delivery in got:
+        await third.dead_letter(delivery, "again")
+    await eventually(lambda: _letters(broker, 3), "three dead letters")
+    assert await broker.delete_dead_letters() == 3
+    assert await broker.get_dead_letters() == []
+    await third.close()
 
 
 async def _letters(broker: Broker, count: int) -> list[DeadLetter]:

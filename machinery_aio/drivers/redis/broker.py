@@ -31,7 +31,7 @@ from .connection import RedisClient, is_cluster
 from .consumer import RedisConsumer
 from .delayed import DelayedMover
 from .keys import QueueKeys
-from .queue_scripts import PURGE
+from .queue_scripts import DELETE_DEAD, PURGE, REQUEUE_DEAD, REQUEUE_DEAD_BATCH
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -44,7 +44,7 @@ logger = get_logger("machinery_aio.drivers.redis.broker")
 class RedisBroker(Broker, WorkerRegistry):
     """Publishes to and consumes from Redis lists, as Go Machinery lays them out."""
 
-    capabilities = BrokerCapabilities()
+    capabilities = BrokerCapabilities(edit_dead_letters=True)
 
     def __init__(self, config: Config, url: str | None = None) -> None:
         super().__init__(config, url)
@@ -242,6 +242,39 @@ class RedisBroker(Broker, WorkerRegistry):
         keys = QueueKeys(queue or self.config.default_queue)
         count = await run_script(self.client, PURGE, [keys.dead])
         return int(count)
+
+    async def count_dead_letters(self, queue: str | None = None) -> int:
+        keys = QueueKeys(queue or self.config.default_queue)
+        return int(await self.client.execute_command("LLEN", keys.dead))
+
+    async def requeue_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        name = queue or self.config.default_queue
+        keys = QueueKeys(name)
+        if letters is None:
+            total = 0
+            while True:  # in batches, so one script never blocks Redis for long
+                moved = int(await run_script(self.client, REQUEUE_DEAD_BATCH, [keys.dead, name], [500]))
+                total += moved
+                if moved < 500:
+                    return total
+        count = 0
+        for letter in letters:
+            args = [letter.model_dump_json(), letter.body]
+            count += int(await run_script(self.client, REQUEUE_DEAD, [keys.dead, name], args))
+        return count
+
+    async def delete_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        if letters is None:
+            return await self.purge_dead_letters(queue)
+        keys = QueueKeys(queue or self.config.default_queue)
+        count = 0
+        for letter in letters:
+            count += int(await run_script(self.client, DELETE_DEAD, [keys.dead], [letter.model_dump_json()]))
+        return count
 
     # -- worker registry (heartbeats) ----------------------------------------------------
 
