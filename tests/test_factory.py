@@ -80,8 +80,6 @@ def test_first_of_several_brokers_is_used() -> None:
         # drivers that do not exist in this version (issue 11): no promise of an extra
         (create_backend, "mongodb://user:hunter2@host:27017", "result backend"),
         (create_backend, "memcache://host:11211", "result backend"),
-        (create_broker, "eager", "broker"),
-        (create_backend, "eager", "result backend"),
     ],
 )
 def test_unknown_scheme_is_a_clear_error_without_the_password(make: object, url: str, kind: str) -> None:

@@ -79,11 +79,12 @@ TECHNOLOGIES: tuple[Technology, ...] = (
         broker="AMQPBroker",
         backend="AMQPBackend",
     ),
+    Technology("eager", ("eager",), broker="EagerBroker", backend="EagerBackend"),
 )
 
 
 def technology_of(url: str) -> Technology | None:
-    """The technology whose scheme ``url`` has (``memory`` and ``null`` may be bare words)."""
+    """The technology whose scheme ``url`` has (``memory``, ``null``, ``eager`` may be bare words)."""
     scheme = scheme_of(url) or url.strip().lower()
     for tech in TECHNOLOGIES:
         if scheme in tech.schemes:

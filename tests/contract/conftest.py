@@ -132,6 +132,9 @@ DRIVERS: list[Driver] = [
         cleanup=redis_cleanup,
     ),
     Driver("rabbitmq", AMQP_URL, servers=(RABBITMQ,), configure=amqp_settings, cleanup=amqp_cleanup),
+    # eager:// runs tasks as they are published: its backend runs the backend contract; its
+    # broker (no queues, capabilities.consumes False) is tested in tests/drivers/eager/.
+    Driver("eager", "eager://{unique}"),
 ]
 """Every driver the contract suite runs against: add one line for a new driver."""
 
