@@ -110,20 +110,24 @@ def test_go_environment_variables_load() -> None:
 
 
 REMOVED_DRIVER_ENV = {
-    # Go Machinery's variables for drivers this version does not have (SQS, DynamoDB, MongoDB)
+    # Go Machinery's variables for drivers this version does not have (SQS, DynamoDB)
     "SQS_WAIT_TIME_SECONDS": "not a number",
     "SQS_SQS_VISIBILITY_TIMEOUT": "-1",
     "TASK_STATES_TABLE": "states",
     "DYNAMODB_GROUP_METAS_TABLE": "metas",
-    "MONGODB_DATABASE": "machinery",
 }
 
 
 def test_variables_of_drivers_that_do_not_exist_are_not_read() -> None:
     config = Config.from_env(environ=REMOVED_DRIVER_ENV)  # values that would not parse: never read
     assert config == Config()
-    for section in ("sqs", "dynamodb", "mongodb"):
+    for section in ("sqs", "dynamodb"):
         assert not hasattr(config, section)
+
+
+def test_the_mongodb_database_comes_from_mongodb_database() -> None:
+    assert Config().mongodb.database == ""  # the URL's database, else Go's "machinery"
+    assert Config.from_env(environ={"MONGODB_DATABASE": "results"}).mongodb.database == "results"
 
 
 def test_envconfig_struct_prefixed_names_win_as_in_go() -> None:
@@ -249,7 +253,8 @@ def test_sections_of_missing_drivers_load_with_a_warning_even_when_their_values_
     with caplog.at_level(logging.WARNING, "machinery_aio.config"):
         config = Config.from_yaml(path)
     assert config.default_queue == "q"
-    assert f"{path}: ignoring unknown settings dynamodb, mongodb, sqs" in caplog.text
+    assert config.mongodb.database == "x"
+    assert f"{path}: ignoring unknown settings dynamodb, sqs" in caplog.text
 
 
 def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:
@@ -346,3 +351,35 @@ def test_yaml_without_pyyaml_names_the_extra() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "loading YAML needs PyYAML: pip install 'machinery-aio[yaml]'" in proc.stdout
+
+
+# -- Pub/Sub --------------------------------------------------------------------------------
+
+
+def test_gcp_pubsub_settings_load_from_environment_and_yaml(tmp_path: Path) -> None:
+    env = {
+        "GCP_PUBSUB_MAX_EXTENSION": "120.5",
+        "GCP_PUBSUB_ACK_DEADLINE": "30",
+        "GCP_PUBSUB_ORDERING": "true",
+        "GCP_PUBSUB_DEAD_LETTER_MAX_ATTEMPTS": "7",
+    }
+    settings = Config.from_env(environ=env).gcp_pubsub
+    assert (settings.max_extension, settings.ack_deadline, settings.ordering) == (120.5, 30, True)
+    assert settings.dead_letter_max_attempts == 7
+    path = tmp_path / "c.yml"
+    path.write_text("gcp_pubsub:\n  ack_deadline: 20\n  ordering: true\n")
+    settings = Config.from_yaml(path).gcp_pubsub
+    assert (settings.ack_deadline, settings.ordering, settings.dead_letter_max_attempts) == (20, True, 0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"dead_letter_max_attempts": 3}, "Pub/Sub accepts 5 to 100 delivery attempts"),
+        ({"ack_deadline": 5}, "ack_deadline"),
+        ({"ack_deadline": 601}, "ack_deadline"),
+    ],
+)
+def test_bad_gcp_pubsub_settings_are_refused(settings: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Config(gcp_pubsub=settings)  # type: ignore[arg-type]

@@ -269,6 +269,7 @@ SAMPLE_URLS = {
     "redis+socket": "redis+socket:///tmp/redis.sock",
     "redis+sentinel": "redis+sentinel://127.0.0.1:26379/0?master_name=mymaster",
     "rediss+sentinel": "rediss+sentinel://127.0.0.1:26379/0?master_name=mymaster",
+    "gcppubsub": "gcppubsub://my-project/machinery-tasks-sub",
 }
 
 

@@ -77,9 +77,8 @@ def test_first_of_several_brokers_is_used() -> None:
         (create_broker, "null://", "broker"),
         (create_broker, "memcache://host:11211", "broker"),
         (create_lock, "amqp://user:hunter2@host/", "lock"),
-        # drivers that do not exist in this version (issue 11): no promise of an extra
-        (create_backend, "mongodb://user:hunter2@host:27017", "result backend"),
-        (create_backend, "memcache://host:11211", "result backend"),
+        (create_lock, "memcache://host:11211", "lock"),
+        (create_broker, "mongodb://user:hunter2@host:27017", "broker"),
     ],
 )
 def test_unknown_scheme_is_a_clear_error_without_the_password(make: object, url: str, kind: str) -> None:
@@ -93,6 +92,15 @@ def test_unknown_scheme_is_a_clear_error_without_the_password(make: object, url:
     assert "hunter2" not in message
     assert "not available" not in message
     assert "pip install" not in message
+
+
+def test_memcache_and_mongodb_urls_make_their_backends_without_connecting() -> None:
+    from machinery_aio.drivers.memcache.backend import MemcacheBackend
+    from machinery_aio.drivers.mongo.backend import MongoBackend
+
+    assert isinstance(create_backend(Config(), "memcache://h1:11211,h2:11211"), MemcacheBackend)
+    assert isinstance(create_backend(Config(), "mongodb://user:hunter2@host:27017/db"), MongoBackend)
+    assert isinstance(create_backend(Config(), "mongodb+srv://user:hunter2@cluster.example/db"), MongoBackend)
 
 
 def test_url_without_scheme_is_a_clear_error() -> None:

@@ -29,10 +29,13 @@ def test_every_driver_is_an_extra_and_every_extra_a_driver_or_tool() -> None:
         ("amqp", "aio-pika"),
         ("yaml", "PyYAML"),
         ("uvloop", "uvloop"),
+        ("gcp", "google-cloud-pubsub"),
+        ("memcache", "aiomcache"),
+        ("mongo", "pymongo"),
     ]:
         assert any(dep.startswith(package) for dep in extras[extra]), extra
     drivers = {tech.extra for tech in TECHNOLOGIES if tech.extra}
-    assert drivers == {"redis", "amqp"}
+    assert drivers == {"redis", "amqp", "gcp", "memcache", "mongo"}
     for extra in drivers | {"yaml", "uvloop"}:
         assert extra in extras["all"][0]
     # no extra promises a driver that does not exist (issue 11: they come with their driver)

@@ -79,6 +79,9 @@ TECHNOLOGIES: tuple[Technology, ...] = (
         broker="AMQPBroker",
         backend="AMQPBackend",
     ),
+    Technology("gcp", ("gcppubsub",), extra="gcp", package="google.cloud.pubsub", broker="GCPPubSubBroker"),
+    Technology("memcache", ("memcache",), extra="memcache", package="aiomcache", backend="MemcacheBackend"),
+    Technology("mongo", ("mongodb", "mongodb+srv"), extra="mongo", package="pymongo", backend="MongoBackend"),
     Technology("eager", ("eager",), broker="EagerBroker", backend="EagerBackend"),
 )
 

@@ -26,6 +26,13 @@ from machinery_aio.drivers.broker import Broker, Consumer
 from machinery_aio.drivers.lock import Lock
 from machinery_aio.drivers.redis.connection import create_redis
 from tests.conftest import require_server
+from tests.support.pubsub import (
+    PUBSUB_SERVER,
+    pubsub_available,
+    pubsub_cleanup,
+    pubsub_settings,
+    pubsub_url,
+)
 from tests.support.rabbitmq import AMQP_URL, Cleanup
 
 ROLES = ("broker", "backend", "lock")
@@ -111,9 +118,29 @@ async def amqp_cleanup(config: Config, unique: str, names: set[str]) -> None:
     await cleanup.run()
 
 
+# -- Memcache and MongoDB ------------------------------------------------------------------
+
+MEMCACHE_URL = "memcache://127.0.0.1:11211"
+MONGO_URL = "mongodb://127.0.0.1:27017/machinery_aio_tests"
+
+
+async def memcache_cleanup(config: Config, unique: str, names: set[str]) -> None:
+    from tests.support.memcache import delete_keys
+
+    await delete_keys(MEMCACHE_URL, names)
+
+
+async def mongo_cleanup(config: Config, unique: str, names: set[str]) -> None:
+    from tests.support.mongo import delete_documents
+
+    await delete_documents(MONGO_URL, unique)
+
+
 REDIS = ("127.0.0.1", 6379, "Redis")
 CLUSTER = ("127.0.0.1", 7000, "the Redis Cluster")
 RABBITMQ = ("127.0.0.1", 5672, "RabbitMQ")
+MEMCACHED = ("127.0.0.1", 11211, "memcached")
+MONGO = ("127.0.0.1", 27017, "the MongoDB-protocol server (nx-27017)")
 
 DRIVERS: list[Driver] = [
     Driver("memory", "memory://{unique}"),
@@ -132,11 +159,27 @@ DRIVERS: list[Driver] = [
         cleanup=redis_cleanup,
     ),
     Driver("rabbitmq", AMQP_URL, servers=(RABBITMQ,), configure=amqp_settings, cleanup=amqp_cleanup),
+    # -- Memcache and MongoDB (result backends only) --
+    Driver("memcache", MEMCACHE_URL, servers=(MEMCACHED,), cleanup=memcache_cleanup),
+    Driver("mongo", MONGO_URL, servers=(MONGO,), cleanup=mongo_cleanup),
     # eager:// runs tasks as they are published: its backend runs the backend contract; its
     # broker (no queues, capabilities.consumes False) is tested in tests/drivers/eager/.
     Driver("eager", "eager://{unique}"),
 ]
 """Every driver the contract suite runs against: add one line for a new driver."""
+
+# -- Google Cloud Pub/Sub (the emulator; left out where it is not installed) -------------------
+
+if pubsub_available():
+    DRIVERS.append(
+        Driver(
+            "gcppubsub",
+            pubsub_url("{unique}"),
+            servers=(PUBSUB_SERVER,),
+            configure=pubsub_settings,
+            cleanup=pubsub_cleanup,
+        )
+    )
 
 
 # -- parametrization -----------------------------------------------------------------------
