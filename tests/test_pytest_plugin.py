@@ -162,3 +162,17 @@ def test_without_the_app_the_fixture_says_what_to_set(pytester: pytest.Pytester)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*set machinery_app = 'package.module:server' in pytest.ini*"])
+
+
+def test_the_example_in_docs_testing_md_passes(pytester: pytest.Pytester) -> None:
+    from tests.test_docs import ROOT, blocks
+
+    for block in blocks(ROOT / "docs" / "testing.md"):
+        if block.file is not None and block.language == "python":
+            target = pytester.path / block.file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(block.code)
+    (pytester.path / "myapp" / "__init__.py").touch()  # tests/ stays a plain folder of test files
+    pytester.makeini(INI + "machinery_app = myapp.tasks:server\npythonpath = .\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "tests")
+    result.assert_outcomes(passed=2)

@@ -277,3 +277,21 @@ async def test_eager_records_are_apart_from_memory_records(unique: str) -> None:
     await eager.set_state(TaskState(task_uuid="task_1", task_name="add", state=State.SUCCESS))
     assert await eager.get_state("task_1") is not None
     assert await memory.get_state("task_1") is None
+
+
+async def test_what_an_inline_run_publishes_is_handed_back_not_queued(server: Server) -> None:
+    from machinery_aio.inline import InlineRunner, _Collect
+
+    runner = InlineRunner(server.config, server.registry, server.backend, server.middlewares)
+    first = add_sig(1)
+    first.on_success = [add_sig(2)]
+    outcome = await runner.run(first)
+    assert [s.name for s in outcome.then] == ["add"]
+    assert outcome.then[0].python_args() == [2, 1]  # the callback with the result appended
+    assert outcome.dead_letter == ""
+    collect = _Collect(server.config, "inline://")
+    assert await collect.count_pending() == 0
+    assert await collect.get_pending_tasks() == []
+    assert await collect.purge() == 0
+    with pytest.raises(NotImplementedError):
+        collect.consumer("q", prefetch=1, tag="t")
