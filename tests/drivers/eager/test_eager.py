@@ -284,6 +284,7 @@ async def test_what_an_inline_run_publishes_is_handed_back_not_queued(server: Se
 
     runner = InlineRunner(server.config, server.registry, server.backend, server.middlewares)
     first = add_sig(1)
+    first.uuid = "task_inline_first"
     first.on_success = [add_sig(2)]
     outcome = await runner.run(first)
     assert [s.name for s in outcome.then] == ["add"]
