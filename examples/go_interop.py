@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from typing import Any
 
 from machinery_aio import Arg, Config, Server, Signature
 
 # What Go's SendTask publishes for add(2, 3) (one line on the wire; spread here to read).
-GO_MESSAGE = {
+GO_MESSAGE: dict[str, Any] = {
     "UUID": "task_5c1d6f3e-7f4a-4b59-9d0a-1f2e3d4c5b6a",
     "Name": "add",
     "RoutingKey": "machinery_tasks",
@@ -71,7 +72,7 @@ async def main(broker: str) -> None:
         # 3. Python -> Go: the state record a Go AsyncResult reads.
         state = await result.get_state()
         print("3. stored for Go:", state.to_json().decode())
-        assert (state.results[0].type, state.results[0].value) == ("int64", 5)
+        assert [(r.type, r.value) for r in state.results or ()] == [("int64", 5)]
 
         typed = Signature(name="add", args=[Arg(type="int64", value=40), Arg(type="int64", value=2)])
         print("   a send with explicit Go types:", await (await server.send_task(typed)).get(timeout=10))

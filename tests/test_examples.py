@@ -227,3 +227,22 @@ def test_the_periodic_worker_runs_its_schedule_and_stops_on_sigterm(start: type[
     proc.wait_for("heartbeat at ")
     assert proc.stop() == 0, proc.output
     assert proc.lines[-1] == "worker stopped"
+
+
+def test_the_examples_pass_mypy_strict(tmp_path: Path) -> None:
+    """Users copy examples: they type-check as a user's project would (no plugins)."""
+    config = tmp_path / "mypy.ini"
+    config.write_text(f"[mypy]\nstrict = True\ncache_dir = {tmp_path / 'cache'}\n")
+    for cwd, targets in (
+        (EXAMPLES, [p.name for p in EXAMPLES.glob("*.py")]),
+        (EXAMPLES / "pytest_service", ["shop", "tests"]),
+    ):
+        check = subprocess.run(
+            [sys.executable, "-m", "mypy", "--config-file", str(config), *targets],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
