@@ -4,6 +4,7 @@ contract suite (tests/contract/); its broker has no queues for the broker contra
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -196,9 +197,17 @@ async def test_a_task_may_send_a_task_and_wait_for_it(server: Server) -> None:
     assert await result.get() == 9
 
 
-async def test_a_long_chain_does_not_nest(server: Server) -> None:
-    links = [add_sig(1) for _ in range(40)]
-    assert await (await server.send_chain(Chain(*links))).get() == 40
+async def test_chain_links_run_one_after_the_other_not_nested(server: Server) -> None:
+    depths: list[int] = []
+
+    @server.task("depth")
+    async def depth() -> None:
+        depths.append(len(traceback.extract_stack()))
+
+    links = [Signature(name="depth", immutable=True) for _ in range(5)]
+    await (await server.send_chain(Chain(*links))).get()
+    assert len(depths) == 5
+    assert len(set(depths)) == 1  # every link ran at the same stack depth as the first
 
 
 async def test_an_eta_is_skipped_by_default_and_kept_with_sleep(unique: str) -> None:
