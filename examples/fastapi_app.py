@@ -11,12 +11,13 @@ and run ``machinery-aio worker -A examples.fastapi_app:server`` beside it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 from fastapi import FastAPI
 
-from machinery_aio import Config, Server
+from machinery_aio import Config, Server, TaskFailedError
 from machinery_aio.integrations.fastapi import machinery_lifespan
 
 server = Server(Config.from_env())  # BROKER, RESULT_BACKEND ...; memory:// when unset
@@ -59,9 +60,7 @@ async def task_state(task_uuid: str, wait: float = 0.0) -> dict[str, Any]:
     """The task's state; with ``wait`` (seconds), wait that long for it to finish first."""
     result = server.get_async_result(task_uuid)
     if wait > 0:
-        try:
-            await result.backend.wait_for_state(task_uuid, wait)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError, TaskFailedError):  # the state below says which
+            await result.get(timeout=wait)
     state = await result.get_state()
     return {"state": state.state.value, "result": state.value, "error": state.error}
