@@ -30,8 +30,11 @@ __all__ = [
     "AMQPConfig",
     "Config",
     "ConfigError",
+    "DynamoDBConfig",
     "GCPPubSubConfig",
+    "MongoDBConfig",
     "RedisConfig",
+    "SQSConfig",
     "TLSConfig",
 ]
 
@@ -134,13 +137,49 @@ class MongoDBConfig(_Section):
     Go's ``machinery``. Set, it wins over the URL, as Go's ``MongoDB.Database`` does."""
 
 
+class SQSConfig(_Section):
+    """Amazon SQS settings (Go's ``SQSConfig``; YAML keys in Go's spelling also work)."""
+
+    wait_time_seconds: int = Field(
+        default=20,
+        ge=0,
+        le=20,
+        validation_alias=AliasChoices("wait_time_seconds", "receive_wait_time_seconds"),
+    )
+    """Long-poll seconds of each receive (``WaitTimeSeconds``)."""
+    visibility_timeout: int = Field(
+        default=30,
+        ge=1,
+        le=43200,
+        validation_alias=AliasChoices("visibility_timeout", "receive_visibility_timeout"),
+    )
+    """Seconds a received message stays hidden; a killed worker's messages return after it."""
+    visibility_heartbeat: bool = Field(
+        default=True, validation_alias=AliasChoices("visibility_heartbeat", "visibility_hearth_beat")
+    )
+    """Extend the visibility of running tasks' messages every ``visibility_timeout / 2`` s
+    (Go's default is off, so a task running longer than the timeout ran twice)."""
+    create_queues: bool = True
+    """Create a missing queue (and its dead-letter queue) on first use; Go requires them to exist."""
+
+
+class DynamoDBConfig(_Section):
+    """Amazon DynamoDB settings (Go's ``DynamoDBConfig``)."""
+
+    task_states_table: str = "task_states"
+    group_metas_table: str = "group_metas"
+    create_tables: bool = True
+    """Create missing tables (and turn on their TTL) on first use; Go requires them to exist."""
+
+
 class Config(BaseModel):
     """Everything a server, worker and scheduler need to know.
 
     ``Config()`` uses the embedded ``memory://`` broker and backend, which need
     no server. URLs choose the drivers: ``redis://`` (and ``rediss://``,
-    ``redis+socket://``, Sentinel, Cluster), ``amqp://`` / ``amqps://``; for results
-    also ``null://``.
+    ``redis+socket://``, Sentinel, Cluster), ``amqp://`` / ``amqps://``,
+    ``https://sqs.<region>.amazonaws.com/<account>/``; for results also ``null://`` and
+    ``https://dynamodb.<region>.amazonaws.com``.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -165,6 +204,8 @@ class Config(BaseModel):
     gcp_pubsub: GCPPubSubConfig = Field(default_factory=GCPPubSubConfig)
     tls: TLSConfig = Field(default_factory=TLSConfig)
     mongodb: MongoDBConfig = Field(default_factory=MongoDBConfig)
+    sqs: SQSConfig = Field(default_factory=SQSConfig)
+    dynamodb: DynamoDBConfig = Field(default_factory=DynamoDBConfig)
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -359,6 +400,13 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "GCP_PUBSUB_ACK_DEADLINE": ("gcp_pubsub.ack_deadline", _parse_int),
     "GCP_PUBSUB_ORDERING": ("gcp_pubsub.ordering", _parse_bool),
     "GCP_PUBSUB_DEAD_LETTER_MAX_ATTEMPTS": ("gcp_pubsub.dead_letter_max_attempts", _parse_int),
+    "SQS_WAIT_TIME_SECONDS": ("sqs.wait_time_seconds", _parse_int),
+    "SQS_VISIBILITY_TIMEOUT": ("sqs.visibility_timeout", _parse_int),
+    "SQS_VISIBILITY_HEARTBEAT": ("sqs.visibility_heartbeat", _parse_bool),
+    "SQS_CREATE_QUEUES": ("sqs.create_queues", _parse_bool),
+    "TASK_STATES_TABLE": ("dynamodb.task_states_table", _str),
+    "GROUP_METAS_TABLE": ("dynamodb.group_metas_table", _str),
+    "DYNAMODB_CREATE_TABLES": ("dynamodb.create_tables", _parse_bool),
     "TLS_CA_FILE": ("tls.ca_file", _str),
     "TLS_CERT_FILE": ("tls.cert_file", _str),
     "TLS_KEY_FILE": ("tls.key_file", _str),
@@ -372,6 +420,6 @@ _ENV_VARS.update(
     {
         f"{path.partition('.')[0].upper()}_{name}": (path, parse)
         for name, (path, parse) in list(_ENV_VARS.items())
-        if path.partition(".")[0] in ("amqp", "redis")
+        if path.partition(".")[0] in ("amqp", "redis", "sqs", "dynamodb")
     }
 )

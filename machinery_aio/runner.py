@@ -23,6 +23,7 @@ from typing import Any
 
 from . import gotime
 from .context import TaskContext
+from .counts import TaskCounts
 from .drivers.backend import ResultBackend
 from .errors import TaskTimeLimitExceeded
 from .gotypes import ArgTypeError
@@ -49,6 +50,8 @@ class Action(Enum):
     ACK = "ack"
     UNREGISTERED = "unregistered"
     DEAD_LETTER = "dead_letter"
+    KEEP = "keep"
+    """The task failed with ``StopTaskDeletionOnError``: leave the message to the broker."""
 
 
 @dataclass(slots=True)
@@ -61,6 +64,7 @@ class Outcome:
 
 
 _ACK = Outcome(Action.ACK)
+_KEEP = Outcome(Action.KEEP)
 
 
 def error_text(exc: BaseException, with_type: bool = False) -> str:
@@ -111,6 +115,7 @@ class TaskRunner:
         self.executor = executor
         self.time_limit = time_limit
         self.error_types = error_types
+        self.counts = TaskCounts()
 
     async def process(self, body: bytes) -> Outcome:
         try:
@@ -147,7 +152,7 @@ class TaskRunner:
 class _Run:
     """One run of one task: the steps of :meth:`TaskRunner.process` after the checks."""
 
-    __slots__ = ("ctx", "function", "hooked", "runner", "sig", "started")
+    __slots__ = ("ctx", "failed", "function", "hooked", "runner", "sig", "started")
 
     def __init__(self, runner: TaskRunner, function: TaskFunction, sig: Signature) -> None:
         self.runner = runner
@@ -156,6 +161,7 @@ class _Run:
         self.hooked = runner.middlewares.running
         self.ctx: TaskContext | None = None
         self.started = time.perf_counter()
+        self.failed = False
 
     def context(self) -> TaskContext:
         if self.ctx is None:
@@ -182,7 +188,7 @@ class _Run:
             await self._run(args, started)
         finally:
             await _recorded(started, sig)
-        return _ACK
+        return _KEEP if self.failed and sig.stop_task_deletion_on_error else _ACK
 
     async def _run(self, args: list[Any], started: Awaitable[Any]) -> None:
         sig = self.sig
@@ -238,6 +244,11 @@ class _Run:
 
     # -- outcomes --------------------------------------------------------------------
 
+    def _finish(self, state: State) -> float:
+        """Count the run's outcome; returns the run's duration."""
+        self.runner.counts.add(state)
+        return time.perf_counter() - self.started
+
     async def _after_task(
         self,
         duration: float,
@@ -261,7 +272,7 @@ class _Run:
             await runner.publisher.send_task(callback)
         if sig.group_uuid and sig.chord_callback is not None:
             await _member_done(runner, sig)
-        duration = time.perf_counter() - self.started
+        duration = self._finish(State.SUCCESS)
         if self.hooked:
             await self._after_task(duration, State.SUCCESS, value=value)
         if events.isEnabledFor(logging.INFO):
@@ -272,7 +283,7 @@ class _Run:
         await runner.backend.set_state(TaskState.new(sig, State.RETRY))
         sig.eta = gotime.now() + timedelta(seconds=exc.delay)
         await runner.publisher.republish(sig)
-        duration = time.perf_counter() - self.started
+        duration = self._finish(State.RETRY)
         if self.hooked:
             await self._after_task(duration, State.RETRY, exc.msg, exc)
         events.info(
@@ -293,7 +304,7 @@ class _Run:
             sig.retry_timeout = fibonacci_next(sig.retry_timeout)
             sig.eta = gotime.now() + timedelta(seconds=sig.retry_timeout)
             await runner.publisher.republish(sig)
-            duration = time.perf_counter() - self.started
+            duration = self._finish(State.RETRY)
             if self.hooked:
                 await self._after_task(duration, State.RETRY, text, exc)
             events.warning(
@@ -310,13 +321,14 @@ class _Run:
 
     async def _failed(self, text: str, exc: BaseException) -> None:
         sig, runner = self.sig, self.runner
+        self.failed = True
         await runner.backend.set_final_state(sig, TaskState.new(sig, State.FAILURE, error=text))
         for callback in sig.on_error or ():
             callback.args = [Arg(type="string", value=text), *(callback.args or ())]
             await runner.publisher.send_task(callback)
         if sig.group_uuid and sig.chord_callback is not None:
             await _member_done(runner, sig)
-        duration = time.perf_counter() - self.started
+        duration = self._finish(State.FAILURE)
         if self.hooked:
             await self._after_task(duration, State.FAILURE, text, exc)
         unexpected = not isinstance(exc, TaskTimeLimitExceeded | ArgTypeError)

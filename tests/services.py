@@ -23,6 +23,7 @@ STATE = ROOT / ".services"
 REDIS = ("127.0.0.1", 6379)
 RABBITMQ = ("127.0.0.1", 5672)
 REDIS_CLUSTER_PORTS = (7000, 7001, 7002)
+MOTO = ("127.0.0.1", 5000)
 
 
 def is_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -250,6 +251,25 @@ def ensure_mongo() -> bool:
     return wait_open(*MONGO, 15)
 
 
+def ensure_moto() -> bool:
+    """moto's server (from the test extra) on 127.0.0.1:5000: SQS and DynamoDB for the AWS drivers."""
+    if is_open(*MOTO):
+        return True
+    exe = Path(sys.executable).with_name("moto_server")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+    workdir = STATE / "moto"
+    workdir.mkdir(parents=True, exist_ok=True)
+    _log("starting moto_server on 5000")
+    with (workdir / "moto.log").open("ab") as log:
+        subprocess.Popen(
+            [*command, "-H", MOTO[0], "-p", str(MOTO[1])],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    return wait_open(*MOTO, 30)
+
+
 SERVICES: dict[str, Callable[[], bool]] = {
     "redis": ensure_redis,
     "rabbitmq": ensure_rabbitmq,
@@ -257,6 +277,7 @@ SERVICES: dict[str, Callable[[], bool]] = {
     "pubsub": ensure_pubsub,
     "memcached": ensure_memcached,
     "mongo": ensure_mongo,
+    "moto": ensure_moto,
 }
 
 

@@ -109,12 +109,26 @@ def test_url_without_scheme_is_a_clear_error() -> None:
 
 
 def test_https_urls_are_told_apart_by_service() -> None:
-    with pytest.raises(ConfigError, match="unknown result backend URL scheme 'https'"):
+    assert type(create_broker(Config(), "https://sqs.us-east-1.amazonaws.com/123456789012/")).__name__ == (
+        "SQSBroker"
+    )
+    assert type(create_backend(Config(), "https://dynamodb.eu-west-1.amazonaws.com")).__name__ == (
+        "DynamoDBBackend"
+    )
+    # a VPC endpoint or LocalStack host names the service by one of its labels
+    vpce = "https://vpce-0a1b.sqs.us-east-1.vpce.amazonaws.com/123456789012/"
+    assert type(create_broker(Config(), vpce)).__name__ == "SQSBroker"
+    with pytest.raises(ConfigError, match=r"result backend URL .*dynamodb\.<region>\.amazonaws\.com"):
         create_backend(Config(), "https://sqs.us-east-1.amazonaws.com/123")
-    with pytest.raises(ConfigError, match="unknown broker URL scheme 'https'"):
+    with pytest.raises(ConfigError, match=r"https broker URL must name its service by host .*sqs\.<region>"):
         create_broker(Config(), "https://dynamodb.us-east-1.amazonaws.com")
-    with pytest.raises(ConfigError, match="unknown broker URL scheme 'https'"):
-        create_broker(Config(), "https://example.com/queue")
+    with pytest.raises(ConfigError, match=r"unknown broker URL scheme 'https' for host 'example\.com'"):
+        create_broker(Config(), "https://user:hunter2@example.com/queue")
+    with pytest.raises(ConfigError) as info:
+        create_broker(Config(), "https://user:hunter2@example.com/queue")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError, match="unknown lock URL scheme 'https'"):
+        create_lock(Config(), "https://sqs.us-east-1.amazonaws.com/123")
 
 
 def test_lock_url_follows_a_redis_backend_or_broker() -> None:

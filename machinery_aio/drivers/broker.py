@@ -55,6 +55,8 @@ class BrokerCapabilities:
     """Tasks waiting in a queue can be listed without taking them."""
     list_delayed: bool = True
     """Tasks waiting for their ETA can be listed."""
+    list_held: bool = True
+    """Tasks taken by workers and not finished (running, handed back for later) can be listed."""
     dead_letters: bool = True
     """Messages set aside (not a task, bad arguments) are kept with the reason and can be listed."""
     consumes: bool = True
@@ -130,6 +132,12 @@ class Consumer(ABC):
 
     async def flush(self) -> None:
         """Wait until the broker has every ack given so far."""
+
+    async def keep(self, delivery: Delivery) -> None:
+        """The task failed and asked to keep its message (``StopTaskDeletionOnError``, an SQS
+        field in Go): SQS leaves it for the queue's redrive policy; other brokers ack it, as
+        Go's do."""
+        await self.ack(delivery)
 
     @abstractmethod
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:

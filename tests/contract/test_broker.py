@@ -112,7 +112,8 @@ async def test_publish_many_keeps_the_order(kit: Kit) -> None:
     broker = await kit.broker()
     sigs = [kit.sig(i) for i in range(20)]
     await broker.publish_many(sigs)
-    assert uuids(await broker.get_pending_tasks()) == uuids(sigs)
+    if broker.capabilities.list_pending:
+        assert uuids(await broker.get_pending_tasks()) == uuids(sigs)
     consumer = kit.consumer(broker, prefetch=20)
     got = await fetch_all(consumer, 20)
     assert [d.body for d in got] == [s.to_json() for s in sigs]
@@ -129,11 +130,12 @@ async def test_pending_tasks_are_counted_listed_with_a_limit_and_purged(kit: Kit
     await broker.publish(kit.sig(9, routing_key=other))
     assert await broker.count_pending() == 5
     assert await broker.count_pending(other) == 1
-    for _ in range(2):  # listing takes nothing
-        assert uuids(await broker.get_pending_tasks()) == uuids(sigs)
-    assert uuids(await broker.get_pending_tasks(limit=2)) == uuids(sigs[:2])
-    assert await broker.get_pending_tasks(limit=0) == []
-    assert uuids(await broker.get_pending_tasks(other)) == [kit.uuid("task", 9)]
+    if broker.capabilities.list_pending:
+        for _ in range(2):  # listing takes nothing
+            assert uuids(await broker.get_pending_tasks()) == uuids(sigs)
+        assert uuids(await broker.get_pending_tasks(limit=2)) == uuids(sigs[:2])
+        assert await broker.get_pending_tasks(limit=0) == []
+        assert uuids(await broker.get_pending_tasks(other)) == [kit.uuid("task", 9)]
     assert await broker.purge() == 5
     assert await broker.purge() == 0
     assert await broker.count_pending() == 0
@@ -197,7 +199,8 @@ async def test_a_message_handed_back_with_a_delay_is_held_then_delivered_again(k
     handed_back = time.monotonic()
     await consumer.requeue(first, DELAY)
     # Held by the broker meanwhile, not pending and not in the consumer's prefetch.
-    assert uuids(await broker.get_held_tasks()) == [sig.uuid]
+    if broker.capabilities.list_held:
+        assert uuids(await broker.get_held_tasks()) == [sig.uuid]
     assert await broker.count_pending() == 0
     second = kit.sig(2)
     await broker.publish(second)
@@ -228,7 +231,8 @@ async def test_release_and_close_return_what_is_held(kit: Kit) -> None:
     assert sorted(d.body for d in back) == sorted(d.body for d in got[:2])
     await consumer.close()
     await eventually(lambda: _pending(broker, 4), "the closed consumer's messages to be pending")
-    assert sorted(uuids(await broker.get_pending_tasks())) == sorted(uuids(sigs))
+    if broker.capabilities.list_pending:
+        assert sorted(uuids(await broker.get_pending_tasks())) == sorted(uuids(sigs))
     again = kit.consumer(broker)
     assert sorted(d.body for d in await fetch_all(again, 4)) == sorted(s.to_json() for s in sigs)
     assert await again.fetch(10) == []

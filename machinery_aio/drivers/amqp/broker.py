@@ -28,7 +28,8 @@ from ...config import AMQPConfig, Config, ConfigError
 from ...log import get_logger
 from ...signature import InvalidMessageError, Signature
 from ..broker import Broker, BrokerCapabilities, Consumer, DeadLetter
-from . import layout
+from ..registry import WorkerRegistry
+from . import layout, workers
 from .connection import FailoverConnection, connect, connection_name, peek, retry_transient, scratch_channel
 
 __all__ = ["AMQPBroker"]
@@ -41,7 +42,7 @@ MAX_REMEMBERED = 10_000
 """Declared queues remembered per process before the memory is cleared."""
 
 
-class AMQPBroker(Broker):
+class AMQPBroker(Broker, WorkerRegistry):
     """RabbitMQ broker compatible with Go Machinery's AMQP broker.
 
     Args:
@@ -67,6 +68,7 @@ class AMQPBroker(Broker):
         self._exchanges: dict[str, AbstractExchange] = {}
         self._declared: dict[tuple[str, str], float] = {}  # (queue, binding key) -> when
         self._declaring: dict[tuple[str, str], asyncio.Lock] = {}
+        self._worker_ttls: dict[str, float] = {}  # worker key -> its record's lifetime (s)
 
     @property
     def amqp(self) -> AMQPConfig:
@@ -399,6 +401,18 @@ class AMQPBroker(Broker):
             except InvalidMessageError as exc:
                 logger.warning("queue %r holds a message that is not a task: %s", queue, exc.reason)
         return tasks
+
+    # -- worker registry (heartbeats, see workers.py) -----------------------------------
+
+    async def record_worker(self, key: str, data: bytes, expires_at: float) -> None:
+        self._worker_ttls[key] = expires_at - time.time()
+        await workers.record_worker(self, key, data, expires_at)
+
+    async def remove_worker(self, key: str) -> None:
+        await workers.remove_worker(self, key, self._worker_ttls.pop(key, workers.TOMBSTONE_TTL))
+
+    async def list_workers(self) -> list[bytes]:
+        return await workers.list_workers(self)
 
     async def purge(self, queue: str | None = None) -> int:
         queue = queue or self.config.default_queue

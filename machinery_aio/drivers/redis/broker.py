@@ -24,6 +24,8 @@ from ...gotime import unix_nanos
 from ...log import get_logger
 from ...signature import InvalidMessageError, Signature
 from ..broker import Broker, BrokerCapabilities, Consumer, DeadLetter
+from ..registry import WorkerRegistry
+from . import workers
 from .batcher import Command, CommandBatcher, RedisHandle, run_script
 from .connection import RedisClient, is_cluster
 from .consumer import RedisConsumer
@@ -39,7 +41,7 @@ __all__ = ["RedisBroker"]
 logger = get_logger("machinery_aio.drivers.redis.broker")
 
 
-class RedisBroker(Broker):
+class RedisBroker(Broker, WorkerRegistry):
     """Publishes to and consumes from Redis lists, as Go Machinery lays them out."""
 
     capabilities = BrokerCapabilities()
@@ -240,6 +242,17 @@ class RedisBroker(Broker):
         keys = QueueKeys(queue or self.config.default_queue)
         count = await run_script(self.client, PURGE, [keys.dead])
         return int(count)
+
+    # -- worker registry (heartbeats) ----------------------------------------------------
+
+    async def record_worker(self, key: str, data: bytes, expires_at: float) -> None:
+        await workers.record_worker(self.client, key, data, expires_at)
+
+    async def remove_worker(self, key: str) -> None:
+        await workers.remove_worker(self.client, key)
+
+    async def list_workers(self) -> list[bytes]:
+        return await workers.list_workers(self.client)
 
 
 HELD_SCAN = 10_000
