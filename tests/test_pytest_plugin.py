@@ -16,7 +16,7 @@ from machinery_aio import Config, Server
 
 # The app's real configuration: nothing listens on port 1, so a test that reaches it fails.
 server = Server(Config(broker="redis://127.0.0.1:1/0", result_backend="redis://127.0.0.1:1/0",
-                       default_queue="{queue}"))
+                       default_queue="{queue}", results_expire_in=60))  # what a test leaves expires
 
 @server.task("add")
 async def add(a: int, b: int) -> int:
