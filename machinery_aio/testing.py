@@ -138,6 +138,7 @@ async def pointed_at(
     config = server.config.model_copy(
         update={"broker": broker_url, "result_backend": backend_url, "lock": lock_url}
     )
+    config._source = None  # a YAML reload must not put the app's URLs back during the test
     replaced = server.swap_drivers(config, create_broker(config), create_backend(config))
     try:
         yield server

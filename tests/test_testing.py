@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,12 @@ async def test_wait_idle_waits_for_delayed_tasks_and_times_out() -> None:
         await add.with_options(countdown=3600).delay(1, 1)
         with pytest.raises(TimeoutError, match="queue"):
             await wait_idle(worker, timeout=0.2)
+
+
+async def test_pointed_at_does_not_reload_the_apps_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text("broker: redis://127.0.0.1:1/0\nresult_backend: redis://127.0.0.1:1/0\n")
+    server = Server(Config.from_yaml(path, keep_reloading=True))
+    async with pointed_at(server):
+        assert not server.config.reloads  # a reload would put redis:// back into the test's config
+    assert server.config.reloads
