@@ -79,9 +79,6 @@ def test_first_of_several_brokers_is_used() -> None:
         (create_lock, "amqp://user:hunter2@host/", "lock"),
         (create_lock, "memcache://host:11211", "lock"),
         (create_broker, "mongodb://user:hunter2@host:27017", "broker"),
-        # drivers that do not exist in this version (issue 11): no promise of an extra
-        (create_broker, "eager", "broker"),
-        (create_backend, "eager", "result backend"),
     ],
 )
 def test_unknown_scheme_is_a_clear_error_without_the_password(make: object, url: str, kind: str) -> None:

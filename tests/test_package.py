@@ -44,7 +44,7 @@ def test_every_driver_is_an_extra_and_every_extra_a_driver_or_tool() -> None:
     for extra in drivers | tools:
         assert extra in extras["all"][0]
     # no extra promises a driver that does not exist (issue 11: they come with their driver)
-    assert set(extras) == drivers | tools | {"all", "test", "dev"}
+    assert set(extras) == drivers | tools | {"all", "test", "docs", "dev"}
 
 
 def test_redis_is_bounded_to_the_major_version_the_batcher_is_tested_with() -> None:

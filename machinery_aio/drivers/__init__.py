@@ -90,11 +90,12 @@ TECHNOLOGIES: tuple[Technology, ...] = (
     Technology(
         "aws", _HTTP, hosts=("dynamodb",), extra="aws", package="aiobotocore", backend="DynamoDBBackend"
     ),
+    Technology("eager", ("eager",), broker="EagerBroker", backend="EagerBackend"),
 )
 
 
 def technology_of(url: str) -> Technology | None:
-    """The technology whose scheme ``url`` has (``memory`` and ``null`` may be bare words);
+    """The technology whose scheme ``url`` has (``memory``, ``null``, ``eager`` may be bare words);
     for ``https://`` URLs, also the host (``sqs.<region>.amazonaws.com``)."""
     scheme = scheme_of(url) or url.strip().lower()
     labels = set(host_of(url).split(".")) if scheme in _HTTP else set()

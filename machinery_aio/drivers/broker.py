@@ -21,7 +21,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
@@ -30,7 +30,15 @@ from ..signature import Signature
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["Broker", "BrokerCapabilities", "Consumer", "DeadLetter", "Delivery"]
+__all__ = [
+    "Broker",
+    "BrokerCapabilities",
+    "Consumer",
+    "DeadLetter",
+    "Delivery",
+    "InlineOutcome",
+    "InlineRunner",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,9 @@ class BrokerCapabilities:
     """Messages set aside (not a task, bad arguments) are kept with the reason and can be listed."""
     edit_dead_letters: bool = False
     """Dead letters can be put back on their queue or deleted, one by one or all."""
+    consumes: bool = True
+    """Workers fetch from its queues; False for ``eager://``, which runs each task as it is
+    published."""
 
 
 @dataclass(slots=True, eq=False)
@@ -73,6 +84,24 @@ class DeadLetter(BaseModel):
     reason: str
     body: str
     failed_at: str
+
+
+@dataclass(slots=True)
+class InlineOutcome:
+    """What became of a task run by an :class:`InlineRunner`."""
+
+    then: list[Signature] = field(default_factory=list)
+    """What the run published (callbacks, chord callbacks, retries), in order, not yet run."""
+    dead_letter: str = ""
+    """Why the message was set aside (bad arguments); empty when it ran."""
+
+
+class InlineRunner(Protocol):
+    """Runs a task in the caller's coroutine as a worker would (what :meth:`Broker.attach` gets)."""
+
+    async def run(self, signature: Signature) -> InlineOutcome:
+        """Run ``signature`` to its end; raises TaskNotRegisteredError for an unknown name."""
+        ...
 
 
 class Consumer(ABC):
@@ -147,6 +176,10 @@ class Broker(ABC):
 
     async def close(self) -> None:
         """Close connections."""
+
+    def attach(self, runner: InlineRunner) -> None:
+        """Called by the Server that publishes through this broker with a runner of its
+        tasks; a broker that runs tasks itself (``eager://``) keeps it, others ignore it."""
 
     def default_routing_key(self) -> str:
         """The queue a signature with an empty RoutingKey goes to."""

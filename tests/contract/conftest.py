@@ -166,6 +166,9 @@ DRIVERS: list[Driver] = [
     # -- Memcache and MongoDB (result backends only) --
     Driver("memcache", MEMCACHE_URL, servers=(MEMCACHED,), cleanup=memcache_cleanup),
     Driver("mongo", MONGO_URL, servers=(MONGO,), cleanup=mongo_cleanup),
+    # eager:// runs tasks as they are published: its backend runs the backend contract; its
+    # broker (no queues, capabilities.consumes False) is tested in tests/drivers/eager/.
+    Driver("eager", "eager://{unique}"),
 ]
 """Every driver the contract suite runs against: add one line for a new driver."""
 

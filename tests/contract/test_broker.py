@@ -16,7 +16,7 @@ from tests.conftest import golden
 from tests.contract.conftest import Kit
 from tests.support.drivers import eventually, run_python
 
-pytestmark = pytest.mark.contract("broker")
+pytestmark = [pytest.mark.contract("broker"), pytest.mark.needs("consumes")]
 
 DELAY = 2.0
 """Seconds of the hand-back and ETA delays."""

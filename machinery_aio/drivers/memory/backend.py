@@ -46,6 +46,8 @@ class MemoryBackend(ResultBackend, WorkerRegistry):
     """In-process result backend; ``memory://name`` instances with the same name share records."""
 
     capabilities = BackendCapabilities(in_process=True)
+    namespace = ""
+    """Prefix of the store name, so that subclasses keep their records apart."""
 
     @property
     def _store(self) -> _Store:
@@ -54,7 +56,7 @@ class MemoryBackend(ResultBackend, WorkerRegistry):
         if cached is not None and cached[0] is loop:
             store: _Store = cached[1]
             return store
-        store = shared(_Store, store_name(self.url), _Store)
+        store = shared(_Store, self.namespace + store_name(self.url), _Store)
         self.__dict__["_cached"] = (loop, store)
         return store
 
