@@ -90,6 +90,9 @@ def run_target(target: Target, args: argparse.Namespace, logs: Path) -> dict[str
         return {"unavailable": "Redis is not reachable"}
     if target.broker == "amqp" and not machine.reachable(args.amqp, 5672):
         return {"unavailable": "RabbitMQ is not reachable"}
+    emulator = dict(target.variables).get("PUBSUB_EMULATOR_HOST")
+    if emulator and not machine.reachable(f"//{emulator}", 8085):
+        return {"unavailable": f"the Pub/Sub emulator is not reachable on {emulator}"}
     try:
         python = interpreter(target.env, logs / f"pip-{target.env.replace(':', '-')}.log")
     except EnvError as exc:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 MACHINERY = "benchmarks.peers.machinery_bench"
+PUBSUB_EMULATOR = "pubsub-emulator"
+"""Google Cloud Pub/Sub, on Google's emulator at PUBSUB_EMULATOR_HOST (127.0.0.1:8085 unless set):
+emulator figures, not Google's service."""
 
 
 @dataclass(frozen=True)
 class Target:
     library: str
     broker: str
-    """memory, redis or amqp."""
+    """memory, redis, amqp or pubsub-emulator."""
     adapter: str
     env: str
     """main (this interpreter), peers, arq or baseline:<git revision> (see :mod:`benchmarks.envs`)."""
@@ -28,6 +32,8 @@ class Target:
             return "memory://", "memory://"
         if self.broker == "amqp":
             return amqp, redis
+        if self.broker == PUBSUB_EMULATOR:  # one subscription per phase, named after its queue
+            return "gcppubsub://machinery-bench/{queue}", redis
         return redis, redis
 
 
@@ -39,6 +45,13 @@ TARGETS: list[Target] = [
     Target("machinery-aio", "memory", MACHINERY, "main"),
     Target("machinery-aio", "redis", MACHINERY, "main"),
     Target("machinery-aio", "amqp", MACHINERY, "main"),
+    Target(
+        "machinery-aio",
+        PUBSUB_EMULATOR,
+        MACHINERY,
+        "main",
+        (("PUBSUB_EMULATOR_HOST", os.environ.get("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")),),
+    ),
     # one no-op middleware with all four hooks: what the seam costs when it is used
     Target("machinery-aio+mw", "redis", MACHINERY, "main", (("BENCH_MIDDLEWARE", "1"),)),
     _peer("arq", "arq_bench", env="arq"),

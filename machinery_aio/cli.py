@@ -1,4 +1,4 @@
-"""The ``machinery-aio`` command: worker, send, inspect, purge.
+"""The ``machinery-aio`` command: worker, send, inspect, purge, dashboard.
 
 Built on the standard library's argparse, so the command works with the core
 install (pydantic and croniter only).
@@ -16,17 +16,20 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError
 from .drivers import MissingExtraError
 from .errors import ConnectionFailedError, TaskFailedError
+from .heartbeat import HEARTBEAT_INTERVAL, live_workers, registry_of
 from .log import setup_logging
 from .runner import error_text
 from .server import Server
 from .signature import Arg, Signature
+from .state import State
+from .summary import Progress, TerminalSummary
 from .tasks import Task
 from .urls import mask_secrets, mask_url
 
@@ -41,9 +44,12 @@ examples:
   machinery-aio inspect periodic -A myapp.tasks:server
   machinery-aio inspect state task_0d3c...
   machinery-aio inspect pending --queue machinery_tasks
+  machinery-aio inspect workers
+  machinery-aio worker -A myapp.tasks:server --metrics-port 9197   (Prometheus /metrics)
   machinery-aio purge --queue machinery_tasks --yes
   machinery-aio revoke task_0d3c... --terminate
   machinery-aio worker -A myapp.tasks:server --processes auto
+  machinery-aio dashboard -A myapp.tasks:server --port 8000 --auth admin:secret
 
 Without -A, the server is built from Go Machinery's environment variables
 (BROKER, RESULT_BACKEND, DEFAULT_QUEUE ...) or from --config FILE.yml.
@@ -109,7 +115,7 @@ def _is_factory(obj: Any) -> bool:
 def _server(args: argparse.Namespace) -> Server:
     if args.app:
         server = load_app(args.app)
-        if server.broker.capabilities.in_process and args.command in ("worker", "beat"):
+        if server.broker.capabilities.in_process and args.command in ("worker", "beat", "dashboard"):
             logging.getLogger("machinery_aio.cli").warning(
                 "the broker is %s: it lives in this process, so this %s only sees what "
                 "the process itself sends",
@@ -199,6 +205,8 @@ async def _worker(args: argparse.Namespace) -> int:
     tag = args.tag
     if tag and child is not None:
         tag = f"{tag}-{child}"
+    if args.metrics_port is not None and child is not None:
+        args.metrics_port += int(child)  # under --processes, child i serves PORT + i
     worker = server.new_worker(
         tag or f"{os.uname().nodename}-{os.getpid()}",
         args.concurrency,
@@ -206,11 +214,36 @@ async def _worker(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         task_time_limit=args.time_limit,
         run_scheduler=not args.no_scheduler,
+        heartbeat_interval=args.heartbeat_interval or None,
     )
     print(banner(server, worker.tag, worker.queue, worker.concurrency), file=sys.stderr)
-    async with _closing(server):
-        await worker.launch()
+    with _observed(args, server, worker):
+        async with _closing(server):
+            await worker.launch()
     return 0
+
+
+@contextlib.contextmanager
+def _observed(args: argparse.Namespace, server: Server, worker: Any) -> Iterator[None]:
+    """The worker's summary line (at a terminal, or with --summary) and --metrics-port."""
+    if args.summary or (args.summary is None and sys.stderr.isatty()):
+        worker.services.append(TerminalSummary(worker, sys.stderr))
+    if args.metrics_port is None:
+        yield
+        return
+    from .middlewares.prometheus import serve_worker_metrics
+
+    try:
+        added, stop = serve_worker_metrics(list(server.middlewares), worker, args.metrics_port)
+    except OSError as exc:
+        raise CLIError(f"cannot serve metrics on port {args.metrics_port}: {exc.strerror or exc}") from None
+    if added is not None:
+        server.add_middleware(added)
+    print(f"  metrics:     http://0.0.0.0:{args.metrics_port}/metrics", file=sys.stderr)
+    try:
+        yield
+    finally:
+        stop()
 
 
 async def _beat(args: argparse.Namespace) -> int:
@@ -274,7 +307,7 @@ async def _send(args: argparse.Namespace) -> int:
             worker = server.new_worker("machinery-aio-send", 1, args.queue, run_scheduler=False)
         try:
             async with worker:
-                value = await result.get(timeout=args.timeout)
+                value = await _wait(result, args.timeout)
         except TaskFailedError as exc:
             print(f"FAILURE: {exc.error}", file=sys.stderr)
             return 1
@@ -283,6 +316,23 @@ async def _send(args: argparse.Namespace) -> int:
             return 3
         _print_json(value)
         return 0
+
+
+async def _wait(result: Any, timeout: float) -> Any:
+    """The task's value, with its states shown on stderr while waiting."""
+    progress = Progress(sys.stderr)
+    watching = asyncio.create_task(progress.watch(result))
+    try:
+        value = await result.get(timeout=timeout)
+    except TaskFailedError:
+        progress.show(State.FAILURE)
+        raise
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+    progress.show(State.SUCCESS)
+    return value
 
 
 def _send_args(server: Server, args: argparse.Namespace) -> list[Arg]:
@@ -317,8 +367,6 @@ async def _inspect(args: argparse.Namespace) -> int:
         raise CLIError(f"{server.broker.describe()} cannot list delayed tasks (docs/cli.md says why)")
     if what == "dead" and not caps.dead_letters:
         raise CLIError(f"{server.broker.describe()} keeps no dead letters")
-    if what == "pending" and not caps.list_pending:
-        raise CLIError(f"{server.broker.describe()} cannot list pending tasks")
     if what == "state" and not args.uuid:
         raise CLIError("inspect state needs a task UUID")
     if what == "registered":
@@ -327,6 +375,8 @@ async def _inspect(args: argparse.Namespace) -> int:
     if what == "periodic":
         _print_json(await server.describe_periodic())
         return 0
+    if what == "workers":
+        return await _inspect_workers(server)
     async with _closing(server):
         await server.connect()
         broker = server.broker
@@ -339,6 +389,13 @@ async def _inspect(args: argparse.Namespace) -> int:
             _print_json(json.loads(state.to_json()))  # Go's record; "Progress" only when there is some
         elif what == "pending":
             count = await broker.count_pending(queue)
+            if not caps.list_pending:  # SQS: counts only
+                _print_json([])
+                print(
+                    f"about {count} pending in {queue!r} ({broker.describe()} can count but not list them)",
+                    file=sys.stderr,
+                )
+                return 0
             tasks = [_summary(t) for t in await broker.get_pending_tasks(queue, args.limit)]
             held = await broker.get_held_tasks(queue, args.limit)
             tasks += [{**_summary(t), "held": True} for t in held]
@@ -361,6 +418,21 @@ async def _inspect(args: argparse.Namespace) -> int:
             _print_json([letter.model_dump() for letter in letters])
             more = " (the limit)" if len(letters) == args.limit else ""
             print(f"{len(letters)} dead letters{more}", file=sys.stderr)
+        return 0
+
+
+async def _inspect_workers(server: Server) -> int:
+    registry = registry_of(server.backend, server.broker)
+    if registry is None:
+        raise CLIError(
+            f"neither the result backend {server.backend.describe()} nor the broker "
+            f"{server.broker.describe()} keeps worker heartbeats"
+        )
+    async with _closing(server):
+        await server.connect()
+        workers = await live_workers(registry)
+        _print_json([w.model_dump(mode="json") for w in workers])
+        print(f"{len(workers)} live workers", file=sys.stderr)
         return 0
 
 
@@ -403,6 +475,32 @@ async def _revoke(args: argparse.Namespace) -> int:
         return 1
     how = " (running copies are cancelled)" if args.terminate else ""
     print(f"revoked {args.uuid}{how}", file=sys.stderr)
+    return 0
+
+
+async def _dashboard(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .dashboard import dashboard_app
+        from .dashboard.security import AUTH_ENV
+    except ImportError as exc:
+        raise CLIError(
+            f"the dashboard needs the dashboard extra: pip install 'machinery-aio[dashboard]' ({exc})"
+        ) from None
+    server = _server(args)
+    try:
+        app = dashboard_app(server, auth=args.auth)  # None: the environment variable, if set
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    guarded = bool(args.auth or os.environ.get(AUTH_ENV))
+    guard = "basic auth on" if guarded else f"no auth: --auth USER:PASSWORD or {AUTH_ENV} turns it on"
+    print(
+        f"machinery-aio {__version__} dashboard on http://{args.host}:{args.port}/ ({guard})", file=sys.stderr
+    )
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    async with _closing(server):
+        await uvicorn.Server(config).serve()
     return 0
 
 
@@ -473,6 +571,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-scheduler", action="store_true", help="do not run periodic tasks in this worker"
     )
     worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (needs the prometheus extra)",
+    )
+    worker.add_argument(
+        "--heartbeat-interval",
+        type=_seconds,
+        default=HEARTBEAT_INTERVAL,
+        metavar="SECONDS",
+        help=f"seconds between heartbeats for `inspect workers` (0: none). Default {HEARTBEAT_INTERVAL:g}",
+    )
+    worker.add_argument(
+        "--summary",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="print processed/failed/rate/running every few seconds (default: on a terminal)",
+    )
+    worker.add_argument(
         "--uvloop",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -525,7 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="show states, queues, dead letters",
         description="Inspect a task state or the broker.",
     )
-    inspect.add_argument("what", choices=["state", "pending", "delayed", "dead", "registered", "periodic"])
+    inspect.add_argument(
+        "what", choices=["state", "pending", "delayed", "dead", "registered", "periodic", "workers"]
+    )
     inspect.add_argument("uuid", nargs="?", help="task UUID (for state)")
     inspect.add_argument("-Q", "--queue", help="queue (default: the config's default_queue)")
     inspect.add_argument(
@@ -549,6 +668,23 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("uuid", help="the task's UUID")
     revoke.add_argument("--terminate", action="store_true", help="also cancel it if it is running")
     revoke.set_defaults(func=_revoke)
+
+    dashboard = sub.add_parser(
+        "dashboard",
+        parents=[common],
+        help="serve the web dashboard",
+        description="Serve the web dashboard (needs the dashboard extra).",
+    )
+    dashboard.add_argument("--port", type=_port, default=8000, help="port to listen on. Default 8000")
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on. Default 127.0.0.1 (this machine only)"
+    )
+    dashboard.add_argument(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="require HTTP basic auth (default: the MACHINERY_DASHBOARD_AUTH environment variable)",
+    )
+    dashboard.set_defaults(func=_dashboard)
     return parser
 
 
@@ -559,6 +695,26 @@ def _processes(text: str) -> int:
         return parse_processes(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more, not {text}")
+    return seconds
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {port}")
+    return port
 
 
 def _run(coro: Awaitable[int], use_uvloop: bool | None) -> int:

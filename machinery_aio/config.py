@@ -16,13 +16,25 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 __all__ = [
     "AMQPConfig",
     "Config",
     "ConfigError",
+    "DynamoDBConfig",
+    "GCPPubSubConfig",
+    "MongoDBConfig",
     "RedisConfig",
+    "SQSConfig",
     "TLSConfig",
 ]
 
@@ -93,13 +105,81 @@ class RedisConfig(_Section):
     messages it claimed go back to the queue (not in Go)."""
 
 
+class GCPPubSubConfig(_Section):
+    """Google Cloud Pub/Sub settings (Go's ``GCPPubSubConfig``, plus what Go leaves to its client)."""
+
+    max_extension: float = Field(default=3600.0, ge=0)
+    """Seconds a running task's lease is extended at most (Go's ``MaxExtension``); after that
+    Pub/Sub may deliver the message again. 0 means no limit."""
+    ack_deadline: int = Field(default=60, ge=10, le=600)
+    """The ack deadline of subscriptions created here (seconds): how soon a killed worker's
+    messages are delivered again."""
+    ordering: bool = False
+    """Publish ``BrokerMessageGroupId`` as the ordering key; subscriptions created here
+    deliver messages with one key in order."""
+    dead_letter_max_attempts: int = Field(default=0, ge=0, le=100)
+    """Give subscriptions created here a dead-letter policy after this many delivery attempts
+    (5 to 100; 0 means none)."""
+
+    @field_validator("dead_letter_max_attempts")
+    @classmethod
+    def _attempts(cls, value: int) -> int:
+        if 0 < value < 5:
+            raise ValueError("Pub/Sub accepts 5 to 100 delivery attempts (0 means no dead-letter policy)")
+        return value
+
+
+class MongoDBConfig(_Section):
+    """MongoDB result backend settings (Go's ``MongoDBConfig``, minus the client object)."""
+
+    database: str = ""
+    """The database of ``tasks`` and ``group_metas``. Empty: the one the URL names, else
+    Go's ``machinery``. Set, it wins over the URL, as Go's ``MongoDB.Database`` does."""
+
+
+class SQSConfig(_Section):
+    """Amazon SQS settings (Go's ``SQSConfig``; YAML keys in Go's spelling also work)."""
+
+    wait_time_seconds: int = Field(
+        default=20,
+        ge=0,
+        le=20,
+        validation_alias=AliasChoices("wait_time_seconds", "receive_wait_time_seconds"),
+    )
+    """Long-poll seconds of each receive (``WaitTimeSeconds``)."""
+    visibility_timeout: int = Field(
+        default=30,
+        ge=1,
+        le=43200,
+        validation_alias=AliasChoices("visibility_timeout", "receive_visibility_timeout"),
+    )
+    """Seconds a received message stays hidden; a killed worker's messages return after it."""
+    visibility_heartbeat: bool = Field(
+        default=True, validation_alias=AliasChoices("visibility_heartbeat", "visibility_hearth_beat")
+    )
+    """Extend the visibility of running tasks' messages every ``visibility_timeout / 2`` s
+    (Go's default is off, so a task running longer than the timeout ran twice)."""
+    create_queues: bool = True
+    """Create a missing queue (and its dead-letter queue) on first use; Go requires them to exist."""
+
+
+class DynamoDBConfig(_Section):
+    """Amazon DynamoDB settings (Go's ``DynamoDBConfig``)."""
+
+    task_states_table: str = "task_states"
+    group_metas_table: str = "group_metas"
+    create_tables: bool = True
+    """Create missing tables (and turn on their TTL) on first use; Go requires them to exist."""
+
+
 class Config(BaseModel):
     """Everything a server, worker and scheduler need to know.
 
     ``Config()`` uses the embedded ``memory://`` broker and backend, which need
     no server. URLs choose the drivers: ``redis://`` (and ``rediss://``,
-    ``redis+socket://``, Sentinel, Cluster), ``amqp://`` / ``amqps://``; for results
-    also ``null://``.
+    ``redis+socket://``, Sentinel, Cluster), ``amqp://`` / ``amqps://``,
+    ``https://sqs.<region>.amazonaws.com/<account>/``; for results also ``null://`` and
+    ``https://dynamodb.<region>.amazonaws.com``.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -121,7 +201,11 @@ class Config(BaseModel):
     """Used in periodic lock keys as Go uses ``basename(argv[0])``; empty means the same."""
     amqp: AMQPConfig = Field(default_factory=AMQPConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
+    gcp_pubsub: GCPPubSubConfig = Field(default_factory=GCPPubSubConfig)
     tls: TLSConfig = Field(default_factory=TLSConfig)
+    mongodb: MongoDBConfig = Field(default_factory=MongoDBConfig)
+    sqs: SQSConfig = Field(default_factory=SQSConfig)
+    dynamodb: DynamoDBConfig = Field(default_factory=DynamoDBConfig)
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -312,10 +396,22 @@ _ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_CLUSTER_ENABLED": ("redis.cluster_enabled", _parse_bool),
     "REDIS_SENTINEL_PASSWORD": ("redis.sentinel_password", _str),
     "REDIS_CONSUMER_TIMEOUT": ("redis.consumer_timeout", float),
+    "GCP_PUBSUB_MAX_EXTENSION": ("gcp_pubsub.max_extension", float),
+    "GCP_PUBSUB_ACK_DEADLINE": ("gcp_pubsub.ack_deadline", _parse_int),
+    "GCP_PUBSUB_ORDERING": ("gcp_pubsub.ordering", _parse_bool),
+    "GCP_PUBSUB_DEAD_LETTER_MAX_ATTEMPTS": ("gcp_pubsub.dead_letter_max_attempts", _parse_int),
+    "SQS_WAIT_TIME_SECONDS": ("sqs.wait_time_seconds", _parse_int),
+    "SQS_VISIBILITY_TIMEOUT": ("sqs.visibility_timeout", _parse_int),
+    "SQS_VISIBILITY_HEARTBEAT": ("sqs.visibility_heartbeat", _parse_bool),
+    "SQS_CREATE_QUEUES": ("sqs.create_queues", _parse_bool),
+    "TASK_STATES_TABLE": ("dynamodb.task_states_table", _str),
+    "GROUP_METAS_TABLE": ("dynamodb.group_metas_table", _str),
+    "DYNAMODB_CREATE_TABLES": ("dynamodb.create_tables", _parse_bool),
     "TLS_CA_FILE": ("tls.ca_file", _str),
     "TLS_CERT_FILE": ("tls.cert_file", _str),
     "TLS_KEY_FILE": ("tls.key_file", _str),
     "TLS_INSECURE_SKIP_VERIFY": ("tls.insecure_skip_verify", _parse_bool),
+    "MONGODB_DATABASE": ("mongodb.database", _str),
 }
 
 # envconfig also reads a nested field under its struct's name first (AMQP_AMQP_EXCHANGE,
@@ -324,6 +420,6 @@ _ENV_VARS.update(
     {
         f"{path.partition('.')[0].upper()}_{name}": (path, parse)
         for name, (path, parse) in list(_ENV_VARS.items())
-        if path.partition(".")[0] in ("amqp", "redis")
+        if path.partition(".")[0] in ("amqp", "redis", "sqs", "dynamodb")
     }
 )

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import gotime
 from .context import TaskContext
+from .counts import TaskCounts
 from .drivers.backend import ResultBackend
 from .errors import TaskRevokedError, TaskTimeLimitExceeded
 from .gotypes import ArgTypeError
@@ -53,6 +54,8 @@ class Action(Enum):
     UNREGISTERED = "unregistered"
     DEAD_LETTER = "dead_letter"
     REQUEUE = "requeue"
+    KEEP = "keep"
+    """The task failed with ``StopTaskDeletionOnError``: leave the message to the broker."""
 
 
 @dataclass(slots=True)
@@ -66,6 +69,7 @@ class Outcome:
 
 
 _ACK = Outcome(Action.ACK)
+_KEEP = Outcome(Action.KEEP)
 
 
 def error_text(exc: BaseException, with_type: bool = False) -> str:
@@ -116,6 +120,7 @@ class TaskRunner:
         self.executor = executor
         self.time_limit = time_limit
         self.error_types = error_types
+        self.counts = TaskCounts()
         self.running: dict[str, _Run] = {}
         """Task UUID -> its run in progress, for revocations with ``terminate``."""
         self.revocations: Revocations | None = None
@@ -203,7 +208,18 @@ class TaskRunner:
 class _Run:
     """One run of one task: the steps of :meth:`TaskRunner.process` after the checks."""
 
-    __slots__ = ("cancellable", "ctx", "function", "hooked", "revoked", "runner", "sig", "started", "task")
+    __slots__ = (
+        "cancellable",
+        "ctx",
+        "failed",
+        "function",
+        "hooked",
+        "revoked",
+        "runner",
+        "sig",
+        "started",
+        "task",
+    )
 
     def __init__(self, runner: TaskRunner, function: TaskFunction, sig: Signature) -> None:
         self.runner = runner
@@ -212,6 +228,7 @@ class _Run:
         self.hooked = runner.middlewares.running
         self.ctx: TaskContext | None = None
         self.started = time.perf_counter()
+        self.failed = False
         self.revoked = False
         self.cancellable = False
         self.task: asyncio.Task[Any] | None = None
@@ -229,6 +246,7 @@ class _Run:
         """The task was revoked before it ran: record that and run its error callbacks."""
         events.warning("%s[%s] revoked: not run", self.sig.name, self.sig.uuid)
         await self._record_failure(REVOKED)
+        self._finish(State.FAILURE, REVOKED)
         return _ACK
 
     def context(self) -> TaskContext:
@@ -261,7 +279,7 @@ class _Run:
             if running.get(sig.uuid) is self:
                 del running[sig.uuid]
             await _recorded(started, sig)
-        return _ACK
+        return _KEEP if self.failed and sig.stop_task_deletion_on_error else _ACK
 
     async def _run(self, args: list[Any], started: Awaitable[Any]) -> None:
         sig = self.sig
@@ -332,6 +350,13 @@ class _Run:
 
     # -- outcomes --------------------------------------------------------------------
 
+    def _finish(self, state: State, error: str = "") -> float:
+        """Count the run's outcome (and keep a failure's note); returns the run's duration."""
+        self.runner.counts.add(state)
+        if state is State.FAILURE:
+            self.runner.counts.note_failure(self.sig.uuid, self.sig.name, error)
+        return time.perf_counter() - self.started
+
     async def _after_task(
         self,
         duration: float,
@@ -355,7 +380,7 @@ class _Run:
             await runner.publisher.send_task(callback)
         if sig.group_uuid and sig.chord_callback is not None:
             await _member_done(runner, sig)
-        duration = time.perf_counter() - self.started
+        duration = self._finish(State.SUCCESS)
         if self.hooked:
             await self._after_task(duration, State.SUCCESS, value=value)
         if events.isEnabledFor(logging.INFO):
@@ -366,7 +391,7 @@ class _Run:
         await runner.backend.set_state(TaskState.new(sig, State.RETRY))
         sig.eta = gotime.now() + timedelta(seconds=exc.delay)
         await runner.publisher.republish(sig)
-        duration = time.perf_counter() - self.started
+        duration = self._finish(State.RETRY)
         if self.hooked:
             await self._after_task(duration, State.RETRY, exc.msg, exc)
         events.info(
@@ -387,7 +412,7 @@ class _Run:
             sig.retry_timeout = fibonacci_next(sig.retry_timeout)
             sig.eta = gotime.now() + timedelta(seconds=sig.retry_timeout)
             await runner.publisher.republish(sig)
-            duration = time.perf_counter() - self.started
+            duration = self._finish(State.RETRY)
             if self.hooked:
                 await self._after_task(duration, State.RETRY, text, exc)
             events.warning(
@@ -405,6 +430,7 @@ class _Run:
     async def _record_failure(self, text: str) -> None:
         """Store FAILURE, send the error callbacks, and fire the chord if this was its last member."""
         sig, runner = self.sig, self.runner
+        self.failed = True
         await runner.backend.set_final_state(sig, TaskState.new(sig, State.FAILURE, error=text))
         for callback in sig.on_error or ():
             callback.args = [Arg(type="string", value=text), *(callback.args or ())]
@@ -415,7 +441,7 @@ class _Run:
     async def _failed(self, text: str, exc: BaseException) -> None:
         sig = self.sig
         await self._record_failure(text)
-        duration = time.perf_counter() - self.started
+        duration = self._finish(State.FAILURE, text)
         if self.hooked:
             await self._after_task(duration, State.FAILURE, text, exc)
         unexpected = not isinstance(exc, TaskTimeLimitExceeded | ArgTypeError | TaskRevokedError)

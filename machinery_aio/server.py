@@ -20,6 +20,7 @@ from .drivers.backend import ResultBackend
 from .drivers.broker import Broker
 from .drivers.lock import Lock
 from .errors import TaskNotRegisteredError
+from .inline import InlineRunner
 from .middleware import Middleware, Middlewares, PrePublishHandler, SignatureHandler
 from .periodic import MissedPolicy, PeriodicEntry, Scheduler
 from .publisher import Publisher
@@ -87,6 +88,7 @@ class Server:
         self.registry: dict[str, TaskFunction] = {}
         self._lock = lock
         self._scheduler: Scheduler | None = None
+        self.broker.attach(InlineRunner(self.config, self.registry, self.backend, self.middlewares))
 
     # -- connections -------------------------------------------------------------
 
@@ -96,6 +98,23 @@ class Server:
         if self._lock is None:
             self._lock = create_lock(self.config)
         return self._lock
+
+    def swap_drivers(
+        self, config: Config, broker: Broker, backend: ResultBackend, lock: Lock | None = None
+    ) -> tuple[Config, Broker, ResultBackend, Lock | None]:
+        """Send and work through these from now on; returns the ones replaced, to swap back.
+
+        The pytest plugin points a user's server at ``memory://`` this way. Nothing is
+        connected or closed here.
+        """
+        replaced = (self.config, self.broker, self.backend, self._lock)
+        self.config, self.broker, self.backend, self._lock = config, broker, backend, lock
+        self.publisher.broker, self.publisher.backend = broker, backend
+        self.publisher.disconnected()
+        broker.attach(InlineRunner(config, self.registry, backend, self.middlewares))
+        if self._scheduler is not None:
+            self._scheduler.lock = self.lock
+        return replaced
 
     async def connect(self) -> None:
         """Connect the broker and backend; sending connects on demand too."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["MaskSecretsFilter", "mask_secrets", "mask_url", "scheme_of"]
+__all__ = ["MaskSecretsFilter", "host_of", "mask_secrets", "mask_url", "scheme_of"]
 
 MASK = "****"
 _REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "redis+sentinel", "rediss+sentinel")
@@ -20,6 +20,15 @@ def scheme_of(url: str) -> str:
     """The lower-cased scheme of ``url`` ('' when it has none)."""
     head, sep, _ = url.partition("://")
     return head.lower() if sep else ""
+
+
+def host_of(url: str) -> str:
+    """The lower-cased host of ``url``, without user info or port ('' when it has none)."""
+    _, sep, rest = url.partition("://")
+    netloc = rest.split("/", 1)[0].rpartition("@")[2] if sep else ""
+    if netloc.startswith("["):
+        return netloc[1:].partition("]")[0].lower()
+    return netloc.partition(":")[0].lower()
 
 
 def _mask_userinfo(match: re.Match[str]) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from .drivers.backend import ResultBackend
 from .drivers.broker import Broker, Consumer, Delivery
+from .heartbeat import HEARTBEAT_INTERVAL, Heartbeat, registry_of
 from .log import get_logger
 from .middleware import (
     ErrorHandler,
@@ -99,6 +100,8 @@ class Worker:
             no worker here knows is handed back; doubles each time per name.
         services: run alongside consuming while the worker runs.
         handle_signals: whether :meth:`launch` stops on SIGTERM/SIGINT.
+        heartbeat_interval: seconds between the heartbeats that list this worker in
+            ``machinery-aio inspect workers`` (None: no heartbeats).
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Worker:
         services: Sequence[BackgroundService] = (),
         handle_signals: bool = True,
         error_types: bool = False,
+        heartbeat_interval: float | None = HEARTBEAT_INTERVAL,
     ) -> None:
         if concurrency < 0:
             raise ValueError("concurrency must be 0 (unlimited) or more")
@@ -132,6 +136,8 @@ class Worker:
         self.unregistered_backoff = unregistered_backoff
         self.services = list(services)
         self.handle_signals = handle_signals
+        keeper = registry_of(backend, broker) if heartbeat_interval else None
+        self.heartbeat = None if keeper is None else Heartbeat(self, keeper, heartbeat_interval or 0)
         self.runner = TaskRunner(
             registry,
             backend,
@@ -203,7 +209,7 @@ class Worker:
             )
         self._consumer = self.broker.consumer(self.queue, prefetch=self._in_flight, tag=self.tag)
         self._loop_task = asyncio.create_task(self._consume(), name=f"{self.tag}-consume")
-        for service in self.services:
+        for service in [*self.services, *([self.heartbeat] if self.heartbeat else [])]:
             self._background.append(asyncio.create_task(service.run()))
         logger.info(
             "worker %s consuming %r on %s (concurrency %s), results in %s",
@@ -364,6 +370,8 @@ class Worker:
                 await self._safely(consumer.dead_letter(delivery, outcome.reason))
             elif outcome.action is Action.REQUEUE:
                 await self._safely(consumer.requeue(delivery, outcome.delay))
+            elif outcome.action is Action.KEEP:
+                await self._safely(consumer.keep(delivery))
             else:
                 await self._hand_back(consumer, delivery, outcome.task_name)
         finally:

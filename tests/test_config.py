@@ -109,21 +109,47 @@ def test_go_environment_variables_load() -> None:
     assert redis.sentinel_password == "pw"
 
 
-REMOVED_DRIVER_ENV = {
-    # Go Machinery's variables for drivers this version does not have (SQS, DynamoDB, MongoDB)
-    "SQS_WAIT_TIME_SECONDS": "not a number",
-    "SQS_SQS_VISIBILITY_TIMEOUT": "-1",
-    "TASK_STATES_TABLE": "states",
-    "DYNAMODB_GROUP_METAS_TABLE": "metas",
-    "MONGODB_DATABASE": "machinery",
-}
+def test_sqs_and_dynamodb_variables_are_gos_names() -> None:
+    config = Config.from_env(
+        environ={
+            "SQS_WAIT_TIME_SECONDS": "5",
+            "SQS_VISIBILITY_TIMEOUT": "45",
+            "SQS_VISIBILITY_HEARTBEAT": "false",
+            "TASK_STATES_TABLE": "states",
+            "DYNAMODB_GROUP_METAS_TABLE": "metas",  # envconfig's prefixed form
+        }
+    )
+    assert (config.sqs.wait_time_seconds, config.sqs.visibility_timeout) == (5, 45)
+    assert config.sqs.visibility_heartbeat is False
+    assert (config.dynamodb.task_states_table, config.dynamodb.group_metas_table) == ("states", "metas")
+    defaults = Config()
+    assert (defaults.sqs.wait_time_seconds, defaults.sqs.visibility_heartbeat) == (20, True)
+    assert (defaults.dynamodb.task_states_table, defaults.dynamodb.group_metas_table) == (
+        "task_states",
+        "group_metas",
+    )
 
 
-def test_variables_of_drivers_that_do_not_exist_are_not_read() -> None:
-    config = Config.from_env(environ=REMOVED_DRIVER_ENV)  # values that would not parse: never read
-    assert config == Config()
-    for section in ("sqs", "dynamodb", "mongodb"):
-        assert not hasattr(config, section)
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("SQS_WAIT_TIME_SECONDS", "not a number", r"SQS_WAIT_TIME_SECONDS: 'not a number' is not an integer"),
+        ("SQS_WAIT_TIME_SECONDS", "21", r"sqs\.wait_time_seconds: Input should be less than or equal to 20"),
+        (
+            "SQS_VISIBILITY_TIMEOUT",
+            "0",
+            r"sqs\.visibility_timeout: Input should be greater than or equal to 1",
+        ),
+    ],
+)
+def test_bad_sqs_variables_are_clear_errors(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        Config.from_env(environ={name: value})
+
+
+def test_the_mongodb_database_comes_from_mongodb_database() -> None:
+    assert Config().mongodb.database == ""  # the URL's database, else Go's "machinery"
+    assert Config.from_env(environ={"MONGODB_DATABASE": "results"}).mongodb.database == "results"
 
 
 def test_envconfig_struct_prefixed_names_win_as_in_go() -> None:
@@ -223,11 +249,16 @@ def test_go_config_yml_loads_unchanged_beyond_1000_bytes(caplog: pytest.LogCaptu
     assert (redis.delayed_tasks_key, redis.client_name) == ("my_delayed_tasks", "billing-worker")
     assert (redis.master_name, redis.sentinel_password) == ("mymaster", "sentinel-pass")
     assert config.no_unix_signals is True  # past byte 1000, where Go's reader stops
+    sqs = config.sqs  # Go's key names, "hearth" included
+    assert (sqs.wait_time_seconds, sqs.visibility_timeout, sqs.visibility_heartbeat) == (5, 45, False)
+    dynamodb = config.dynamodb
+    assert (dynamodb.task_states_table, dynamodb.group_metas_table) == (
+        "billing_task_states",
+        "billing_group_metas",
+    )
     # the sections of drivers this version does not have are named, once, and ignored
     [warning] = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
-    assert "ignoring unknown settings dynamodb, gcppubsub_subscription, sqs" in warning
-    for section in ("sqs", "dynamodb"):
-        assert not hasattr(config, section)
+    assert "ignoring unknown settings gcppubsub_subscription" in warning
     assert not config.reloads
 
 
@@ -239,17 +270,25 @@ def test_python_spellings_load_from_yaml_too(tmp_path: Path) -> None:
     assert config.amqp.prefetch_count == 2
 
 
-def test_sections_of_missing_drivers_load_with_a_warning_even_when_their_values_are_bad(
+def test_unknown_sections_load_with_a_warning_even_when_their_values_are_bad(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "c.yml"
-    path.write_text(
-        "default_queue: q\nsqs:\n  receive_wait_time_seconds: 99\nmongodb:\n  database: x\ndynamodb: 5\n"
-    )
+    path.write_text("default_queue: q\nmongodb:\n  database: x\ngcppubsub: 5\n")
     with caplog.at_level(logging.WARNING, "machinery_aio.config"):
         config = Config.from_yaml(path)
     assert config.default_queue == "q"
-    assert f"{path}: ignoring unknown settings dynamodb, mongodb, sqs" in caplog.text
+    assert config.mongodb.database == "x"
+    assert f"{path}: ignoring unknown settings gcppubsub" in caplog.text
+
+
+def test_a_bad_sqs_value_in_yaml_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("sqs:\n  receive_wait_time_seconds: 99\n")
+    with pytest.raises(
+        ConfigError, match=r"sqs\.receive_wait_time_seconds: Input should be less than or equal to 20"
+    ):
+        Config.from_yaml(path)
 
 
 def test_empty_yaml_gives_defaults(tmp_path: Path) -> None:
@@ -346,3 +385,35 @@ def test_yaml_without_pyyaml_names_the_extra() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "loading YAML needs PyYAML: pip install 'machinery-aio[yaml]'" in proc.stdout
+
+
+# -- Pub/Sub --------------------------------------------------------------------------------
+
+
+def test_gcp_pubsub_settings_load_from_environment_and_yaml(tmp_path: Path) -> None:
+    env = {
+        "GCP_PUBSUB_MAX_EXTENSION": "120.5",
+        "GCP_PUBSUB_ACK_DEADLINE": "30",
+        "GCP_PUBSUB_ORDERING": "true",
+        "GCP_PUBSUB_DEAD_LETTER_MAX_ATTEMPTS": "7",
+    }
+    settings = Config.from_env(environ=env).gcp_pubsub
+    assert (settings.max_extension, settings.ack_deadline, settings.ordering) == (120.5, 30, True)
+    assert settings.dead_letter_max_attempts == 7
+    path = tmp_path / "c.yml"
+    path.write_text("gcp_pubsub:\n  ack_deadline: 20\n  ordering: true\n")
+    settings = Config.from_yaml(path).gcp_pubsub
+    assert (settings.ack_deadline, settings.ordering, settings.dead_letter_max_attempts) == (20, True, 0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"dead_letter_max_attempts": 3}, "Pub/Sub accepts 5 to 100 delivery attempts"),
+        ({"ack_deadline": 5}, "ack_deadline"),
+        ({"ack_deadline": 601}, "ack_deadline"),
+    ],
+)
+def test_bad_gcp_pubsub_settings_are_refused(settings: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Config(gcp_pubsub=settings)  # type: ignore[arg-type]

@@ -245,7 +245,7 @@ def test_shell_blocks_name_real_commands(block: Block) -> None:
             assert os.access(script, os.X_OK), f"{block.where}: {program} is not executable"
         elif program == "docker":
             assert (ROOT / "compose.yaml").is_file()
-        elif program in ("python", "python3", "uvicorn", "curl", "cd", "go"):
+        elif program in ("python", "python3", "uvicorn", "curl", "cd", "go", "pytest", "mkdocs"):
             continue
         else:
             pytest.fail(f"{block.where}: unknown command {program!r}")
@@ -269,6 +269,7 @@ SAMPLE_URLS = {
     "redis+socket": "redis+socket:///tmp/redis.sock",
     "redis+sentinel": "redis+sentinel://127.0.0.1:26379/0?master_name=mymaster",
     "rediss+sentinel": "rediss+sentinel://127.0.0.1:26379/0?master_name=mymaster",
+    "gcppubsub": "gcppubsub://my-project/machinery-tasks-sub",
 }
 
 

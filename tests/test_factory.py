@@ -77,11 +77,8 @@ def test_first_of_several_brokers_is_used() -> None:
         (create_broker, "null://", "broker"),
         (create_broker, "memcache://host:11211", "broker"),
         (create_lock, "amqp://user:hunter2@host/", "lock"),
-        # drivers that do not exist in this version (issue 11): no promise of an extra
-        (create_backend, "mongodb://user:hunter2@host:27017", "result backend"),
-        (create_backend, "memcache://host:11211", "result backend"),
-        (create_broker, "eager", "broker"),
-        (create_backend, "eager", "result backend"),
+        (create_lock, "memcache://host:11211", "lock"),
+        (create_broker, "mongodb://user:hunter2@host:27017", "broker"),
     ],
 )
 def test_unknown_scheme_is_a_clear_error_without_the_password(make: object, url: str, kind: str) -> None:
@@ -97,18 +94,41 @@ def test_unknown_scheme_is_a_clear_error_without_the_password(make: object, url:
     assert "pip install" not in message
 
 
+def test_memcache_and_mongodb_urls_make_their_backends_without_connecting() -> None:
+    from machinery_aio.drivers.memcache.backend import MemcacheBackend
+    from machinery_aio.drivers.mongo.backend import MongoBackend
+
+    assert isinstance(create_backend(Config(), "memcache://h1:11211,h2:11211"), MemcacheBackend)
+    assert isinstance(create_backend(Config(), "mongodb://user:hunter2@host:27017/db"), MongoBackend)
+    assert isinstance(create_backend(Config(), "mongodb+srv://user:hunter2@cluster.example/db"), MongoBackend)
+
+
 def test_url_without_scheme_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"unknown broker URL scheme .* in 'localhost:6379'; known schemes"):
         create_broker(Config(), "localhost:6379")
 
 
 def test_https_urls_are_told_apart_by_service() -> None:
-    with pytest.raises(ConfigError, match="unknown result backend URL scheme 'https'"):
+    assert type(create_broker(Config(), "https://sqs.us-east-1.amazonaws.com/123456789012/")).__name__ == (
+        "SQSBroker"
+    )
+    assert type(create_backend(Config(), "https://dynamodb.eu-west-1.amazonaws.com")).__name__ == (
+        "DynamoDBBackend"
+    )
+    # a VPC endpoint or LocalStack host names the service by one of its labels
+    vpce = "https://vpce-0a1b.sqs.us-east-1.vpce.amazonaws.com/123456789012/"
+    assert type(create_broker(Config(), vpce)).__name__ == "SQSBroker"
+    with pytest.raises(ConfigError, match=r"result backend URL .*dynamodb\.<region>\.amazonaws\.com"):
         create_backend(Config(), "https://sqs.us-east-1.amazonaws.com/123")
-    with pytest.raises(ConfigError, match="unknown broker URL scheme 'https'"):
+    with pytest.raises(ConfigError, match=r"https broker URL must name its service by host .*sqs\.<region>"):
         create_broker(Config(), "https://dynamodb.us-east-1.amazonaws.com")
-    with pytest.raises(ConfigError, match="unknown broker URL scheme 'https'"):
-        create_broker(Config(), "https://example.com/queue")
+    with pytest.raises(ConfigError, match=r"unknown broker URL scheme 'https' for host 'example\.com'"):
+        create_broker(Config(), "https://user:hunter2@example.com/queue")
+    with pytest.raises(ConfigError) as info:
+        create_broker(Config(), "https://user:hunter2@example.com/queue")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError, match="unknown lock URL scheme 'https'"):
+        create_lock(Config(), "https://sqs.us-east-1.amazonaws.com/123")
 
 
 def test_lock_url_follows_a_redis_backend_or_broker() -> None:

@@ -29,15 +29,23 @@ def test_every_driver_is_an_extra_and_every_extra_a_driver_or_tool() -> None:
         ("amqp", "aio-pika"),
         ("yaml", "PyYAML"),
         ("uvloop", "uvloop"),
+        ("gcp", "google-cloud-pubsub"),
+        ("memcache", "aiomcache"),
+        ("mongo", "pymongo"),
+        ("aws", "aiobotocore"),
+        ("otel", "opentelemetry-sdk"),
+        ("prometheus", "prometheus-client"),
+        ("dashboard", "starlette"),
         ("reload", "watchfiles"),
     ]:
         assert any(dep.startswith(package) for dep in extras[extra]), extra
     drivers = {tech.extra for tech in TECHNOLOGIES if tech.extra}
-    assert drivers == {"redis", "amqp"}
-    for extra in drivers | {"yaml", "uvloop", "reload"}:
+    assert drivers == {"redis", "amqp", "aws", "gcp", "memcache", "mongo"}
+    tools = {"yaml", "uvloop", "otel", "prometheus", "dashboard", "reload"}
+    for extra in drivers | tools:
         assert extra in extras["all"][0]
     # no extra promises a driver that does not exist (issue 11: they come with their driver)
-    assert set(extras) == drivers | {"yaml", "uvloop", "reload", "all", "test", "dev"}
+    assert set(extras) == drivers | tools | {"all", "test", "docs", "dev"}
 
 
 def test_redis_is_bounded_to_the_major_version_the_batcher_is_tested_with() -> None:

@@ -77,6 +77,22 @@ async def test_process_runs_a_registered_task_and_says_ack(runner: TaskRunner, s
     assert (state.state, [r.value for r in state.results or ()]) == (State.SUCCESS, [5])
 
 
+async def test_a_failure_with_stop_task_deletion_on_error_says_keep(server: Server) -> None:
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    runner = TaskRunner({"boom": TaskFunction("boom", boom)}, server.backend, server.publisher, tag="direct")
+    kept = task("boom", uuid="task_kept", stop_task_deletion_on_error=True)
+    assert await runner.process(kept.to_json()) == Outcome(Action.KEEP)
+    state = await server.backend.get_state("task_kept")
+    assert state is not None
+    assert (state.state, state.error) == (State.FAILURE, "boom")
+    plain = task("boom", uuid="task_plain")
+    assert await runner.process(plain.to_json()) == Outcome(Action.ACK)
+    retried = task("boom", uuid="task_retried", stop_task_deletion_on_error=True, retry_count=1)
+    assert await runner.process(retried.to_json()) == Outcome(Action.ACK)  # re-sent, not failed
+
+
 async def test_process_says_unregistered_and_stores_nothing(runner: TaskRunner, server: Server) -> None:
     sig = task("nobody", uuid="task_unknown")
     assert await runner.process(sig.to_json()) == Outcome(Action.UNREGISTERED, task_name="nobody")

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from machinery_aio.log import get_logger
-from machinery_aio.urls import MASK, mask_secrets, mask_url, scheme_of
+from machinery_aio.urls import MASK, host_of, mask_secrets, mask_url, scheme_of
 
 
 @pytest.mark.parametrize(
@@ -39,6 +39,15 @@ def test_mask_secrets_in_free_text() -> None:
     assert "hunter2" not in masked
     assert masked == f"lost redis://:{MASK}@r1:6379/6, retrying amqp://guest:{MASK}@rabbit/ now"
     assert mask_secrets("write to bob@example.com") == "write to bob@example.com"
+
+
+def test_host_of() -> None:
+    assert host_of("https://SQS.us-east-1.amazonaws.com/123456789012/") == "sqs.us-east-1.amazonaws.com"
+    assert (
+        host_of("https://user:pw@dynamodb.eu-west-1.amazonaws.com:443") == "dynamodb.eu-west-1.amazonaws.com"
+    )
+    assert host_of("http://[::1]:4566/000000000000/") == "::1"
+    assert host_of("localhost:6379") == ""
 
 
 def test_scheme_of() -> None:

@@ -21,6 +21,7 @@ MIDDLEWARE = os.environ.get("BENCH_MIDDLEWARE") == "1"
 
 
 def make_server(url: str, backend: str, queue: str) -> tuple[Server, Task[[int, int], int]]:
+    url = url.replace("{queue}", queue)  # Pub/Sub: the phase's own subscription
     server = Server(Config(broker=url, result_backend=backend, default_queue=queue))
     if MIDDLEWARE:
         server.add_middleware(_noop_middleware())

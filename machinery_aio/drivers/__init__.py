@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..config import Config, ConfigError
-from ..urls import mask_url, scheme_of
+from ..urls import host_of, mask_url, scheme_of
 
 if TYPE_CHECKING:
     from .backend import ResultBackend
@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 Role = Literal["broker", "backend", "lock"]
+_HTTP = ("https", "http")
 _ROLE_NAMES: dict[Role, str] = {"broker": "broker", "backend": "result backend", "lock": "lock"}
 
 
@@ -46,6 +47,9 @@ class Technology:
     name: str
     """The folder under ``machinery_aio/drivers/``."""
     schemes: tuple[str, ...]
+    hosts: tuple[str, ...] = ()
+    """For ``https://`` URLs, which several services share: a label the URL's host must have
+    (``sqs`` in ``sqs.us-east-1.amazonaws.com``). Empty means any host."""
     extra: str | None = None
     """The ``pip install 'machinery-aio[extra]'`` that brings its client library."""
     package: str | None = None
@@ -79,14 +83,24 @@ TECHNOLOGIES: tuple[Technology, ...] = (
         broker="AMQPBroker",
         backend="AMQPBackend",
     ),
+    Technology("gcp", ("gcppubsub",), extra="gcp", package="google.cloud.pubsub", broker="GCPPubSubBroker"),
+    Technology("memcache", ("memcache",), extra="memcache", package="aiomcache", backend="MemcacheBackend"),
+    Technology("mongo", ("mongodb", "mongodb+srv"), extra="mongo", package="pymongo", backend="MongoBackend"),
+    Technology("aws", _HTTP, hosts=("sqs",), extra="aws", package="aiobotocore", broker="SQSBroker"),
+    Technology(
+        "aws", _HTTP, hosts=("dynamodb",), extra="aws", package="aiobotocore", backend="DynamoDBBackend"
+    ),
+    Technology("eager", ("eager",), broker="EagerBroker", backend="EagerBackend"),
 )
 
 
 def technology_of(url: str) -> Technology | None:
-    """The technology whose scheme ``url`` has (``memory`` and ``null`` may be bare words)."""
+    """The technology whose scheme ``url`` has (``memory``, ``null``, ``eager`` may be bare words);
+    for ``https://`` URLs, also the host (``sqs.<region>.amazonaws.com``)."""
     scheme = scheme_of(url) or url.strip().lower()
+    labels = set(host_of(url).split(".")) if scheme in _HTTP else set()
     for tech in TECHNOLOGIES:
-        if scheme in tech.schemes:
+        if scheme in tech.schemes and (not tech.hosts or labels.intersection(tech.hosts)):
             return tech
     return None
 
@@ -101,6 +115,8 @@ def _load(url: str, role: Role) -> Any:
     tech = technology_of(url)
     cls_name = tech.cls_name(role) if tech is not None else None
     if tech is None or cls_name is None:
+        if scheme_of(url) in _HTTP:
+            raise ConfigError(_http_error(url, role))
         word = url.strip()
         scheme = scheme_of(url) or (word if word.isalnum() else "(none)")
         known = ", ".join(f"{s}://" for s in schemes(role))
@@ -119,6 +135,17 @@ def _load(url: str, role: Role) -> Any:
             f"the {kind} URL {mask_url(url)!r} needs {exc.name!r}: pip install 'machinery-aio[{tech.extra}]'"
         ) from exc
     return getattr(module, cls_name)
+
+
+def _http_error(url: str, role: Role) -> str:
+    """An https URL names a service by its host: say which hosts serve ``role``."""
+    kind = _ROLE_NAMES[role]
+    serving = [t for t in TECHNOLOGIES if t.hosts and t.cls_name(role)]
+    known = ", ".join(f"https://{h}.<region>.amazonaws.com" for t in serving for h in t.hosts)
+    return (
+        f"unknown {kind} URL scheme 'https' for host {host_of(url)!r} in {mask_url(url)!r}: "
+        f"an https {kind} URL must name its service by host ({known or 'none serves this role'})"
+    )
 
 
 def create_broker(config: Config, url: str | None = None) -> Broker:

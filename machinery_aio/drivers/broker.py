@@ -21,7 +21,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
@@ -31,7 +31,15 @@ if TYPE_CHECKING:
     from ..config import Config
     from .ratelimit import RateLimiter
 
-__all__ = ["Broker", "BrokerCapabilities", "Consumer", "DeadLetter", "Delivery"]
+__all__ = [
+    "Broker",
+    "BrokerCapabilities",
+    "Consumer",
+    "DeadLetter",
+    "Delivery",
+    "InlineOutcome",
+    "InlineRunner",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +56,15 @@ class BrokerCapabilities:
     """Tasks waiting in a queue can be listed without taking them."""
     list_delayed: bool = True
     """Tasks waiting for their ETA can be listed."""
+    list_held: bool = True
+    """Tasks taken by workers and not finished (running, handed back for later) can be listed."""
     dead_letters: bool = True
     """Messages set aside (not a task, bad arguments) are kept with the reason and can be listed."""
+    edit_dead_letters: bool = False
+    """Dead letters can be put back on their queue or deleted, one by one or all."""
+    consumes: bool = True
+    """Workers fetch from its queues; False for ``eager://``, which runs each task as it is
+    published."""
 
 
 @dataclass(slots=True, eq=False)
@@ -70,6 +85,24 @@ class DeadLetter(BaseModel):
     reason: str
     body: str
     failed_at: str
+
+
+@dataclass(slots=True)
+class InlineOutcome:
+    """What became of a task run by an :class:`InlineRunner`."""
+
+    then: list[Signature] = field(default_factory=list)
+    """What the run published (callbacks, chord callbacks, retries), in order, not yet run."""
+    dead_letter: str = ""
+    """Why the message was set aside (bad arguments); empty when it ran."""
+
+
+class InlineRunner(Protocol):
+    """Runs a task in the caller's coroutine as a worker would (what :meth:`Broker.attach` gets)."""
+
+    async def run(self, signature: Signature) -> InlineOutcome:
+        """Run ``signature`` to its end; raises TaskNotRegisteredError for an unknown name."""
+        ...
 
 
 class Consumer(ABC):
@@ -102,6 +135,12 @@ class Consumer(ABC):
 
     async def flush(self) -> None:
         """Wait until the broker has every ack given so far."""
+
+    async def keep(self, delivery: Delivery) -> None:
+        """The task failed and asked to keep its message (``StopTaskDeletionOnError``, an SQS
+        field in Go): SQS leaves it for the queue's redrive policy; other brokers ack it, as
+        Go's do."""
+        await self.ack(delivery)
 
     @abstractmethod
     async def requeue(self, delivery: Delivery, delay: float = 0.0) -> None:
@@ -138,6 +177,10 @@ class Broker(ABC):
 
     async def close(self) -> None:
         """Close connections."""
+
+    def attach(self, runner: InlineRunner) -> None:
+        """Called by the Server that publishes through this broker with a runner of its
+        tasks; a broker that runs tasks itself (``eager://``) keeps it, others ignore it."""
 
     def default_routing_key(self) -> str:
         """The queue a signature with an empty RoutingKey goes to."""
@@ -184,6 +227,25 @@ class Broker(ABC):
     async def get_dead_letters(self, queue: str | None = None, limit: int | None = None) -> list[DeadLetter]:
         """Messages set aside from ``queue`` with their reasons (``capabilities.dead_letters``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list dead letters")
+
+    async def count_dead_letters(self, queue: str | None = None) -> int:
+        """How many dead letters ``queue`` holds (``capabilities.dead_letters``); brokers that
+        can count without listing override this."""
+        return len(await self.get_dead_letters(queue))
+
+    async def requeue_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        """Put dead letters of ``queue`` (all, or those of ``letters`` still there) back at the
+        tail of the queue, bytes as stored; returns how many (``capabilities.edit_dead_letters``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot requeue dead letters")
+
+    async def delete_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        """Delete dead letters of ``queue`` (all, or those of ``letters`` still there); returns
+        how many (``capabilities.edit_dead_letters``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete dead letters")
 
     @abstractmethod
     async def purge(self, queue: str | None = None) -> int:

@@ -25,7 +25,16 @@ from machinery_aio.drivers.backend import ResultBackend
 from machinery_aio.drivers.broker import Broker, Consumer
 from machinery_aio.drivers.lock import Lock
 from machinery_aio.drivers.redis.connection import create_redis
+from machinery_aio.drivers.registry import WorkerRegistry
 from tests.conftest import require_server
+from tests.support.aws import DYNAMODB_URL, MOTO, SQS_URL, aws_cleanup, aws_settings, use_moto
+from tests.support.pubsub import (
+    PUBSUB_SERVER,
+    pubsub_available,
+    pubsub_cleanup,
+    pubsub_settings,
+    pubsub_url,
+)
 from tests.support.rabbitmq import AMQP_URL, Cleanup
 
 ROLES = ("broker", "backend", "lock")
@@ -38,6 +47,8 @@ class Driver:
     id: str
     url: str
     """The URL of every role; ``{unique}`` is replaced by the test's unique name."""
+    backend_url: str = ""
+    """The result backend's URL when it is not ``url`` (SQS with DynamoDB results)."""
     servers: tuple[tuple[str, int, str], ...] = ()
     """(host, port, what) of each server; unreachable ones skip the test, or fail it under CI."""
     configure: Callable[[Config, str], None] | None = None
@@ -50,7 +61,7 @@ class Driver:
         url = self.url.replace("{unique}", unique)
         config = Config(
             broker=url,
-            result_backend=url,
+            result_backend=self.backend_url.replace("{unique}", unique) or url,
             lock=url,
             default_queue=f"{unique}_q",
             results_expire_in=600,
@@ -60,7 +71,7 @@ class Driver:
         return config
 
     def driver_class(self, role: str) -> Any:
-        tech = technology_of(self.url)
+        tech = technology_of(self.backend_url if role == "backend" and self.backend_url else self.url)
         name = tech.cls_name(role) if tech is not None else None  # type: ignore[arg-type]
         if tech is None or name is None:
             return None
@@ -111,9 +122,29 @@ async def amqp_cleanup(config: Config, unique: str, names: set[str]) -> None:
     await cleanup.run()
 
 
+# -- Memcache and MongoDB ------------------------------------------------------------------
+
+MEMCACHE_URL = "memcache://127.0.0.1:11211"
+MONGO_URL = "mongodb://127.0.0.1:27017/machinery_aio_tests"
+
+
+async def memcache_cleanup(config: Config, unique: str, names: set[str]) -> None:
+    from tests.support.memcache import delete_keys
+
+    await delete_keys(MEMCACHE_URL, names)
+
+
+async def mongo_cleanup(config: Config, unique: str, names: set[str]) -> None:
+    from tests.support.mongo import delete_documents
+
+    await delete_documents(MONGO_URL, unique)
+
+
 REDIS = ("127.0.0.1", 6379, "Redis")
 CLUSTER = ("127.0.0.1", 7000, "the Redis Cluster")
 RABBITMQ = ("127.0.0.1", 5672, "RabbitMQ")
+MEMCACHED = ("127.0.0.1", 11211, "memcached")
+MONGO = ("127.0.0.1", 27017, "the MongoDB-protocol server (nx-27017)")
 
 DRIVERS: list[Driver] = [
     Driver("memory", "memory://{unique}"),
@@ -132,8 +163,45 @@ DRIVERS: list[Driver] = [
         cleanup=redis_cleanup,
     ),
     Driver("rabbitmq", AMQP_URL, servers=(RABBITMQ,), configure=amqp_settings, cleanup=amqp_cleanup),
+    # -- Memcache and MongoDB (result backends only) --
+    Driver("memcache", MEMCACHE_URL, servers=(MEMCACHED,), cleanup=memcache_cleanup),
+    Driver("mongo", MONGO_URL, servers=(MONGO,), cleanup=mongo_cleanup),
+    # eager:// runs tasks as they are published: its backend runs the backend contract; its
+    # broker (no queues, capabilities.consumes False) is tested in tests/drivers/eager/.
+    Driver("eager", "eager://{unique}"),
 ]
 """Every driver the contract suite runs against: add one line for a new driver."""
+
+# -- Google Cloud Pub/Sub (the emulator; left out where it is not installed) -------------------
+
+if pubsub_available():
+    DRIVERS.append(
+        Driver(
+            "gcppubsub",
+            pubsub_url("{unique}"),
+            servers=(PUBSUB_SERVER,),
+            configure=pubsub_settings,
+            cleanup=pubsub_cleanup,
+        )
+    )
+# -- AWS (moto's server) -----------------------------------------------------------------------
+
+use_moto()
+
+
+# The contract tests each use one role, so SQS with Redis results (or Redis with DynamoDB
+# results) would run the same cases again; tests/drivers/aws/test_mixed.py runs those pairs
+# end to end instead.
+DRIVERS += [
+    Driver(
+        "sqs-dynamodb",
+        SQS_URL,
+        backend_url=DYNAMODB_URL,
+        servers=(MOTO,),
+        configure=aws_settings,
+        cleanup=aws_cleanup,
+    ),
+]
 
 
 # -- parametrization -----------------------------------------------------------------------
@@ -157,11 +225,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     assert role in ROLES, role
     needs = [name for m in metafunc.definition.iter_markers("needs") for name in m.args]
     drivers = [
-        d
-        for d in DRIVERS
-        if d.driver_class(role) is not None and all(getattr(d.capabilities(role), n) for n in needs)
+        d for d in DRIVERS if d.driver_class(role) is not None and all(_has(d, role, n) for n in needs)
     ]
     metafunc.parametrize("driver", drivers, ids=[d.id for d in drivers])
+
+
+def _has(driver: Driver, role: str, need: str) -> bool:
+    """A capability of the driver's class; ``worker_registry``: it keeps worker heartbeats."""
+    if need == "worker_registry":
+        return issubclass(driver.driver_class(role), WorkerRegistry)
+    return bool(getattr(driver.capabilities(role), need))
 
 
 # -- what a test builds ----------------------------------------------------------------------

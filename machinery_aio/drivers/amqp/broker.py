@@ -28,7 +28,8 @@ from ...config import AMQPConfig, Config, ConfigError
 from ...log import get_logger
 from ...signature import InvalidMessageError, Signature
 from ..broker import Broker, BrokerCapabilities, Consumer, DeadLetter
-from . import layout
+from ..registry import WorkerRegistry
+from . import layout, workers
 from .connection import FailoverConnection, connect, connection_name, peek, retry_transient, scratch_channel
 
 __all__ = ["AMQPBroker"]
@@ -41,7 +42,7 @@ MAX_REMEMBERED = 10_000
 """Declared queues remembered per process before the memory is cleared."""
 
 
-class AMQPBroker(Broker):
+class AMQPBroker(Broker, WorkerRegistry):
     """RabbitMQ broker compatible with Go Machinery's AMQP broker.
 
     Args:
@@ -53,7 +54,7 @@ class AMQPBroker(Broker):
             Go worker would run it up to 10 % early).
     """
 
-    capabilities = BrokerCapabilities(priority=True, list_delayed=False)
+    capabilities = BrokerCapabilities(priority=True, list_delayed=False, edit_dead_letters=True)
 
     def __init__(self, config: Config, url: str | None = None, *, exact_delays: bool = False) -> None:
         super().__init__(config, url)
@@ -67,6 +68,7 @@ class AMQPBroker(Broker):
         self._exchanges: dict[str, AbstractExchange] = {}
         self._declared: dict[tuple[str, str], float] = {}  # (queue, binding key) -> when
         self._declaring: dict[tuple[str, str], asyncio.Lock] = {}
+        self._worker_ttls: dict[str, float] = {}  # worker key -> its record's lifetime (s)
 
     @property
     def amqp(self) -> AMQPConfig:
@@ -351,20 +353,64 @@ class AMQPBroker(Broker):
                     if message is None:
                         break
                     held.append(message)
-                    headers = message.headers or {}
-                    letters.append(
-                        DeadLetter(
-                            queue=str(_header(headers, layout.QUEUE_HEADER) or queue),
-                            reason=str(_header(headers, layout.REASON_HEADER) or ""),
-                            body=message.body.decode("utf-8", "replace"),
-                            failed_at=str(_header(headers, layout.FAILED_AT_HEADER) or ""),
-                        )
-                    )
+                    letters.append(_dead_letter(message, queue))
             finally:
                 for message in held:
                     await message.nack(requeue=True)
             await _wait_requeued(channel, layout.dead_letter_queue(queue), len(held))
         return letters
+
+    async def count_dead_letters(self, queue: str | None = None) -> int:
+        dead = layout.dead_letter_queue(queue or self.config.default_queue)
+        async with scratch_channel(await self.connection()) as channel:
+            return await _message_count(channel, dead) or 0
+
+    async def requeue_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        return await self._take_dead_letters(queue or self.config.default_queue, letters, requeue=True)
+
+    async def delete_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        return await self._take_dead_letters(queue or self.config.default_queue, letters, requeue=False)
+
+    async def _take_dead_letters(
+        self, queue: str, letters: Sequence[DeadLetter] | None, *, requeue: bool
+    ) -> int:
+        """Take the dead letters of ``queue`` that are among ``letters`` (all if None), each
+        published back to the queue first when ``requeue``; the others go back where they were."""
+        wanted = None if letters is None else list(letters)
+        dead = layout.dead_letter_queue(queue)
+        taken = 0
+        async with scratch_channel(await self.connection()) as channel:
+            total = await _message_count(channel, dead)
+            if not total or wanted == []:
+                return 0
+            source = await channel.get_queue(dead, ensure=False)
+            kept: list[AbstractIncomingMessage] = []
+            try:
+                for _ in range(total):
+                    message = await source.get(no_ack=False, fail=False)
+                    if message is None:
+                        break
+                    letter = _dead_letter(message, queue)
+                    if wanted is not None and letter not in wanted:
+                        kept.append(message)
+                        continue
+                    if wanted is not None:
+                        wanted.remove(letter)
+                    if requeue:
+                        await self.return_to_queue(queue, message)
+                    await message.ack()
+                    taken += 1
+                    if wanted == []:
+                        break
+            finally:
+                for message in kept:
+                    await message.nack(requeue=True)
+            await _wait_requeued(channel, dead, len(kept))
+        return taken
 
     # -- inspection ------------------------------------------------------------------
 
@@ -400,6 +446,18 @@ class AMQPBroker(Broker):
                 logger.warning("queue %r holds a message that is not a task: %s", queue, exc.reason)
         return tasks
 
+    # -- worker registry (heartbeats, see workers.py) -----------------------------------
+
+    async def record_worker(self, key: str, data: bytes, expires_at: float) -> None:
+        self._worker_ttls[key] = expires_at - time.time()
+        await workers.record_worker(self, key, data, expires_at)
+
+    async def remove_worker(self, key: str) -> None:
+        await workers.remove_worker(self, key, self._worker_ttls.pop(key, workers.TOMBSTONE_TTL))
+
+    async def list_workers(self) -> list[bytes]:
+        return await workers.list_workers(self)
+
     async def purge(self, queue: str | None = None) -> int:
         queue = queue or self.config.default_queue
         async with scratch_channel(await self.connection()) as channel:
@@ -428,6 +486,16 @@ async def _wait_requeued(channel: AbstractChannel, queue: str, count: int, timeo
         if (await _message_count(channel, queue) or 0) >= count:
             return
         await asyncio.sleep(0.02)
+
+
+def _dead_letter(message: AbstractIncomingMessage, queue: str) -> DeadLetter:
+    headers = message.headers or {}
+    return DeadLetter(
+        queue=str(_header(headers, layout.QUEUE_HEADER) or queue),
+        reason=str(_header(headers, layout.REASON_HEADER) or ""),
+        body=message.body.decode("utf-8", "replace"),
+        failed_at=str(_header(headers, layout.FAILED_AT_HEADER) or ""),
+    )
 
 
 def _header(headers: dict[str, Any], name: str) -> Any:

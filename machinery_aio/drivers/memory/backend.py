@@ -15,6 +15,7 @@ from ...gotime import ZERO_TIME, now
 from ...state import GroupMeta, TaskState
 from ..backend import BackendCapabilities, ResultBackend, keep_origin
 from ..control import ControlChannel
+from ..registry import WorkerRegistry
 from .control import MemoryControl
 from .store import shared, store_name
 
@@ -26,6 +27,7 @@ class _Store:
         self.records: dict[str, tuple[bytes, float]] = {}  # uuid -> (json, expires at)
         self.states: dict[str, TaskState] = {}  # uuid -> the state last stored (saves a decode)
         self.waiters: dict[str, asyncio.Event] = {}
+        self.workers: dict[str, tuple[bytes, float]] = {}  # worker key -> (record, expires at)
 
     def get(self, key: str) -> bytes | None:
         found = self.records.get(key)
@@ -42,10 +44,12 @@ class _Store:
         self.records[key] = (data, time.monotonic() + ttl)
 
 
-class MemoryBackend(ResultBackend):
+class MemoryBackend(ResultBackend, WorkerRegistry):
     """In-process result backend; ``memory://name`` instances with the same name share records."""
 
     capabilities = BackendCapabilities(in_process=True)
+    namespace = ""
+    """Prefix of the store name, so that subclasses keep their records apart."""
 
     @property
     def _store(self) -> _Store:
@@ -54,7 +58,7 @@ class MemoryBackend(ResultBackend):
         if cached is not None and cached[0] is loop:
             store: _Store = cached[1]
             return store
-        store = shared(_Store, store_name(self.url), _Store)
+        store = shared(_Store, self.namespace + store_name(self.url), _Store)
         self.__dict__["_cached"] = (loop, store)
         return store
 
@@ -124,3 +128,17 @@ class MemoryBackend(ResultBackend):
                 await asyncio.wait_for(event.wait(), left)
             except TimeoutError:
                 raise TimeoutError(f"task {task_uuid} did not complete within {timeout} s") from None
+
+    # -- worker registry (heartbeats) ----------------------------------------------------
+
+    async def record_worker(self, key: str, data: bytes, expires_at: float) -> None:
+        self._store.workers[key] = (data, expires_at)
+
+    async def remove_worker(self, key: str) -> None:
+        self._store.workers.pop(key, None)
+
+    async def list_workers(self) -> list[bytes]:
+        workers, now = self._store.workers, time.time()
+        for key in [key for key, (_, expires) in workers.items() if expires <= now]:
+            del workers[key]
+        return [data for data, _ in workers.values()]

@@ -63,7 +63,7 @@ class _Store:
 class MemoryBroker(Broker):
     """In-process broker; ``memory://name`` instances with the same name share queues."""
 
-    capabilities = BrokerCapabilities(in_process=True, at_least_once=False)
+    capabilities = BrokerCapabilities(in_process=True, at_least_once=False, edit_dead_letters=True)
 
     @property
     def _store(self) -> _Store:
@@ -115,6 +115,35 @@ class MemoryBroker(Broker):
 
     async def get_dead_letters(self, queue: str | None = None, limit: int | None = None) -> list[DeadLetter]:
         return list(self._store.dead.get(queue or self.config.default_queue, ()))[:limit]
+
+    async def count_dead_letters(self, queue: str | None = None) -> int:
+        return len(self._store.dead.get(queue or self.config.default_queue, ()))
+
+    async def requeue_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        name = queue or self.config.default_queue
+        taken = self._take_dead(name, letters)
+        self._store.queue(name).extend(letter.body.encode() for letter in taken)
+        await self._store.notify()
+        return len(taken)
+
+    async def delete_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        return len(self._take_dead(queue or self.config.default_queue, letters))
+
+    def _take_dead(self, queue: str, letters: Sequence[DeadLetter] | None) -> list[DeadLetter]:
+        kept = self._store.dead.get(queue, [])
+        if letters is None:
+            self._store.dead[queue] = []
+            return kept
+        taken = []
+        for letter in letters:
+            if letter in kept:
+                kept.remove(letter)
+                taken.append(letter)
+        return taken
 
     async def purge(self, queue: str | None = None) -> int:
         items = self._store.queue(queue or self.config.default_queue)

@@ -32,6 +32,8 @@ from ...log import get_logger
 from ...state import GroupMeta, State, TaskState
 from ..backend import ResultBackend
 from ..control import ControlChannel
+from ..registry import WorkerRegistry
+from . import workers
 from .batcher import Command, CommandBatcher, RedisHandle, run_script
 from .connection import RedisClient, is_cluster
 from .lock import RedsyncMutex
@@ -62,7 +64,7 @@ def chord_owner_key(group_uuid: str) -> str:
     return f"{{{group_uuid}}}:chord_owner"
 
 
-class RedisBackend(ResultBackend):
+class RedisBackend(ResultBackend, WorkerRegistry):
     """Task states and group metadata in Redis, as Go Machinery stores them."""
 
     def __init__(self, config: Config, url: str | None = None) -> None:
@@ -267,6 +269,17 @@ class RedisBackend(ResultBackend):
                     if state.is_completed():
                         return state
                 pause = min(POLL_MAX, pause * 2)
+
+    # -- worker registry (heartbeats) ----------------------------------------------------
+
+    async def record_worker(self, key: str, data: bytes, expires_at: float) -> None:
+        await workers.record_worker(self.client, key, data, expires_at)
+
+    async def remove_worker(self, key: str) -> None:
+        await workers.remove_worker(self.client, key)
+
+    async def list_workers(self) -> list[bytes]:
+        return await workers.list_workers(self.client)
 
 
 def _task_uuid(state: TaskState) -> str:

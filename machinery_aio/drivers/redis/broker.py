@@ -24,12 +24,14 @@ from ...gotime import unix_nanos
 from ...log import get_logger
 from ...signature import InvalidMessageError, Signature
 from ..broker import Broker, BrokerCapabilities, Consumer, DeadLetter
+from ..registry import WorkerRegistry
+from . import workers
 from .batcher import Command, CommandBatcher, RedisHandle, run_script
 from .connection import RedisClient, is_cluster
 from .consumer import RedisConsumer
 from .delayed import DelayedMover
 from .keys import QueueKeys
-from .queue_scripts import PURGE
+from .queue_scripts import DELETE_DEAD, PURGE, REQUEUE_DEAD, REQUEUE_DEAD_BATCH
 
 if TYPE_CHECKING:
     from ...config import Config
@@ -40,10 +42,10 @@ __all__ = ["RedisBroker"]
 logger = get_logger("machinery_aio.drivers.redis.broker")
 
 
-class RedisBroker(Broker):
+class RedisBroker(Broker, WorkerRegistry):
     """Publishes to and consumes from Redis lists, as Go Machinery lays them out."""
 
-    capabilities = BrokerCapabilities()
+    capabilities = BrokerCapabilities(edit_dead_letters=True)
 
     def __init__(self, config: Config, url: str | None = None) -> None:
         super().__init__(config, url)
@@ -250,6 +252,50 @@ class RedisBroker(Broker):
         keys = QueueKeys(queue or self.config.default_queue)
         count = await run_script(self.client, PURGE, [keys.dead])
         return int(count)
+
+    async def count_dead_letters(self, queue: str | None = None) -> int:
+        keys = QueueKeys(queue or self.config.default_queue)
+        return int(await self.client.execute_command("LLEN", keys.dead))
+
+    async def requeue_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        name = queue or self.config.default_queue
+        keys = QueueKeys(name)
+        if letters is None:
+            total = 0
+            while True:  # in batches, so one script never blocks Redis for long
+                moved = int(await run_script(self.client, REQUEUE_DEAD_BATCH, [keys.dead, name], [500]))
+                total += moved
+                if moved < 500:
+                    return total
+        count = 0
+        for letter in letters:
+            args = [letter.model_dump_json(), letter.body]
+            count += int(await run_script(self.client, REQUEUE_DEAD, [keys.dead, name], args))
+        return count
+
+    async def delete_dead_letters(
+        self, queue: str | None = None, letters: Sequence[DeadLetter] | None = None
+    ) -> int:
+        if letters is None:
+            return await self.purge_dead_letters(queue)
+        keys = QueueKeys(queue or self.config.default_queue)
+        count = 0
+        for letter in letters:
+            count += int(await run_script(self.client, DELETE_DEAD, [keys.dead], [letter.model_dump_json()]))
+        return count
+
+    # -- worker registry (heartbeats) ----------------------------------------------------
+
+    async def record_worker(self, key: str, data: bytes, expires_at: float) -> None:
+        await workers.record_worker(self.client, key, data, expires_at)
+
+    async def remove_worker(self, key: str) -> None:
+        await workers.remove_worker(self.client, key)
+
+    async def list_workers(self) -> list[bytes]:
+        return await workers.list_workers(self.client)
 
 
 HELD_SCAN = 10_000

@@ -8,6 +8,7 @@ from .batcher import LuaScript
 __all__ = [
     "CLAIM",
     "DEAD_LETTER",
+    "DELETE_DEAD",
     "HAND_BACK",
     "HEARTBEAT",
     "MOVE_DUE",
@@ -15,6 +16,8 @@ __all__ = [
     "RECOVER_STAGING",
     "RELEASE",
     "REQUEUE",
+    "REQUEUE_DEAD",
+    "REQUEUE_DEAD_BATCH",
     "RETURN_ALL",
     "STAGE_DUE",
 ]
@@ -128,6 +131,31 @@ PURGE = LuaScript(r"""
 local n = redis.call('LLEN', KEYS[1])
 redis.call('DEL', KEYS[1])
 return n
+""")
+
+REQUEUE_DEAD = LuaScript(r"""
+-- KEYS: dead list, queue; ARGV: the dead letter's JSON, its body. Back to the queue's tail.
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+""")
+
+REQUEUE_DEAD_BATCH = LuaScript(r"""
+-- KEYS: dead list, queue; ARGV: max count. The oldest dead letters' bodies back to the queue's
+-- tail, oldest first; returns how many.
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+for _, item in ipairs(items) do
+  redis.call('RPUSH', KEYS[2], cjson.decode(item)['body'])
+end
+redis.call('LTRIM', KEYS[1], #items, -1)
+return #items
+""")
+
+DELETE_DEAD = LuaScript(r"""
+-- KEYS: dead list; ARGV: the dead letter's JSON.
+return redis.call('LREM', KEYS[1], 1, ARGV[1])
 """)
 
 _ROUTING_KEY = r"""

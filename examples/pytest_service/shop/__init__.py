@@ -1,0 +1,1 @@
+"""A small shop service: an HTTP API that sends tasks, and the tasks."""

@@ -1,0 +1,1 @@
+"""Amazon Web Services drivers: the SQS broker and the DynamoDB result backend (aiobotocore)."""

@@ -1,0 +1,1 @@
+"""``eager://``: tasks run inline inside ``send_task``, for tests and scripts (no worker)."""

@@ -1,0 +1,1 @@
+"""The MongoDB result backend (``mongodb://``, ``mongodb+srv://``; the ``mongo`` extra)."""
