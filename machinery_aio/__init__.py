@@ -8,6 +8,7 @@ from .errors import (
     MachineryError,
     TaskFailedError,
     TaskNotRegisteredError,
+    TaskRevokedError,
     TaskTimeLimitExceeded,
 )
 from .middleware import Middleware, TaskOutcome
@@ -15,7 +16,7 @@ from .result import AsyncResult, ChainAsyncResult, ChordAsyncResult
 from .retry import RetryTaskLater
 from .server import Server
 from .signature import Arg, InvalidMessageError, Signature
-from .state import GroupMeta, State, TaskResult, TaskState
+from .state import GroupMeta, Progress, State, TaskResult, TaskState
 from .tasks import Task
 from .worker import Worker
 from .workflow import Chain, Chord, Group
@@ -38,6 +39,7 @@ __all__ = [
     "MachineryError",
     "Middleware",
     "MissingExtraError",
+    "Progress",
     "RetryTaskLater",
     "Server",
     "Signature",
@@ -48,6 +50,7 @@ __all__ = [
     "TaskNotRegisteredError",
     "TaskOutcome",
     "TaskResult",
+    "TaskRevokedError",
     "TaskState",
     "TaskTimeLimitExceeded",
     "Worker",

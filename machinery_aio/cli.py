@@ -47,6 +47,8 @@ examples:
   machinery-aio inspect workers
   machinery-aio worker -A myapp.tasks:server --metrics-port 9197   (Prometheus /metrics)
   machinery-aio purge --queue machinery_tasks --yes
+  machinery-aio revoke task_0d3c... --terminate
+  machinery-aio worker -A myapp.tasks:server --processes auto
   machinery-aio dashboard -A myapp.tasks:server --port 8000 --auth admin:secret
 
 Without -A, the server is built from Go Machinery's environment variables
@@ -187,9 +189,26 @@ def banner(server: Server, worker_tag: str, queue: str, concurrency: int) -> str
 
 
 async def _worker(args: argparse.Namespace) -> int:
+    from .supervisor import CHILD_INDEX, Supervisor
+
     server = _server(args)
+    child = os.environ.get(CHILD_INDEX)
+    if ((args.processes or 1) > 1 or args.reload) and child is None:
+        await server.close()  # the app loads (errors show here); the children connect
+        reload = [os.getcwd()] if args.reload else []
+        if args.reload:
+            try:
+                import watchfiles  # noqa: F401
+            except ImportError:
+                raise CLIError("--reload needs watchfiles: pip install 'machinery-aio[reload]'") from None
+        return await Supervisor(args.argv, args.processes or 1, reload=reload).run()
+    tag = args.tag
+    if tag and child is not None:
+        tag = f"{tag}-{child}"
+    if args.metrics_port is not None and child is not None:
+        args.metrics_port += int(child)  # under --processes, child i serves PORT + i
     worker = server.new_worker(
-        args.tag or f"{os.uname().nodename}-{os.getpid()}",
+        tag or f"{os.uname().nodename}-{os.getpid()}",
         args.concurrency,
         args.queue,
         grace_period=args.grace_period,
@@ -367,7 +386,7 @@ async def _inspect(args: argparse.Namespace) -> int:
             if state is None:
                 print(f"no state stored for {args.uuid}", file=sys.stderr)
                 return 1
-            _print_json(state.model_dump(mode="json", by_alias=True))
+            _print_json(json.loads(state.to_json()))  # Go's record; "Progress" only when there is some
         elif what == "pending":
             count = await broker.count_pending(queue)
             if not caps.list_pending:  # SQS: counts only
@@ -438,6 +457,25 @@ async def _purge(args: argparse.Namespace) -> int:
         count = await server.broker.purge(queue)
         print(f"purged {count} tasks from {queue}")
         return 0
+
+
+async def _revoke(args: argparse.Namespace) -> int:
+    server = _server(args)
+    if not args.uuid.strip():
+        raise CLIError("revoke needs a task UUID")
+    if server.backend.capabilities.in_process:
+        raise CLIError(
+            f"the result backend is {server.backend.describe()}, which no worker process reads: "
+            "set RESULT_BACKEND to a shared backend"
+        )
+    async with _closing(server):
+        revoked = await server.revoke(args.uuid.strip(), terminate=args.terminate)
+    if not revoked:
+        print(f"{args.uuid} has already finished; nothing revoked", file=sys.stderr)
+        return 1
+    how = " (running copies are cancelled)" if args.terminate else ""
+    print(f"revoked {args.uuid}{how}", file=sys.stderr)
+    return 0
 
 
 async def _dashboard(args: argparse.Namespace) -> int:
@@ -557,6 +595,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="use uvloop (default: if installed)",
     )
+    worker.add_argument(
+        "--processes",
+        type=_processes,
+        default=None,
+        metavar="N",
+        help="run N worker processes under a supervisor that restarts any that dies "
+        "('auto': one per core; --concurrency is per process). Default 1",
+    )
+    worker.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart the worker when a Python file under the current directory changes "
+        "(development; needs the reload extra)",
+    )
     worker.set_defaults(func=_worker)
 
     beat = sub.add_parser(
@@ -605,6 +657,18 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--yes", action="store_true", help="confirm")
     purge.set_defaults(func=_purge)
 
+    revoke = sub.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke a task: it never runs (--terminate: cancel it where it runs)",
+        description="Revoke a task by UUID: a pending or delayed task never runs; with "
+        "--terminate a running coroutine is cancelled on its worker. Its state becomes "
+        "FAILURE 'revoked'. Exits 1 if the task had already finished.",
+    )
+    revoke.add_argument("uuid", help="the task's UUID")
+    revoke.add_argument("--terminate", action="store_true", help="also cancel it if it is running")
+    revoke.set_defaults(func=_revoke)
+
     dashboard = sub.add_parser(
         "dashboard",
         parents=[common],
@@ -622,6 +686,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard.set_defaults(func=_dashboard)
     return parser
+
+
+def _processes(text: str) -> int:
+    from .supervisor import parse_processes
+
+    try:
+        return parse_processes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -659,6 +732,7 @@ def _run(coro: Awaitable[int], use_uvloop: bool | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(args.loglevel)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .retry import RetryTaskLater
@@ -20,7 +21,7 @@ class TaskContext:
     The Python twin of the ``context.Context`` a Go task may take.
     """
 
-    __slots__ = ("_logger", "data", "signature", "worker_tag")
+    __slots__ = ("_logger", "_progress", "data", "signature", "worker_tag")
 
     def __init__(self, signature: Signature, worker_tag: str = "") -> None:
         self.signature = signature
@@ -28,6 +29,7 @@ class TaskContext:
         self.data: dict[str, Any] = {}
         """Per-run values a middleware carries from ``before_task`` to ``after_task``."""
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+        self._progress: Callable[[float, float | None, str], Awaitable[bool]] | None = None
 
     @property
     def task_uuid(self) -> str:
@@ -53,6 +55,20 @@ class TaskContext:
             extra = {"task_name": self.signature.name, "task_uuid": self.signature.uuid}
             self._logger = logging.LoggerAdapter(_TASK_LOGGER, extra)
         return self._logger
+
+    async def set_progress(self, current: float, total: float | None = None, message: str = "") -> None:
+        """Report how far the task got; ``(await result.get_state()).progress`` reads it.
+
+        Stored beside the task's state (a Go reader ignores it), at most every 0.5 s (the
+        report that reaches ``total`` always); outside a worker it does nothing. Raises
+        TypeError or ValueError for values that are not numbers of 0 or more.
+        """
+        if self._progress is None:
+            from .progress import check_progress
+
+            check_progress(current, total, message)
+            return
+        await self._progress(current, total, message)
 
     def retry_later(self, msg: str = "retry later", delay: float = 1.0) -> RetryTaskLater:
         """Build the exception to ``raise`` to run this task again after ``delay`` s."""

@@ -7,6 +7,7 @@ __all__ = [
     "MachineryError",
     "TaskFailedError",
     "TaskNotRegisteredError",
+    "TaskRevokedError",
     "TaskTimeLimitExceeded",
 ]
 
@@ -24,6 +25,10 @@ class TaskFailedError(MachineryError):
         self.task_uuid = task_uuid
         self.task_name = task_name
         self.error = error
+
+
+class TaskRevokedError(TaskFailedError):
+    """The awaited task was revoked (``server.revoke``): it never ran, or was cancelled."""
 
 
 class TaskNotRegisteredError(MachineryError, KeyError):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import TypeAdapter
 
-from .errors import TaskFailedError
+from .errors import TaskFailedError, TaskRevokedError
+from .revoke import is_revoked, revoke
 from .signature import Signature
-from .state import State, TaskState
+from .state import Progress, State, TaskState
 
 if TYPE_CHECKING:
     from .drivers.backend import ResultBackend
@@ -31,6 +33,7 @@ class AsyncResult(Generic[R]):
         self.signature = signature
         self.backend = backend
         self._adapter: TypeAdapter[Any] | None = None
+        self._seen: Progress | None = None
 
     @property
     def task_uuid(self) -> str:
@@ -48,12 +51,33 @@ class AsyncResult(Generic[R]):
             return TaskState(task_uuid=self.task_uuid, task_name=self.signature.name)
         return state
 
+    async def wait_progress(self, timeout: float | None = None, interval: float = 0.1) -> TaskState:
+        """Wait until the task reports progress other than the last seen here, or finishes,
+        and return its state (``.progress``). Reads the state every ``interval`` s; raises
+        TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = await self.get_state()
+            if state.is_completed() or (state.progress is not None and state.progress != self._seen):
+                self._seen = state.progress
+                return state
+            left = _remaining(deadline)
+            if left is not None and left <= 0:
+                raise TimeoutError(f"task {self.task_uuid} reported no progress within {timeout} s")
+            await asyncio.sleep(interval if left is None else min(interval, left))
+
     async def touch(self) -> R | None:
         """The value if the task has finished, else None; raises if it failed."""
         state = await self.backend.get_state(self.task_uuid)
         if state is None or not state.is_completed():
             return None
         return self._value(state)
+
+    async def revoke(self, terminate: bool = False) -> bool:
+        """Revoke the task: if it has not started it never runs; with ``terminate`` a running
+        coroutine is cancelled where it runs. :meth:`get` then raises TaskRevokedError.
+        Returns False (changing nothing) if the task had already finished."""
+        return await revoke(self.backend, self.task_uuid, terminate=terminate)
 
     async def get(self, timeout: float | None = None, interval: float = 0.05) -> R:
         """Wait for the task to finish and return its value.
@@ -66,6 +90,8 @@ class AsyncResult(Generic[R]):
 
     def _value(self, state: TaskState) -> R:
         if state.state is State.FAILURE:
+            if is_revoked(state):
+                raise TaskRevokedError(state.task_uuid, state.error, state.task_name)
             raise TaskFailedError(state.task_uuid, state.error, state.task_name)
         value = state.value
         if self._adapter is not None and value is not None:
@@ -101,6 +127,11 @@ class ChainAsyncResult:
     async def get_states(self) -> list[TaskState]:
         return [await r.get_state() for r in self.results]
 
+    async def revoke(self, terminate: bool = False) -> None:
+        """Revoke every link: the chain stops where it is."""
+        for result in self.results:
+            await result.revoke(terminate)
+
     def __repr__(self) -> str:
         return f"<ChainAsyncResult of {len(self.results)}>"
 
@@ -120,6 +151,11 @@ class ChordAsyncResult:
             return await self.callback.get(_remaining(deadline), interval)
         except TimeoutError:
             raise TimeoutError(f"chord did not complete within {timeout} s") from None
+
+    async def revoke(self, terminate: bool = False) -> None:
+        """Revoke every member and the callback: the chord fails, its callback never runs."""
+        for result in [*self.group_results, self.callback]:
+            await result.revoke(terminate)
 
     def __repr__(self) -> str:
         return f"<ChordAsyncResult {len(self.group_results)} -> {self.callback.signature.name}>"

@@ -25,12 +25,15 @@ from . import gotime
 from .context import TaskContext
 from .counts import TaskCounts
 from .drivers.backend import ResultBackend
-from .errors import TaskTimeLimitExceeded
+from .errors import TaskRevokedError, TaskTimeLimitExceeded
 from .gotypes import ArgTypeError
 from .log import get_logger
 from .middleware import Middlewares, TaskOutcome
+from .progress import ProgressReporter
 from .publisher import Publisher
+from .ratelimit import LOCAL_WAIT, RateLimiter
 from .retry import RetryTaskLater, fibonacci_next
+from .revoke import REVOKED, TERMINATED, Revocations
 from .signature import Arg, InvalidMessageError, Signature
 from .state import State, TaskResult, TaskState
 from .tasks import TaskFunction
@@ -50,6 +53,7 @@ class Action(Enum):
     ACK = "ack"
     UNREGISTERED = "unregistered"
     DEAD_LETTER = "dead_letter"
+    REQUEUE = "requeue"
     KEEP = "keep"
     """The task failed with ``StopTaskDeletionOnError``: leave the message to the broker."""
 
@@ -61,6 +65,7 @@ class Outcome:
     action: Action
     reason: str = ""
     task_name: str = ""
+    delay: float = 0.0
 
 
 _ACK = Outcome(Action.ACK)
@@ -116,6 +121,16 @@ class TaskRunner:
         self.time_limit = time_limit
         self.error_types = error_types
         self.counts = TaskCounts()
+        self.running: dict[str, _Run] = {}
+        """Task UUID -> its run in progress, for revocations with ``terminate``."""
+        self.revocations: Revocations | None = None
+        self.limiter: RateLimiter | None = None
+        """Gives rate-limited tasks their start times (set by the worker)."""
+        self.slots: asyncio.Semaphore | None = None
+        """The worker's concurrency slots: a rate-limited task gives its own back while it waits."""
+        self.max_local_waits = 1
+        """Rate-limited runs that may wait in the worker at once (the others wait in the broker)."""
+        self._local_waits = 0
 
     async def process(self, body: bytes) -> Outcome:
         try:
@@ -130,14 +145,55 @@ class TaskRunner:
                 )
                 return _ACK
             return Outcome(Action.UNREGISTERED, task_name=sig.name)
+        if (revocations := self.revocations) is not None:
+            revoked = revocations.check(sig.uuid)
+            if revoked is None:
+                revoked = await revocations.read(sig.uuid)
+            if revoked:
+                return await _Run(self, function, sig).skip_revoked()
         if sig.eta is not None and sig.eta > gotime.now() + ETA_TOLERANCE:
             # Never hold an unacked message until its ETA: hand it back to the broker's delay.
             await self.publisher.republish(sig)
             return _ACK
         if sig.eta is not None and (early := (sig.eta - gotime.now()).total_seconds()) > 0:
             await asyncio.sleep(early)  # due within the tolerance: wait here rather than run early
+        if function.rate_limit is not None and (limited := await self._rate_limited(sig, function)):
+            return limited
         run = _Run(self, function, sig)
         return await run.go()
+
+    async def _rate_limited(self, sig: Signature, function: TaskFunction) -> Outcome | None:
+        """None when the task may start now (waiting here first if its turn is near);
+        otherwise the outcome that hands it back to the broker until its turn."""
+        limiter, rate = self.limiter, function.rate_limit
+        if limiter is None or rate is None:
+            return None
+        while (wait := await limiter.acquire(sig.name, rate, sig.uuid)) > 0:
+            local = LOCAL_WAIT if self._local_waits < self.max_local_waits else 0.0
+            if wait > local:
+                return Outcome(Action.REQUEUE, f"rate limit {rate}", sig.name, wait)
+            await self._wait_without_slot(wait)
+        return None
+
+    async def _wait_without_slot(self, seconds: float) -> None:
+        """Sleep ``seconds`` while another task uses this one's concurrency slot."""
+        slots = self.slots
+        self._local_waits += 1
+        try:
+            if slots is None:
+                await asyncio.sleep(seconds)
+                return
+            slots.release()
+            try:
+                await asyncio.sleep(seconds)
+            except asyncio.CancelledError:
+                # The worker is stopping: take the slot back if it is free, never wait for it.
+                if not slots.locked():
+                    await slots.acquire()
+                raise
+            await slots.acquire()
+        finally:
+            self._local_waits -= 1
 
     async def _invalid_message(self, exc: InvalidMessageError) -> Outcome:
         logger.error("invalid message set aside: %s", exc.reason)
@@ -152,7 +208,18 @@ class TaskRunner:
 class _Run:
     """One run of one task: the steps of :meth:`TaskRunner.process` after the checks."""
 
-    __slots__ = ("ctx", "failed", "function", "hooked", "runner", "sig", "started")
+    __slots__ = (
+        "cancellable",
+        "ctx",
+        "failed",
+        "function",
+        "hooked",
+        "revoked",
+        "runner",
+        "sig",
+        "started",
+        "task",
+    )
 
     def __init__(self, runner: TaskRunner, function: TaskFunction, sig: Signature) -> None:
         self.runner = runner
@@ -162,10 +229,30 @@ class _Run:
         self.ctx: TaskContext | None = None
         self.started = time.perf_counter()
         self.failed = False
+        self.revoked = False
+        self.cancellable = False
+        self.task: asyncio.Task[Any] | None = None
+
+    def terminate(self) -> None:
+        """Revoked while running: cancel a coroutine now; a plain function's thread cannot
+        be stopped, so its result is discarded when it ends."""
+        if self.revoked:
+            return
+        self.revoked = True
+        if self.cancellable and self.task is not None:
+            self.task.cancel()
+
+    async def skip_revoked(self) -> Outcome:
+        """The task was revoked before it ran: record that and run its error callbacks."""
+        events.warning("%s[%s] revoked: not run", self.sig.name, self.sig.uuid)
+        await self._record_failure(REVOKED)
+        self._finish(State.FAILURE, REVOKED)
+        return _ACK
 
     def context(self) -> TaskContext:
         if self.ctx is None:
             self.ctx = TaskContext(self.sig, self.runner.tag)
+            self.ctx._progress = ProgressReporter(self.runner.backend, self.sig).report
         return self.ctx
 
     async def go(self) -> Outcome:
@@ -184,22 +271,41 @@ class _Run:
             return Outcome(Action.DEAD_LETTER, reason, sig.name)
         states = (TaskState.new(sig, State.RECEIVED), TaskState.new(sig, State.STARTED))
         started = await backend.set_states_soon(states)  # the task need not wait for the write
+        running = runner.running
+        running[sig.uuid] = self
         try:
             await self._run(args, started)
         finally:
+            if running.get(sig.uuid) is self:
+                del running[sig.uuid]
             await _recorded(started, sig)
         return _KEEP if self.failed and sig.stop_task_deletion_on_error else _ACK
 
     async def _run(self, args: list[Any], started: Awaitable[Any]) -> None:
         sig = self.sig
         try:
-            value = await self._invoke(args)
+            if self.revoked:  # revoked (terminate) between its start and now
+                raise asyncio.CancelledError
+            if self.function.is_async:
+                self.task = asyncio.current_task()
+                self.cancellable = True
+            try:
+                value = await self._invoke(args)
+            finally:
+                self.cancellable = False
+            if self.revoked:
+                raise asyncio.CancelledError
             results = self.function.to_results(value)
         except RetryTaskLater as exc:
             await _recorded(started, sig)  # RETRY is not final: STARTED must not follow it
             await self._retry_later(exc)
         except asyncio.CancelledError:
-            raise
+            if not self.revoked:
+                raise
+            if self.task is not None:
+                self.task.uncancel()
+            await _recorded(started, sig)
+            await self._failed(TERMINATED, TaskRevokedError(sig.uuid, TERMINATED, sig.name))
         except (Exception, SystemExit) as exc:  # a task's sys.exit() fails only the task
             if sig.retry_count > 0:
                 await _recorded(started, sig)
@@ -321,7 +427,8 @@ class _Run:
             return
         await self._failed(text, exc)
 
-    async def _failed(self, text: str, exc: BaseException) -> None:
+    async def _record_failure(self, text: str) -> None:
+        """Store FAILURE, send the error callbacks, and fire the chord if this was its last member."""
         sig, runner = self.sig, self.runner
         self.failed = True
         await runner.backend.set_final_state(sig, TaskState.new(sig, State.FAILURE, error=text))
@@ -330,10 +437,14 @@ class _Run:
             await runner.publisher.send_task(callback)
         if sig.group_uuid and sig.chord_callback is not None:
             await _member_done(runner, sig)
+
+    async def _failed(self, text: str, exc: BaseException) -> None:
+        sig = self.sig
+        await self._record_failure(text)
         duration = self._finish(State.FAILURE, text)
         if self.hooked:
             await self._after_task(duration, State.FAILURE, text, exc)
-        unexpected = not isinstance(exc, TaskTimeLimitExceeded | ArgTypeError)
+        unexpected = not isinstance(exc, TaskTimeLimitExceeded | ArgTypeError | TaskRevokedError)
         events.error(
             "%s[%s] failed in %.6fs: %s",
             sig.name,

@@ -25,6 +25,7 @@ from .middleware import Middleware, Middlewares, PrePublishHandler, SignatureHan
 from .periodic import MissedPolicy, PeriodicEntry, Scheduler
 from .publisher import Publisher
 from .result import AsyncResult, ChainAsyncResult, ChordAsyncResult
+from .revoke import revoke
 from .signature import Signature
 from .tasks import Task, TaskFunction
 from .worker import BackgroundService, Worker
@@ -142,10 +143,18 @@ class Server:
     # -- registry ----------------------------------------------------------------
 
     def register_task(
-        self, name: str, fn: Callable[..., Any], *, time_limit: float | None = None
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        time_limit: float | None = None,
+        rate_limit: str | None = None,
     ) -> TaskFunction:
-        """Register ``fn`` under ``name``; a later registration of the same name replaces it."""
-        function = TaskFunction(name, fn, time_limit=time_limit)
+        """Register ``fn`` under ``name``; a later registration of the same name replaces it.
+
+        ``rate_limit`` (``"10/s"``, ``"100/m"``, ``"1000/h"``) spaces its runs evenly, across
+        every worker on a Redis broker, per worker elsewhere (docs/control.md)."""
+        function = TaskFunction(name, fn, time_limit=time_limit, rate_limit=rate_limit)
         self.registry[name] = function
         return function
 
@@ -155,7 +164,12 @@ class Server:
             self.register_task(name, fn)
 
     def task(
-        self, name: str | None = None, *, time_limit: float | None = None, **options: Any
+        self,
+        name: str | None = None,
+        *,
+        time_limit: float | None = None,
+        rate_limit: str | None = None,
+        **options: Any,
     ) -> TaskDecorator:
         """Decorator: register the function and return a typed :class:`Task` handle.
 
@@ -165,7 +179,7 @@ class Server:
 
         def decorate(fn: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or str(getattr(fn, "__name__", ""))
-            function = self.register_task(task_name, fn, time_limit=time_limit)
+            function = self.register_task(task_name, fn, time_limit=time_limit, rate_limit=rate_limit)
             handle: Task[Any, Any] = Task(self.publisher, function)
             return handle.with_options(**options) if options else handle
 
@@ -225,6 +239,13 @@ class Server:
     def get_async_result(self, task_uuid: str, name: str = "") -> AsyncResult[Any]:
         """An AsyncResult for a task sent elsewhere, by UUID."""
         return AsyncResult(Signature(uuid=task_uuid, name=name), self.backend)
+
+    async def revoke(self, task_uuid: str, terminate: bool = False) -> bool:
+        """Revoke a task by UUID: if it has not started it never runs; with ``terminate`` a
+        running coroutine is cancelled on the worker running it (docs/control.md).
+        Returns False (changing nothing) if the task had already finished."""
+        await self.publisher.connect()
+        return await revoke(self.backend, task_uuid, terminate=terminate)
 
     # -- workers -----------------------------------------------------------------
 

@@ -11,7 +11,15 @@ from pydantic import Field, ValidationError
 from . import gotime, gotypes
 from .signature import GoTime, Signature, _GoModel
 
-__all__ = ["GroupMeta", "State", "TaskResult", "TaskState", "results_to_value", "value_to_results"]
+__all__ = [
+    "GroupMeta",
+    "Progress",
+    "State",
+    "TaskResult",
+    "TaskState",
+    "results_to_value",
+    "value_to_results",
+]
 
 
 class State(StrEnum):
@@ -38,8 +46,21 @@ class TaskResult(_GoModel):
         return gotypes.decode_result(self.type, self.value)
 
 
+class Progress(_GoModel):
+    """How far a running task got (``ctx.set_progress``): ``{"Current","Total","Message"}``."""
+
+    current: int | float = 0
+    total: int | float | None = None
+    message: str = ""
+
+
+_WITHOUT_PROGRESS = {"progress"}
+
+
 class TaskState(_GoModel):
-    """A task's state record: ``{"TaskUUID","TaskName","State","Results","Error","CreatedAt","TTL"}``."""
+    """A task's state record: ``{"TaskUUID","TaskName","State","Results","Error","CreatedAt","TTL"}``,
+    and ``"Progress"`` after them while a running task reports progress (Go ignores it).
+    """
 
     task_uuid: str = ""
     task_name: str = ""
@@ -48,6 +69,7 @@ class TaskState(_GoModel):
     error: str = ""
     created_at: GoTime = gotime.ZERO_TIME
     ttl: int = 0
+    progress: Progress | None = None
 
     def is_completed(self) -> bool:
         return self.state in COMPLETED
@@ -64,6 +86,9 @@ class TaskState(_GoModel):
         return results_to_value(self.results)
 
     def to_json(self) -> bytes:
+        """Go's seven keys in Go's order; ``"Progress"`` last, only when there is progress."""
+        if self.progress is None:
+            return self.__pydantic_serializer__.to_json(self, by_alias=True, exclude=_WITHOUT_PROGRESS)
         return self.__pydantic_serializer__.to_json(self, by_alias=True)
 
     @classmethod
@@ -72,7 +97,7 @@ class TaskState(_GoModel):
 
     @classmethod
     def _nested_models(cls) -> dict[str, type[_GoModel]]:
-        return {"Results": TaskResult}
+        return {"Results": TaskResult, "Progress": Progress}
 
     @classmethod
     def new(
@@ -95,6 +120,7 @@ class TaskState(_GoModel):
                 "error": error,
                 "created_at": created_at,
                 "ttl": 0,
+                "progress": None,
             }
         )
 

@@ -12,6 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from . import gotypes
 from .context import TaskContext
+from .ratelimit import Rate, parse_rate
 from .signature import Arg, Signature
 from .state import TaskResult, value_to_results
 
@@ -47,7 +48,14 @@ def _is_context(param: inspect.Parameter, hints: dict[str, Any]) -> bool:
 class TaskFunction:
     """A function registered under a task name, with what is needed to call it."""
 
-    def __init__(self, name: str, fn: Callable[..., Any], *, time_limit: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        time_limit: float | None = None,
+        rate_limit: str | None = None,
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"task {name!r} must be callable, got {type(fn).__name__}")
         if not name:
@@ -57,6 +65,7 @@ class TaskFunction:
         self.name = name
         self.fn = fn
         self.time_limit = time_limit
+        self.rate_limit: Rate | None = None if rate_limit is None else parse_rate(rate_limit)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - async callables
         )

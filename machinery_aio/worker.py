@@ -25,6 +25,8 @@ from .middleware import (
     SignatureHandler,
 )
 from .publisher import Publisher
+from .ratelimit import LocalRateLimiter
+from .revoke import Revocations
 from .runner import Action, TaskRunner
 from .tasks import TaskFunction
 
@@ -146,10 +148,16 @@ class Worker:
             time_limit=task_time_limit,
             error_types=error_types,
         )
+        self.revocations = Revocations(backend, self.runner.running)
+        self.runner.revocations = self.revocations
+        self.services.append(self.revocations)
         self._connect = publisher.connect
         self._own_executor = executor is None
         in_flight = concurrency or UNLIMITED_IN_FLIGHT
         self._slots = asyncio.Semaphore(in_flight)
+        self.runner.slots = self._slots
+        self.runner.max_local_waits = max(1, in_flight // 2)
+        self.runner.limiter = broker.rate_limiter() or LocalRateLimiter()
         self._in_flight = in_flight
         self._running: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[Any]] = []
@@ -360,6 +368,8 @@ class Worker:
                 await self._safely(consumer.ack(delivery))
             elif outcome.action is Action.DEAD_LETTER:
                 await self._safely(consumer.dead_letter(delivery, outcome.reason))
+            elif outcome.action is Action.REQUEUE:
+                await self._safely(consumer.requeue(delivery, outcome.delay))
             elif outcome.action is Action.KEEP:
                 await self._safely(consumer.keep(delivery))
             else:

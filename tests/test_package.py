@@ -36,11 +36,12 @@ def test_every_driver_is_an_extra_and_every_extra_a_driver_or_tool() -> None:
         ("otel", "opentelemetry-sdk"),
         ("prometheus", "prometheus-client"),
         ("dashboard", "starlette"),
+        ("reload", "watchfiles"),
     ]:
         assert any(dep.startswith(package) for dep in extras[extra]), extra
     drivers = {tech.extra for tech in TECHNOLOGIES if tech.extra}
     assert drivers == {"redis", "amqp", "aws", "gcp", "memcache", "mongo"}
-    tools = {"yaml", "uvloop", "otel", "prometheus", "dashboard"}
+    tools = {"yaml", "uvloop", "otel", "prometheus", "dashboard", "reload"}
     for extra in drivers | tools:
         assert extra in extras["all"][0]
     # no extra promises a driver that does not exist (issue 11: they come with their driver)

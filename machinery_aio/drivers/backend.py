@@ -15,6 +15,7 @@ from ..state import GroupMeta, TaskState
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .control import ControlChannel
 
 __all__ = ["BackendCapabilities", "ResultBackend", "keep_origin"]
 
@@ -177,6 +178,13 @@ class ResultBackend(ABC):
                 await asyncio.sleep(min(interval, left))
             else:
                 await asyncio.sleep(interval)
+
+    # -- control -------------------------------------------------------------------
+
+    def control_channel(self) -> ControlChannel | None:
+        """The fast way revocations reach workers, or None: workers then read task states
+        (see ``machinery_aio/revoke.py``). The same object on every call."""
+        return None
 
     def describe(self) -> str:
         """A one-line description for logs, with any password masked."""

@@ -29,6 +29,7 @@ from ..signature import Signature
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .ratelimit import RateLimiter
 
 __all__ = [
     "Broker",
@@ -249,6 +250,11 @@ class Broker(ABC):
     @abstractmethod
     async def purge(self, queue: str | None = None) -> int:
         """Delete every pending task in ``queue``; return how many were removed."""
+
+    def rate_limiter(self) -> RateLimiter | None:
+        """A limiter shared by every worker on this broker, or None: each worker then limits
+        on its own (``machinery_aio/ratelimit.py``). The same object on every call."""
+        return None
 
     def describe(self) -> str:
         """A one-line description for logs, with any password masked."""

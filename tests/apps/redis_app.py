@@ -53,3 +53,14 @@ async def chord_total(key: str, *values: int) -> int:
     """A chord callback that counts how often it runs."""
     await _redis().incr(key)
     return sum(values)
+
+
+async def limited(key: str) -> None:
+    """Rate-limited to 10/s: notes when (Redis's clock) and in which process it started."""
+    client = _redis()
+    seconds, micros = await client.time()
+    await client.rpush(key, f"{seconds + micros / 1e6:.6f} {os.getpid()}")
+
+
+# Its name comes from the test, so that limits of tests running at once never meet.
+server.register_task(os.environ.get("RATE_TASK_NAME", "limited"), limited, rate_limit="10/s")

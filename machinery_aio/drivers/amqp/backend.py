@@ -44,6 +44,7 @@ from ...config import Config, ConfigError
 from ...signature import Signature
 from ...state import GroupMeta, State, TaskState
 from ..backend import ResultBackend, keep_origin
+from ..control import ControlChannel
 from .connection import (
     FailoverConnection,
     connect,
@@ -81,6 +82,15 @@ class AMQPBackend(ResultBackend):
         self._notify: AbstractQueue | None = None
         self._notify_lock = asyncio.Lock()
         self.groups = AMQPGroups(self)
+        self._control: ControlChannel | None = None
+
+    def control_channel(self) -> ControlChannel:
+        """Revocations through a fanout exchange into a stream (``control.py``)."""
+        if self._control is None:
+            from .control import AMQPControl
+
+            self._control = AMQPControl(self)
+        return self._control
 
     # -- connection ----------------------------------------------------------------
 

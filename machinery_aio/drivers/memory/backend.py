@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from ...gotime import ZERO_TIME, now
 from ...state import GroupMeta, TaskState
 from ..backend import BackendCapabilities, ResultBackend, keep_origin
+from ..control import ControlChannel
 from ..registry import WorkerRegistry
+from .control import MemoryControl
 from .store import shared, store_name
 
 __all__ = ["MemoryBackend"]
@@ -59,6 +61,10 @@ class MemoryBackend(ResultBackend, WorkerRegistry):
         store = shared(_Store, self.namespace + store_name(self.url), _Store)
         self.__dict__["_cached"] = (loop, store)
         return store
+
+    def control_channel(self) -> ControlChannel:
+        """Revocations reach the workers of this process's store (needs a running loop)."""
+        return shared(MemoryControl, store_name(self.url), MemoryControl)
 
     async def set_states(self, states: Sequence[TaskState]) -> None:
         for state in states:

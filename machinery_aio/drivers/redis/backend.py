@@ -31,6 +31,7 @@ from ...gotime import ZERO_TIME, format_time, now
 from ...log import get_logger
 from ...state import GroupMeta, State, TaskState
 from ..backend import ResultBackend
+from ..control import ControlChannel
 from ..registry import WorkerRegistry
 from . import workers
 from .batcher import Command, CommandBatcher, RedisHandle, run_script
@@ -72,6 +73,7 @@ class RedisBackend(ResultBackend, WorkerRegistry):
         self._redis = RedisHandle.shared(self.url, config, self)
         self._notifier: ResultNotifier | None = None
         self._members: OrderedDict[str, list[str]] = OrderedDict()
+        self._control: ControlChannel | None = None
 
     # -- connections ---------------------------------------------------------------
 
@@ -98,6 +100,14 @@ class RedisBackend(ResultBackend, WorkerRegistry):
             await self._notifier.close()
             self._notifier = None
         await self._redis.close(self)
+
+    def control_channel(self) -> ControlChannel:
+        """Revocations in a sorted set, announced by pub/sub (``control.py``)."""
+        if self._control is None:
+            from .control import RedisControl
+
+            self._control = RedisControl(self)
+        return self._control
 
     # -- writes ------------------------------------------------------------------------
 
@@ -291,7 +301,7 @@ _PLAIN_MIDDLE = {s: f',"State":"{s.value}","Results":null,"Error":""'.encode() f
 def _state_parts(state: TaskState) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     """:func:`_split_state` of ``state.to_json()``; built directly for a state without
     results or error (RECEIVED, STARTED: twice per task)."""
-    if state.results is None and not state.error and not state.ttl:
+    if state.results is None and not state.error and not state.ttl and state.progress is None:
         return (
             b'{"TaskUUID":' + to_json(state.task_uuid),
             to_json(state.task_name),

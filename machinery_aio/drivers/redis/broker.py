@@ -35,6 +35,7 @@ from .queue_scripts import DELETE_DEAD, PURGE, REQUEUE_DEAD, REQUEUE_DEAD_BATCH
 
 if TYPE_CHECKING:
     from ...config import Config
+    from ..ratelimit import RateLimiter
 
 __all__ = ["RedisBroker"]
 
@@ -52,6 +53,7 @@ class RedisBroker(Broker, WorkerRegistry):
         self._redis = RedisHandle.shared(self.url, config, self)
         self._mover: DelayedMover | None = None
         self._consumers = 0
+        self._limiter: RateLimiter | None = None
 
     # -- connections ---------------------------------------------------------------
 
@@ -62,6 +64,14 @@ class RedisBroker(Broker, WorkerRegistry):
     @property
     def batcher(self) -> CommandBatcher:
         return self._redis.batcher
+
+    def rate_limiter(self) -> RateLimiter:
+        """Limits shared by every worker on this Redis (``ratelimit.py``)."""
+        if self._limiter is None:
+            from .ratelimit import RedisRateLimiter
+
+            self._limiter = RedisRateLimiter(self)
+        return self._limiter
 
     async def connect(self) -> None:
         self._redis.attach(self)
