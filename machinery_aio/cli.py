@@ -17,7 +17,7 @@ import os
 import sys
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, ConfigError
@@ -32,6 +32,9 @@ from .state import State
 from .summary import Progress, TerminalSummary
 from .tasks import Task
 from .urls import mask_secrets, mask_url
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
 
 __all__ = ["load_app", "main"]
 
@@ -201,12 +204,10 @@ async def _worker(args: argparse.Namespace) -> int:
                 import watchfiles  # noqa: F401
             except ImportError:
                 raise CLIError("--reload needs watchfiles: pip install 'machinery-aio[reload]'") from None
-        return await Supervisor(args.argv, args.processes or 1, reload=reload).run()
+        return await _supervise(args, Supervisor(args.argv, args.processes or 1, reload=reload))
     tag = args.tag
     if tag and child is not None:
         tag = f"{tag}-{child}"
-    if args.metrics_port is not None and child is not None:
-        args.metrics_port += int(child)  # under --processes, child i serves PORT + i
     worker = server.new_worker(
         tag or f"{os.uname().nodename}-{os.getpid()}",
         args.concurrency,
@@ -223,6 +224,26 @@ async def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _supervise(args: argparse.Namespace, supervisor: Supervisor) -> int:
+    """Run the supervisor; with --metrics-port it serves its children's metrics, summed."""
+    if args.metrics_port is None:
+        return await supervisor.run()
+    from .middlewares.prometheus_multiprocess import MultiProcessMetrics
+
+    metrics = MultiProcessMetrics(args.metrics_port)
+    try:
+        metrics.open()
+    except OSError as exc:
+        raise CLIError(f"cannot serve metrics on port {args.metrics_port}: {exc.strerror or exc}") from None
+    print(f"  metrics:     http://0.0.0.0:{args.metrics_port}/metrics (all processes)", file=sys.stderr)
+    supervisor.child_env.update(metrics.environ)
+    supervisor.on_exit = metrics.process_dead
+    try:
+        return await supervisor.run()
+    finally:
+        metrics.close()
+
+
 @contextlib.contextmanager
 def _observed(args: argparse.Namespace, server: Server, worker: Any) -> Iterator[None]:
     """The worker's summary line (at a terminal, or with --summary) and --metrics-port."""
@@ -231,7 +252,15 @@ def _observed(args: argparse.Namespace, server: Server, worker: Any) -> Iterator
     if args.metrics_port is None:
         yield
         return
-    from .middlewares.prometheus import serve_worker_metrics
+    from .middlewares.prometheus import count_worker_metrics, serve_worker_metrics
+    from .supervisor import CHILD_INDEX
+
+    if os.environ.get(CHILD_INDEX) is not None:  # the supervisor serves the sum (_supervise)
+        added = count_worker_metrics(list(server.middlewares), worker)
+        if added is not None:
+            server.add_middleware(added)
+        yield
+        return
 
     try:
         added, stop = serve_worker_metrics(list(server.middlewares), worker, args.metrics_port)
@@ -574,7 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=_port,
         metavar="PORT",
-        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (needs the prometheus extra)",
+        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (needs the prometheus extra; "
+        "under --processes the supervisor serves every child's, summed)",
     )
     worker.add_argument(
         "--heartbeat-interval",

@@ -11,6 +11,8 @@ the children stop at once. On Linux a child also gets SIGTERM if the parent dies
 
 With ``reload`` (``--reload``, for development) it watches directories with watchfiles and,
 when a Python file there changes, stops every child gracefully and starts them again.
+``child_env`` and ``on_exit`` let ``--metrics-port`` give the children a directory for
+their metrics and drop a dead child's gauges.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .log import get_logger
 
@@ -73,6 +75,9 @@ class Supervisor:
         child_args: the command line of one child (``worker ...``).
         processes: how many children to keep running.
         backoff: (first, longest) seconds before a child that died is started again.
+        reload: directories to watch; a changed Python file there restarts every child.
+        child_env: environment variables added to each child's.
+        on_exit: called with a child's process id once it has exited.
     """
 
     def __init__(
@@ -81,6 +86,8 @@ class Supervisor:
         processes: int,
         backoff: tuple[float, float] = (1.0, 30.0),
         reload: Sequence[str] = (),
+        child_env: Mapping[str, str] | None = None,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be 1 or more")
@@ -88,6 +95,8 @@ class Supervisor:
         self.slots = [_Slot(i) for i in range(processes)]
         self.backoff = backoff
         self.reload = list(reload)
+        self.child_env = dict(child_env or {})
+        self.on_exit = on_exit
         self._reloading = False
         self._stopping = False
         self._signals = 0
@@ -155,7 +164,7 @@ class Supervisor:
                     pass
 
     async def _start(self, slot: _Slot) -> asyncio.subprocess.Process:
-        env = {**os.environ, CHILD_INDEX: str(slot.index)}
+        env = {**os.environ, **self.child_env, CHILD_INDEX: str(slot.index)}
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -177,6 +186,7 @@ class Supervisor:
             process = await self._start(slot)
             logger.info("worker process %d started (slot %d)", process.pid, slot.index)
             code = await process.wait()
+            self._exited(process.pid)
             if self._stopping:
                 break
             if self._reloading:
@@ -197,6 +207,14 @@ class Supervisor:
         process_left = slot.process
         if process_left is not None and process_left.returncode is None:
             await process_left.wait()
+            self._exited(process_left.pid)
+
+    def _exited(self, pid: int) -> None:
+        if self.on_exit is not None:
+            try:
+                self.on_exit(pid)
+            except Exception:
+                logger.exception("after worker process %d exited", pid)
 
 
 def _describe(code: int) -> str:

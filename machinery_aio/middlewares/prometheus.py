@@ -4,7 +4,9 @@
 given); :meth:`PrometheusMiddleware.monitor` makes the background service a worker runs
 to keep ``machinery_worker_up`` and ``machinery_queue_depth`` current, and
 :func:`serve_metrics` serves ``/metrics``. ``machinery-aio worker --metrics-port PORT``
-does all three with no code in the application.
+does all three with no code in the application; under ``--processes`` the children count
+into prometheus-client's multiprocess files and the supervisor serves their sum (see
+:mod:`machinery_aio.middlewares.prometheus_multiprocess`).
 
 | metric | type | labels |
 |---|---|---|
@@ -44,7 +46,13 @@ if TYPE_CHECKING:
     from ..worker import Worker
 
 
-__all__ = ["PrometheusMiddleware", "QueueMonitor", "serve_metrics", "serve_worker_metrics"]
+__all__ = [
+    "PrometheusMiddleware",
+    "QueueMonitor",
+    "count_worker_metrics",
+    "serve_metrics",
+    "serve_worker_metrics",
+]
 
 logger = get_logger("machinery_aio.metrics")
 
@@ -89,14 +97,22 @@ def _metrics(registry: CollectorRegistry) -> _Metrics:
                 buckets=DURATION_BUCKETS,
                 registry=registry,
             ),
-            running=Gauge("machinery_tasks_running", "Tasks running now", registry=registry),
+            # multiprocess_mode only matters under PROMETHEUS_MULTIPROC_DIR (--processes):
+            # runs and workers add up over the live processes; every process reads the
+            # same queue, so its depth is the latest reading by a live one
+            running=Gauge(
+                "machinery_tasks_running", "Tasks running now", registry=registry, multiprocess_mode="livesum"
+            ),
             queue_depth=Gauge(
                 "machinery_queue_depth",
                 "Messages in a queue: ready to run, delayed (waiting for their ETA) and dead letters",
                 ["queue", "state"],
                 registry=registry,
+                multiprocess_mode="livemostrecent",
             ),
-            worker_up=Gauge("machinery_worker_up", "Workers running in this process", registry=registry),
+            worker_up=Gauge(
+                "machinery_worker_up", "Workers running", registry=registry, multiprocess_mode="livesum"
+            ),
         )
     return found
 
@@ -197,17 +213,26 @@ def serve_metrics(
     return stop
 
 
+def count_worker_metrics(middlewares: Sequence[Middleware], worker: Worker) -> PrometheusMiddleware | None:
+    """Count with a PrometheusMiddleware (unless ``middlewares`` already hold one, which then
+    counts alone) and keep the worker's gauges current, serving nothing: what a child of
+    ``machinery-aio worker --processes N --metrics-port PORT`` does (its supervisor serves).
+
+    Returns the middleware to add to the server (None if it has one)."""
+    existing = next((m for m in middlewares if isinstance(m, PrometheusMiddleware)), None)
+    metrics = existing or PrometheusMiddleware()
+    worker.services.append(metrics.monitor(worker, MONITOR_INTERVAL))
+    return None if existing else metrics
+
+
 def serve_worker_metrics(
     middlewares: Sequence[Middleware], worker: Worker, port: int, address: str = "0.0.0.0"
 ) -> tuple[PrometheusMiddleware | None, Callable[[], None]]:
-    """What ``machinery-aio worker --metrics-port PORT`` does: count with a
-    PrometheusMiddleware (unless ``middlewares`` already hold one, which then counts alone),
-    keep the worker's gauges current, and serve that middleware's registry on ``port``.
+    """What ``machinery-aio worker --metrics-port PORT`` does in one process: count as
+    :func:`count_worker_metrics` does and serve that middleware's registry on ``port``.
 
     Returns the middleware to add to the server (None if it has one) and the function
     that stops serving."""
     existing = next((m for m in middlewares if isinstance(m, PrometheusMiddleware)), None)
-    metrics = existing or PrometheusMiddleware()
-    stop = serve_metrics(port, address, metrics.registry)
-    worker.services.append(metrics.monitor(worker, MONITOR_INTERVAL))
-    return (None if existing else metrics), stop
+    stop = serve_metrics(port, address, existing.registry if existing is not None else REGISTRY)
+    return count_worker_metrics(middlewares, worker), stop
