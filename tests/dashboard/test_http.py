@@ -383,7 +383,8 @@ async def test_a_waiting_task_shows_its_message_args_retries_and_workflow_links(
 
     from machinery_aio import Chain
 
-    first = Signature(name="echo", args=[Arg(type="string", value=XSS)], retry_count=3)
+    # immutable: its result is not appended to the next link's args (Go's rule)
+    first = Signature(name="echo", args=[Arg(type="string", value=XSS)], retry_count=3, immutable=True)
     second = Signature(name="echo", args=[Arg(type="string", value="next")])
     await server.send_chain(Chain(first, second))
     page = (await dash.get(f"/task/{first.uuid}")).text
@@ -396,9 +397,9 @@ async def test_a_waiting_task_shows_its_message_args_retries_and_workflow_links(
     later.eta = datetime.now(UTC) + timedelta(hours=1)
     await server.send_task(later)
     assert "<dd>delayed</dd>" in (await dash.get(f"/task/{later.uuid}")).text
-    async with testing.running_worker(server, 2) as worker:
+    async with testing.running_worker(server, 2):  # the delayed task stays delayed
         await server.get_async_result(first.uuid).get(timeout=10)
-        await testing.wait_idle(worker)
+        assert await server.get_async_result(second.uuid).get(timeout=10) == "next"
     done = (await dash.get(f"/task/{first.uuid}")).text
     assert "SUCCESS" in done
     assert "ready in" not in done  # no search for the message of a finished task
