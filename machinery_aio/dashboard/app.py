@@ -25,7 +25,7 @@ from ..log import get_logger
 from ..runner import error_text
 from ..server import Server
 from ..urls import mask_secrets
-from .data import Reader, dead_letter_id, signature_of, worker_row
+from .data import Reader, TaskView, dead_letter_id, signature_of, worker_row
 from .security import AUTH_ENV, BasicAuth, SecurityHeaders, csrf_ok, new_csrf_token, parse_auth
 
 __all__ = ["dashboard_app"]
@@ -41,6 +41,9 @@ DONE = {
     "requeued": "requeued {n} dead letter(s)",
     "deleted": "deleted {n} dead letter(s)",
     "purged": "purged {n} task(s)",
+    "revoked": "revoked {n} task(s): if not started, it never runs",
+    "terminated": "revoked {n} task(s): a running copy is being cancelled where it runs",
+    "finished": "the task had already finished: nothing was revoked",
 }
 
 
@@ -69,6 +72,7 @@ def dashboard_app(server: Server, *, auth: str | None = None, refresh_seconds: f
         Route("/dead/delete", guard(views.dead_action), methods=["POST"]),
         Route("/periodic", guard(views.periodic)),
         Route("/purge", guard(views.purge), methods=["POST"]),
+        Route("/revoke", guard(views.revoke), methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static")),
     ]
     app = Starlette(routes=routes, middleware=middleware)
@@ -148,6 +152,7 @@ class _Views:
             bad=False,
             results=_results(state.results if state else None),
             progress=getattr(state, "progress", None),
+            can_revoke=_can_revoke(view),
         )
 
     async def failures(self, request: Request) -> Response:
@@ -209,6 +214,18 @@ class _Views:
         logger.info("dashboard: purged %d tasks from %s", count, queue)
         return self._back(request, "/", done="purged", n=count)
 
+    async def revoke(self, request: Request) -> Response:
+        form = await self._form(request)
+        uuid = form.get("uuid", "").strip()
+        if not TASK_UUID.match(uuid):
+            raise HTTPException(400, "not a task UUID")
+        terminate = form.get("terminate") == "1"
+        await self.reader.connect()
+        revoked = await self.server.revoke(uuid, terminate=terminate)
+        done = ("terminated" if terminate else "revoked") if revoked else "finished"
+        logger.info("dashboard: revoke %s (terminate=%s): %s", uuid, terminate, done)
+        return self._back(request, f"/task/{uuid}", done=done, n=int(revoked))
+
     def _back(self, request: Request, path: str, **query: Any) -> Response:
         root = request.scope.get("root_path", "").rstrip("/")
         return RedirectResponse(f"{root}{path}?{urlencode(query)}", status_code=303)
@@ -235,6 +252,14 @@ class _Views:
             return self.render(request, "error.html", status=status, message=text)
 
         return guarded
+
+
+def _can_revoke(view: TaskView) -> bool:
+    """Whether the task page offers revoke: a task not finished (a stored state not final, or
+    no state but a message the broker holds); not a group."""
+    if view.state is not None:
+        return not view.state.is_completed()
+    return view.group is None and view.message is not None
 
 
 def _results(results: Any) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import NoAlertPresentException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
@@ -196,6 +196,13 @@ async def _cleanup(queue: str) -> None:
     await server.close()
 
 
+def _alert(chrome: WebDriver) -> Any:
+    try:
+        return chrome.switch_to.alert
+    except NoAlertPresentException:
+        return None
+
+
 def cell(chrome: WebDriver, queue: str, field: str) -> str:
     return text_of(chrome, f'tr[data-queue="{queue}"] [data-field="{field}"]')
 
@@ -302,7 +309,9 @@ def test_a_dead_letter_requeued_from_the_page_runs(browser: WebDriver, stack: St
     assert text_of(browser, "#task-result") == '"back from the dead" (string)'
 
 
-def test_mounted_under_tasks_in_fastapi_with_the_periodic_page(browser: WebDriver, stack: Stack) -> None:
+def test_mounted_under_tasks_in_fastapi_with_the_periodic_page_and_a_revoke(
+    browser: WebDriver, stack: Stack
+) -> None:
     port = free_port()
     host = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "tests.apps.dashboard_app:host", "--port", str(port)],
@@ -325,6 +334,22 @@ def test_mounted_under_tasks_in_fastapi_with_the_periodic_page(browser: WebDrive
         until(browser, lambda d: "weekly-report" in text_of(d, "#periodic"), "the periodic page")
         assert browser.current_url == f"http://127.0.0.1:{port}/tasks/periodic"
         screenshot(browser, "periodic")
+
+        uuid = stack.send("echo", Arg(type="string", value="to revoke"))  # no worker runs it
+        browser.get(f"http://127.0.0.1:{port}/tasks/task/{uuid}")
+        assert text_of(browser, "#task-state") == "PENDING"
+        browser.find_element(By.ID, "revoke-task").click()
+        until(browser, lambda d: _alert(d) is not None, "the confirmation")
+        browser.switch_to.alert.dismiss()  # cancelled: nothing is sent
+        assert reloaded_text(browser, "#task-state") == "PENDING"
+        browser.find_element(By.ID, "revoke-task").click()
+        until(browser, lambda d: _alert(d) is not None, "the confirmation")
+        browser.switch_to.alert.accept()
+        until(browser, lambda d: "revoked 1 task(s)" in text_of(d, ".notice"), "the revoke")
+        assert browser.current_url.startswith(f"http://127.0.0.1:{port}/tasks/task/{uuid}?")
+        assert text_of(browser, "#task-state") == "FAILURE"
+        assert text_of(browser, "#task-error") == "revoked"
+        assert browser.find_elements(By.ID, "revoke-task") == []
     finally:
         host.terminate()
         host.wait(WAIT)

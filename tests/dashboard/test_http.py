@@ -3,6 +3,7 @@ escaping, no secrets, the pages, the actions, the FastAPI mount."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
@@ -14,13 +15,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from machinery_aio import Arg, Config, Server, Signature, testing
+from machinery_aio import Arg, Config, Server, Signature, State, TaskRevokedError, testing
 from machinery_aio.cli import main
 from machinery_aio.dashboard import dashboard_app
 from machinery_aio.dashboard.security import AUTH_ENV, parse_auth
 from machinery_aio.drivers.memory.broker import MemoryBroker
 from machinery_aio.drivers.redis.broker import RedisBroker
 from machinery_aio.result import AsyncResult
+from machinery_aio.revoke import REVOKED, TERMINATED
 from tests.conftest import require_server
 from tests.services import wait_open
 from tests.support.drivers import eventually
@@ -214,6 +216,138 @@ async def test_a_queue_name_with_control_characters_is_refused(dash: httpx.Async
     assert "not a queue name" in response.text
 
 
+# -- revoke -------------------------------------------------------------------------------------
+
+
+async def test_revoke_needs_the_csrf_token_and_stores_failure_revoked(
+    server: Server, dash: httpx.AsyncClient
+) -> None:
+    result = await send(server, "echo", "never")
+    uuid = result.task_uuid
+    page = (await dash.get(f"/task/{uuid}")).text
+    assert 'id="revoke-task"' in page
+    assert 'id="terminate-task"' in page
+    assert 'action="/revoke"' in page
+    assert f'data-confirm="Revoke task {uuid}?' in page
+    token = csrf_of(page)
+    refused = [{"uuid": uuid}, {"uuid": uuid, "csrf": "forged"}, {"uuid": uuid, "terminate": "1", "csrf": ""}]
+    for form in refused:
+        response = await dash.post("/revoke", data=form)
+        assert response.status_code == 403, form
+        assert "CSRF" in response.text
+    for bad in ("", XSS, "a/b"):
+        response = await dash.post("/revoke", data={"uuid": bad, "csrf": token})
+        assert response.status_code == 400, bad
+        assert "not a task UUID" in response.text
+        assert XSS not in response.text
+    state = await result.get_state()
+    assert state.state is State.PENDING
+
+    response = await dash.post("/revoke", data={"uuid": uuid, "csrf": token})
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/task/{uuid}?done=revoked&n=1"
+    state = await result.get_state()
+    assert (state.state, state.error) == (State.FAILURE, REVOKED)
+    after = (await dash.get(response.headers["location"])).text
+    assert "revoked 1 task(s)" in after
+    assert '<span id="task-state" class="state failure">FAILURE</span>' in after
+    assert '<pre id="task-error">revoked</pre>' in after
+    assert 'id="revoke-task"' not in after  # finished: nothing to revoke
+
+
+async def test_revoking_a_finished_task_changes_nothing_and_says_so(
+    server: Server, dash: httpx.AsyncClient
+) -> None:
+    result = await send(server, "echo", "done")
+    async with testing.running_worker(server, 2):
+        assert await result.get(timeout=10) == "done"
+    page = (await dash.get(f"/task/{result.task_uuid}")).text
+    assert 'id="revoke-task"' not in page
+    token = csrf_of((await dash.get("/")).text)  # a page opened before the task finished
+    response = await dash.post("/revoke", data={"uuid": result.task_uuid, "csrf": token})
+    assert response.headers["location"] == f"/task/{result.task_uuid}?done=finished&n=0"
+    assert "already finished: nothing was revoked" in (await dash.get(response.headers["location"])).text
+    assert (await result.get_state()).state is State.SUCCESS
+
+
+async def test_a_task_revoked_from_the_mounted_dashboard_never_runs_when_a_worker_starts(
+    unique: str,
+) -> None:
+    require_server("127.0.0.1", 6379, "Redis")
+    url = "redis://127.0.0.1:6379/0"
+    server = _server(Config(broker=url, result_backend=url, default_queue=f"{unique}_tasks"))
+    ran: list[str] = []
+
+    @server.task("record")
+    async def record(text: str) -> str:
+        ran.append(text)
+        return text
+
+    host = FastAPI()
+    host.mount("/tasks", dashboard_app(server))
+    try:
+        revoked = await send(server, "record", "revoked")
+        page = await _get_ok(host, f"/tasks/task/{revoked.task_uuid}")
+        assert 'action="/tasks/revoke"' in page
+        async with client(host) as http:
+            refused = await http.post("/tasks/revoke", data={"uuid": revoked.task_uuid})
+            assert refused.status_code == 403
+            assert (await revoked.get_state()).state is State.PENDING
+            response = await http.post(
+                "/tasks/revoke", data={"uuid": revoked.task_uuid, "csrf": csrf_of(page)}
+            )
+            assert response.headers["location"] == f"/tasks/task/{revoked.task_uuid}?done=revoked&n=1"
+        async with testing.running_worker(server, 2) as worker:
+            after = await send(server, "record", "after")
+            assert await after.get(timeout=10) == "after"
+            with pytest.raises(TaskRevokedError):
+                await revoked.get(timeout=10)
+            await testing.wait_idle(worker)
+        assert ran == ["after"]
+        shown = await _get_ok(host, f"/tasks/task/{revoked.task_uuid}")
+        assert '<pre id="task-error">revoked</pre>' in shown
+    finally:
+        await server.broker.purge(f"{unique}_tasks")
+        await server.close()
+
+
+async def _get_ok(app: object, path: str) -> str:
+    async with client(app) as http:
+        response = await http.get(path)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+async def test_revoke_and_terminate_cancels_a_running_coroutine(
+    server: Server, dash: httpx.AsyncClient
+) -> None:
+    ran: list[str] = []
+
+    @server.task("sleepy")
+    async def sleepy() -> str:
+        ran.append("start")
+        await asyncio.sleep(30)
+        ran.append("end")
+        return "woke"
+
+    async with testing.running_worker(server, 2) as worker:
+        result = await server.send_task(Signature(name="sleepy"))
+        await eventually(lambda: ran == ["start"], "the task started")
+        page = (await dash.get(f"/task/{result.task_uuid}")).text
+        assert "STARTED" in page
+        form = {"uuid": result.task_uuid, "terminate": "1", "csrf": csrf_of(page)}
+        response = await dash.post("/revoke", data=form)
+        assert response.headers["location"] == f"/task/{result.task_uuid}?done=terminated&n=1"
+        with pytest.raises(TaskRevokedError):
+            await result.get(timeout=10)
+        await testing.wait_idle(worker)
+    assert ran == ["start"]
+    state = await result.get_state()
+    assert (state.state, state.error) == (State.FAILURE, TERMINATED)
+    shown = (await dash.get(f"/task/{result.task_uuid}")).text
+    assert f'<pre id="task-error">{TERMINATED}</pre>' in shown
+
+
 # -- pages and escaping --------------------------------------------------------------------------
 
 
@@ -249,7 +383,8 @@ async def test_a_waiting_task_shows_its_message_args_retries_and_workflow_links(
 
     from machinery_aio import Chain
 
-    first = Signature(name="echo", args=[Arg(type="string", value=XSS)], retry_count=3)
+    # immutable: its result is not appended to the next link's args (Go's rule)
+    first = Signature(name="echo", args=[Arg(type="string", value=XSS)], retry_count=3, immutable=True)
     second = Signature(name="echo", args=[Arg(type="string", value="next")])
     await server.send_chain(Chain(first, second))
     page = (await dash.get(f"/task/{first.uuid}")).text
@@ -262,9 +397,9 @@ async def test_a_waiting_task_shows_its_message_args_retries_and_workflow_links(
     later.eta = datetime.now(UTC) + timedelta(hours=1)
     await server.send_task(later)
     assert "<dd>delayed</dd>" in (await dash.get(f"/task/{later.uuid}")).text
-    async with testing.running_worker(server, 2) as worker:
+    async with testing.running_worker(server, 2):  # the delayed task stays delayed
         await server.get_async_result(first.uuid).get(timeout=10)
-        await testing.wait_idle(worker)
+        assert await server.get_async_result(second.uuid).get(timeout=10) == "next"
     done = (await dash.get(f"/task/{first.uuid}")).text
     assert "SUCCESS" in done
     assert "ready in" not in done  # no search for the message of a finished task
