@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import uuid as _uuid
 from datetime import datetime
 from typing import Annotated, Any, Self
@@ -105,7 +106,10 @@ class _GoModel(BaseModel):
             try:
                 doc = pydantic_core.from_json(data)
             except ValueError:
-                raise exc from None  # it says the JSON is invalid
+                deep = _deep_json(data)
+                if deep is None:
+                    raise exc from None  # it says the JSON is invalid
+                return cls.model_validate(cls.go_keys(deep))
         return cls.model_validate_json(pydantic_core.to_json(cls.go_keys(doc)))
 
     @classmethod
@@ -236,7 +240,7 @@ class Signature(_GoModel):
 
     def copy_fresh(self) -> Signature:
         """A deep copy (nested callbacks included), as Go's ``CopySignature``."""
-        return Signature.model_validate_json(self.to_json())
+        return Signature.from_go_json(self.to_json())
 
     def python_args(self) -> list[Any]:
         """Decoded argument values; raises :class:`~machinery_aio.gotypes.ArgTypeError`."""
@@ -251,6 +255,15 @@ def _signature_defaults() -> dict[str, Any]:
     return {
         name: info.get_default(call_default_factory=True) for name, info in Signature.model_fields.items()
     }
+
+
+def _deep_json(data: bytes | str) -> Any:
+    """``data`` decoded by the standard library when pydantic's parser refused it only for
+    its nesting (a chain of more than 100 links, which Go sends), else None."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _invalid(data: bytes | str, exc: ValidationError) -> InvalidMessageError:

@@ -6,7 +6,10 @@ from collections.abc import Iterable
 
 from .signature import Signature, new_chord_uuid, new_group_uuid, new_task_uuid
 
-__all__ = ["Chain", "Chord", "Group"]
+__all__ = ["MAX_CHAIN_LINKS", "Chain", "Chord", "Group"]
+
+MAX_CHAIN_LINKS = 250
+"""The longest chain one message can carry: pydantic's encoder stops at 255 nested models."""
 
 
 def _signatures(items: Iterable[Signature]) -> list[Signature]:
@@ -79,6 +82,12 @@ class Chain:
         self.tasks = _signatures(tasks)
         if not self.tasks:
             raise ValueError("a chain needs at least one task")
+        if len(self.tasks) > MAX_CHAIN_LINKS:
+            raise ValueError(
+                f"a chain of {len(self.tasks)} tasks nests too deep to be sent as one message "
+                f"(each link is inside the previous one's OnSuccess; at most {MAX_CHAIN_LINKS}): "
+                "split it, or send the rest from the last task"
+            )
         for parent, child in zip(self.tasks, self.tasks[1:], strict=False):
             parent.on_success = [child]
 

@@ -370,3 +370,19 @@ async def test_server_context_and_workers(unique: str) -> None:
             server.new_worker(grace_period=-1)
         with pytest.raises(TypeError, match="fetch_timeout"):
             server.new_worker(fetch_timeout=1.0)  # each broker decides how long a fetch waits
+
+
+async def test_a_chain_longer_than_pydantic_parses_at_once_runs_every_link(unique: str) -> None:
+    config = Config(
+        broker=f"memory://{unique}", result_backend=f"memory://{unique}", default_queue=f"{unique}_q"
+    )
+    server = Server(config)
+
+    @server.task("inc")
+    async def inc(x: int) -> int:
+        return x + 1
+
+    links = [inc.signature(0), *(Signature(name="inc") for _ in range(149))]
+    async with server, server.new_worker("deep", concurrency=4):
+        chain = await server.send_chain(Chain(*links))
+        assert await chain.get(timeout=60) == 150

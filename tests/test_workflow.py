@@ -121,3 +121,32 @@ async def test_sent_chord_member_is_gos_message_byte_for_byte(unique: str) -> No
     assert meta is not None
     assert meta.task_uuids == group.task_uuids()
     await server.close()
+
+
+def test_a_chain_as_long_as_one_message_carries_decodes_link_for_link() -> None:
+    from machinery_aio.workflow import MAX_CHAIN_LINKS
+
+    chain = Chain(*[add(i) for i in range(MAX_CHAIN_LINKS)])
+    decoded = Signature.from_json(chain.tasks[0].to_json())  # deeper than pydantic's parser goes
+    links = 1
+    while decoded.on_success:
+        [decoded] = decoded.on_success
+        links += 1
+    assert links == MAX_CHAIN_LINKS
+    assert decoded.uuid == chain.tasks[-1].uuid
+    assert chain.tasks[0].copy_fresh().to_json() == chain.tasks[0].to_json()
+
+
+def test_a_chain_too_long_for_one_message_is_refused_with_the_limit() -> None:
+    from machinery_aio.workflow import MAX_CHAIN_LINKS
+
+    with pytest.raises(ValueError, match=rf"a chain of {MAX_CHAIN_LINKS + 1} tasks nests too deep.*at most"):
+        Chain(*[add(i) for i in range(MAX_CHAIN_LINKS + 1)])
+
+
+def test_deep_json_that_is_not_json_is_still_an_invalid_message() -> None:
+    from machinery_aio.signature import InvalidMessageError
+
+    body = '{"UUID":"task_1","Name":"add","OnSuccess":' + "[" * 300 + "]" * 299
+    with pytest.raises(InvalidMessageError, match="not valid JSON"):
+        Signature.from_json(body)
