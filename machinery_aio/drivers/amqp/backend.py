@@ -50,6 +50,7 @@ from .connection import (
     connect,
     connection_name,
     is_live,
+    open_channel,
     retry_transient,
     scratch_channel,
 )
@@ -138,14 +139,14 @@ class AMQPBackend(ResultBackend):
     async def _publish_channel(self) -> AbstractRobustChannel:
         if self._publisher is None or self._publisher.is_closed:
             connection = await self.connection()
-            self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._publisher = await open_channel(connection, publisher_confirms=True, on_return_raises=True)
             self._exchange = None
         return self._publisher
 
     async def read_channel(self) -> AbstractRobustChannel:
         if self._reader is None or self._reader.is_closed:
             connection = await self.connection()
-            self._reader = await connection.channel(publisher_confirms=False)
+            self._reader = await open_channel(connection, publisher_confirms=False)
         return self._reader
 
     async def exchange(self) -> AbstractExchange:

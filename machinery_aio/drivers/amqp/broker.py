@@ -30,7 +30,15 @@ from ...signature import InvalidMessageError, Signature
 from ..broker import Broker, BrokerCapabilities, Consumer, DeadLetter
 from ..registry import WorkerRegistry
 from . import layout, workers
-from .connection import FailoverConnection, connect, connection_name, peek, retry_transient, scratch_channel
+from .connection import (
+    FailoverConnection,
+    connect,
+    connection_name,
+    open_channel,
+    peek,
+    retry_transient,
+    scratch_channel,
+)
 
 __all__ = ["AMQPBroker"]
 
@@ -109,7 +117,7 @@ class AMQPBroker(Broker, WorkerRegistry):
     async def _publish_channel(self) -> AbstractRobustChannel:
         if self._publisher is None or self._publisher.is_closed:
             connection = await self.connection()
-            self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._publisher = await open_channel(connection, publisher_confirms=True, on_return_raises=True)
             self._exchanges.clear()
         assert self._publisher is not None
         return self._publisher
@@ -117,7 +125,7 @@ class AMQPBroker(Broker, WorkerRegistry):
     async def _declare_channel(self) -> AbstractRobustChannel:
         if self._declarer is None or self._declarer.is_closed:
             connection = await self.connection()
-            self._declarer = await connection.channel(publisher_confirms=False)
+            self._declarer = await open_channel(connection, publisher_confirms=False)
         assert self._declarer is not None
         return self._declarer
 

@@ -27,7 +27,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from aio_pika import Channel, RobustConnection
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 from aiormq.exceptions import ChannelInvalidStateError
 from yarl import URL
 
@@ -256,6 +261,20 @@ async def peek(channel: AbstractChannel, queue: str, limit: int) -> list[bytes]:
             if is_live(message):
                 with contextlib.suppress(Exception):
                     await message.nack(requeue=True)
+
+
+async def open_channel(
+    connection: AbstractRobustConnection, publisher_confirms: bool, on_return_raises: bool = False
+) -> AbstractRobustChannel:
+    """A new channel on ``connection``. While a robust connection is re-establishing itself,
+    aio-pika raises RuntimeError("Connection was not opened"): that is a ConnectionError
+    here, so :func:`retry_transient` and the consumer's reconnect loop wait for it."""
+    try:
+        return await connection.channel(
+            publisher_confirms=publisher_confirms, on_return_raises=on_return_raises
+        )
+    except RuntimeError as exc:
+        raise ConnectionError(f"the RabbitMQ connection is reconnecting ({exc})") from exc
 
 
 async def retry_transient(

@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 
 from ...log import get_logger
 from ..broker import Consumer, Delivery
-from .connection import is_live
+from .connection import is_live, open_channel
 
 if TYPE_CHECKING:
     from .broker import AMQPBroker
@@ -69,7 +69,7 @@ class AMQPConsumer(Consumer):
             if self._channel is None or self._channel.is_closed:
                 await broker.declare_queue(self.queue, broker.binding_keys(self.queue))
                 connection = await broker.connection()
-                channel = await connection.channel(publisher_confirms=False)
+                channel = await open_channel(connection, publisher_confirms=False)
                 try:
                     await channel.set_qos(prefetch_count=self.prefetch)
                     # Declared again on this (robust) channel so aio-pika restores queue,

@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobu
 
 from ...log import get_logger
 from ..control import ControlChannel, Revocation, RevocationHandler
+from .connection import open_channel
 
 if TYPE_CHECKING:
     from .backend import AMQPBackend
@@ -58,7 +59,7 @@ class AMQPControl(ControlChannel):
     async def _publisher(self) -> AbstractExchange:
         if self._channel is None or self._channel.is_closed or self._exchange is None:
             connection = await self.backend.connection()
-            self._channel = await connection.channel(publisher_confirms=True)
+            self._channel = await open_channel(connection, publisher_confirms=True)
             self._exchange = await self._declare(self._channel)
         return self._exchange
 
@@ -72,10 +73,13 @@ class AMQPControl(ControlChannel):
 
     async def listen(self, handler: RevocationHandler, ready: Callable[[bool], None]) -> None:
         connection = await self.backend.connection()
-        channel = await connection.channel(publisher_confirms=False)
+        channel = await open_channel(connection, publisher_confirms=False)
         marker = {"token": ""}
+        stopping = asyncio.Event()
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            if stopping.is_set():
+                return  # an ack racing the channel's close would close the whole connection
             try:
                 doc = json.loads(message.body)
                 if isinstance(doc, dict) and "marker" in doc:
@@ -86,7 +90,8 @@ class AMQPControl(ControlChannel):
             except ValueError as exc:
                 logger.warning("ignoring a message in %s: %s", self.stream, exc)
             finally:
-                await message.ack()
+                if not stopping.is_set() and not channel.is_closed:
+                    await message.ack()
 
         async def catch_up() -> None:
             marker["token"] = secrets.token_hex(8)
@@ -96,16 +101,23 @@ class AMQPControl(ControlChannel):
             ready(False)
             asyncio.get_running_loop().create_task(catch_up())
 
+        tag = ""
         try:
             await channel.set_qos(prefetch_count=PREFETCH)
             await self._declare(channel)
             queue = await channel.get_queue(self.stream)
-            await queue.consume(on_message, arguments={"x-stream-offset": "first"})
+            tag = await queue.consume(on_message, arguments={"x-stream-offset": "first"})
             connection.reconnect_callbacks.add(reconnected)
             await catch_up()
             await asyncio.get_running_loop().create_future()  # until cancelled
         finally:
+            stopping.set()
             connection.reconnect_callbacks.discard(reconnected)
+            if not channel.is_closed and tag:
+                try:
+                    await queue.cancel(tag)
+                except Exception as exc:
+                    logger.debug("cancelling the revocation consumer failed: %s", exc)
             if not channel.is_closed:
                 try:
                     await channel.close()
