@@ -34,6 +34,7 @@ from .connection import (
     FailoverConnection,
     connect,
     connection_name,
+    held_messages,
     open_channel,
     peek,
     retry_transient,
@@ -347,24 +348,13 @@ class AMQPBroker(Broker, WorkerRegistry):
 
     async def get_dead_letters(self, queue: str | None = None, limit: int | None = None) -> list[DeadLetter]:
         queue = queue or self.config.default_queue
-        letters: list[DeadLetter] = []
         async with scratch_channel(await self.connection()) as channel:
             count = await _message_count(channel, layout.dead_letter_queue(queue))
             if not count or limit == 0:
                 return []
             count = count if limit is None else min(count, limit)
-            source = await channel.get_queue(layout.dead_letter_queue(queue), ensure=False)
-            held: list[AbstractIncomingMessage] = []
-            try:
-                while len(held) < count:
-                    message = await source.get(no_ack=False, fail=False)
-                    if message is None:
-                        break
-                    held.append(message)
-                    letters.append(_dead_letter(message, queue))
-            finally:
-                for message in held:
-                    await message.nack(requeue=True)
+            async with held_messages(channel, layout.dead_letter_queue(queue), count) as held:
+                letters = [_dead_letter(message, queue) for message in held]
             await _wait_requeued(channel, layout.dead_letter_queue(queue), len(held))
         return letters
 

@@ -240,12 +240,15 @@ def is_live(message: AbstractIncomingMessage) -> bool:
         return False
 
 
-async def peek(channel: AbstractChannel, queue: str, limit: int) -> list[bytes]:
-    """The bodies of up to ``limit`` messages in ``queue``, left in place.
+@contextlib.asynccontextmanager
+async def held_messages(
+    channel: AbstractChannel, queue: str, limit: int
+) -> AsyncIterator[list[AbstractIncomingMessage]]:
+    """Up to ``limit`` messages of ``queue``, taken without ack and put back on exit.
 
     Go's way: ``basic.get`` without ack, then nack with requeue, which puts
-    each message back where it was. While a peek runs, the messages it holds
-    are invisible to other readers.
+    each message back where it was. While they are held, the messages are
+    invisible to other readers.
     """
     source = await channel.get_queue(queue, ensure=False)
     held: list[AbstractIncomingMessage] = []
@@ -255,12 +258,18 @@ async def peek(channel: AbstractChannel, queue: str, limit: int) -> list[bytes]:
             if message is None:
                 break
             held.append(message)
-        return [m.body for m in held]
+        yield held
     finally:
         for message in held:
             if is_live(message):
                 with contextlib.suppress(Exception):
                     await message.nack(requeue=True)
+
+
+async def peek(channel: AbstractChannel, queue: str, limit: int) -> list[bytes]:
+    """The bodies of up to ``limit`` messages in ``queue``, left in place."""
+    async with held_messages(channel, queue, limit) as held:
+        return [m.body for m in held]
 
 
 async def open_channel(

@@ -15,9 +15,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aio_pika import DeliveryMode, Message
-from aio_pika.abc import AbstractIncomingMessage, FieldValue
+from aio_pika.abc import FieldValue
 
-from .connection import is_live, retry_transient, scratch_channel
+from .connection import held_messages, retry_transient, scratch_channel
 
 if TYPE_CHECKING:
     from .broker import AMQPBroker
@@ -71,14 +71,8 @@ async def list_workers(broker: AMQPBroker) -> list[bytes]:
         count = await _message_count(channel, WORKERS_QUEUE)
         if not count:
             return []
-        source = await channel.get_queue(WORKERS_QUEUE, ensure=False)
-        held: list[AbstractIncomingMessage] = []
-        try:
-            while len(held) < count:
-                message = await source.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                held.append(message)
+        async with held_messages(channel, WORKERS_QUEUE, count) as held:
+            for message in held:
                 headers = message.headers or {}
                 key, expires = _text(headers.get(KEY_HEADER)), _text(headers.get(EXPIRES_HEADER))
                 try:
@@ -86,10 +80,6 @@ async def list_workers(broker: AMQPBroker) -> list[bytes]:
                 except ValueError:
                     continue  # not a heartbeat of ours
                 latest[key] = (None if headers.get(GONE_HEADER) else message.body, expires_at)
-        finally:
-            for message in held:
-                if is_live(message):
-                    await message.nack(requeue=True)
         await _wait_requeued(channel, WORKERS_QUEUE, len(held))
     now = time.time()
     return [data for data, expires_at in latest.values() if data is not None and expires_at > now]
